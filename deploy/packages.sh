@@ -1,0 +1,20 @@
+# Debian packages the build, the tests and the main job need. Sourced by the
+# README's two commands.
+VLAPIC_PACKAGES=(
+  g++ cmake make pkg-config
+  capnproto libcapnp-dev
+  catch2
+)
+
+install_packages() {
+  local missing=()
+  for p in "${VLAPIC_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    local sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get update
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y --no-install-recommends "${missing[@]}"
+  fi
+}

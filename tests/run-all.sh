@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Installs what the tests need, builds everything and runs every test through
+# ctest. Safe to run twice; works on a fresh Debian 12 machine as root.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source deploy/packages.sh
+install_packages
+jobs=$(nproc)
+cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo
+cmake --build build -j"$jobs"
+cd build
+ctest --output-on-failure -j"$jobs" --timeout 600

@@ -91,7 +91,9 @@ struct RegisterInfo {
 kj::ArrayPtr<const RegisterInfo> registerTable();
 
 // The row for an xAPIC offset (any byte offset inside the 16-byte slot), or
-// nullptr for a reserved offset.
+// nullptr for a reserved offset. Both lookups return a register's row even
+// when it is absent in that mode (e.g. offset 0x3F0 -> SELF IPI, MSR 0x831 ->
+// ICR high): check `xapic` / `x2apic` access for that.
 kj::Maybe<const RegisterInfo&> registerAtOffset(uint32_t offset);
 
 // The row for an x2APIC MSR in 0x800-0x8FF, or nullptr.

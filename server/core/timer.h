@@ -54,12 +54,15 @@ struct TimerSnapshot {
   bool armed = false;
   uint64_t remainingNs = 0;    // one-shot/periodic: time to the next expiry
   uint64_t tscDeadline = 0;    // TSC-deadline: armed deadline (0 = disarmed)
+  // Expiries that were due at save time but not yet collected by expire()
+  // (the restored timer reports them at once, so no interrupt is lost).
+  uint32_t pendingExpiries = 0;
 };
 
 class ApicTimer {
 public:
   ApicTimer(const GuestTsc& tsc, const TimerConfig& config);
-  KJ_DISALLOW_COPY_AND_MOVE(ApicTimer);
+  KJ_DISALLOW_COPY(ApicTimer);  // kj 0.9: also disables moves (no implicit move members)
 
   // Inputs from register writes (the core has already applied the register's
   // writable mask and stored the value in the page).
@@ -89,18 +92,63 @@ public:
   TimerSnapshot save() const;
   void restore(const TimerSnapshot& snapshot);
 
+  // ---- Additions beyond the first contract ----
+  // Whether an expiry is due by the clock's now (expire() would return
+  // non-zero). After a WRMSR to IA32_TSC_DEADLINE with a deadline already
+  // past, the core calls expire() when this is true so the interrupt is
+  // pending before the write's exit returns.
+  bool expiryDue() const;
+  // The initial count as the timer holds it. Switching into or out of
+  // TSC-deadline mode zeroes it (KVM zeroes TMICT then); the core mirrors it
+  // into the page after setMode().
+  uint32_t initialCount() const;
+  uint32_t divideConfig() const;          // DCR bits 3,1,0
+  // DCR (bits 3,1,0) -> divide value: 000->2 ... 110->128, 111->1.
+  static uint32_t divideValue(uint32_t dcr);
+  // A reason the snapshot cannot be restored (mode out of range, reserved
+  // DCR bits, an armed countdown with initial count 0, remaining time longer
+  // than the period), or nullptr if restore() would accept it.
+  kj::Maybe<kj::StringPtr> checkSnapshot(const TimerSnapshot& snapshot) const;
+  // The snapshot KVM's kvm_lapic_state implies when it carries no hidden
+  // state: the timer restarts from the saved current count, a current count
+  // of 0 restarts a periodic timer with a full period and fires a one-shot
+  // with a non-zero initial count at once. In TSC-deadline mode the deadline
+  // is restored separately (writeTscDeadline after setMode).
+  TimerSnapshot snapshotFromCounts(TimerMode mode, uint32_t dcr, uint32_t initialCount,
+                                   uint32_t currentCount) const;
+
 private:
+  // Time inside the timer is kept in "sub-ticks" of 1/timerHz ns, so that one
+  // count at divide d is exactly d * 1e9 sub-ticks whatever the input clock
+  // frequency: periodic deadlines advance on an exact grid and never drift.
+  using SubTicks = unsigned __int128;
+
+  struct State {
+    TimerMode mode = TimerMode::ONE_SHOT;
+    uint32_t divideConfig = 0;
+    uint32_t initialCount = 0;
+    bool countdownArmed = false;   // one-shot/periodic counting down
+    SubTicks deadline = 0;         // absolute, when countdownArmed
+    SubTicks period = 0;           // effective length of a full count
+    uint64_t tscDeadline = 0;      // TSC-deadline mode: 0 = disarmed
+    uint32_t pendingExpiries = 0;  // due before a reprogramming, not collected
+    uint64_t pendingSinceNs = 0;   // when the first of them fell due
+  };
+
   const GuestTsc& tsc;
   TimerConfig config;
-  // Implementation state: owned by timer.cc.
-  TimerMode currentMode = TimerMode::ONE_SHOT;
-  uint32_t divideConfig = 0;
-  uint32_t initialCount = 0;
-  bool isArmed = false;
-  uint64_t startNs = 0;       // when the current period began
-  uint64_t periodNs = 0;      // length of one full count at the current divide
-  uint64_t nextDeadlineNs = 0;
-  uint64_t tscDeadline = 0;
+  State state;
+
+  SubTicks nowSubTicks() const;
+  SubTicks effectivePeriod(TimerMode mode, uint32_t count, uint32_t dcr) const;
+  // Time left to the next expiry at `now` on the countdown's grid (a
+  // periodic timer that is late reloads on its grid; a one-shot past its
+  // deadline has 0 left).
+  static SubTicks remainingAt(const State& s, SubTicks now);
+  // Move every expiry due by `now` into pendingExpiries, advancing a
+  // periodic timer on its grid and disarming one-shot and TSC-deadline ones.
+  void catchUp(State& s, uint64_t nowNs) const;
+  uint64_t tscDeadlineNs(const State& s) const;
 };
 
 }  // namespace vlapic

@@ -1,0 +1,427 @@
+# The vlapic protocol: how a hypervisor front drives vlapicd.
+#
+# Capability-scoped, the way a microkernel hands out rights: the bootstrap
+# `Service` creates a VM and returns a `Vm` capability; the `Vm` hands out one
+# `Vcpu` capability per vCPU. Holding a vCPU's capability lets a front drive
+# that vCPU and nothing else; no method takes the name of another VM's object,
+# so there is no way to reach what one was not given. (The one exception is
+# `Service.admin()`, the operator's right over the whole server: see `Admin`.)
+#
+# Lifetime: a VM lives while its creator holds any capability to it (`Vm`, or
+# a `Vcpu` obtained from it or through a ticket) or until `Vm.release()`. When
+# a front disconnects, the RPC system drops everything it held, so its VMs and
+# all their resources (pages, armed timers, queued events) are released; other
+# fronts never notice. A call on a capability whose VM was released fails with
+# an error reply ("VM released").
+#
+# Errors: a guest's bad access is never an error: it is a result (#GP, or
+# ignored with a reason). Errors (RPC exceptions) are reserved for a front's
+# bad requests: out-of-range vCPU index, bad access size, malformed state
+# blobs, calls after release.
+#
+# Evolution: fields and methods are only ever added, with new ordinals; each
+# struct leaves gaps in its meaning, never in its numbering (Cap'n Proto
+# ordinals must be dense), so new fields simply take the next ordinal.
+
+@0x94ec31c93d427af9;
+
+using Cxx = import "/capnp/c++.capnp";
+$Cxx.namespace("vlapic::proto");
+
+# ---------------------------------------------------------------------------
+# Configuration
+
+struct VmConfig {
+  # Everything that shapes a VM's LAPICs. Zero / empty means "default".
+
+  vcpuCount @0 :UInt32;
+  # Number of vCPUs (1 .. the server's limit, at least 1024).
+
+  apicIds @1 :List(UInt32);
+  # Initial APIC ID of each vCPU (x2APIC IDs may exceed 255). Empty: vCPU i
+  # gets ID i. Otherwise exactly `vcpuCount` entries.
+
+  bootVcpu @2 :UInt32;
+  # Index of the boot vCPU (IA32_APIC_BASE.BSP set; runs at power-on). The
+  # others wait for INIT-SIPI.
+
+  timerHz @3 :UInt64;
+  # LAPIC timer input clock before the divider. 0: 1 GHz (as KVM).
+
+  tscHz @4 :UInt64;
+  # Guest TSC frequency (TSC-deadline mode, IA32_TSC_DEADLINE). 0: default.
+
+  lvtEntries @5 :UInt8;
+  # 6, or 7 with LVT CMCI. 0: 6.
+
+  eoiBroadcastSuppression @6 :Bool;
+  # Advertise Version bit 24: the guest may set SVR bit 12.
+
+  x2apicSupported @7 :Bool = true;
+  # CPUID.1:ECX.x2APIC. Without it, setting IA32_APIC_BASE.EXTD raises #GP.
+
+  tscDeadlineSupported @8 :Bool = true;
+  # CPUID.1:ECX.TSC_DEADLINE. Without it LVT Timer bit 18 is reserved.
+
+  strictReservedBits @9 :Bool;
+  # #GP on every reserved x2APIC bit (SDM, Xen) instead of KVM's masking.
+
+  minTimerPeriodNs @10 :UInt64;
+  # Periodic timers shorter than this are clamped (KVM: 200 us). 0: default.
+
+  bspLint0ExtInt @11 :Bool;
+  # Boot vCPU's LVT LINT0 is ExtINT after reset, as PC firmware leaves it.
+
+  name @12 :Text;
+  # Free-form label shown by vlapicctl.
+
+  maxBatchesInFlight @13 :UInt32;
+  # Flow control: at most this many `EventSink.deliver` calls outstanding.
+  # 0: the server's default (4).
+
+  maxEventsPerBatch @14 :UInt32;
+  # At most this many events in one batch. 0: the server's default (256).
+}
+
+# ---------------------------------------------------------------------------
+# Access results
+
+enum AccessReason {
+  # Why an access faulted or was ignored. Mirrors vlapic::AccessReason.
+  none @0;
+  reservedRegister @1;      # offset or MSR names no register
+  readOnlyRegister @2;      # write to a read-only register
+  writeOnlyRegister @3;     # read of a write-only register
+  notInMode @4;             # register absent in the current mode
+  badSizeOrAlignment @5;    # MMIO size/alignment the APIC does not decode
+  notDecoding @6;           # MMIO while the APIC is disabled or in x2APIC mode
+  outsideWindow @7;         # MMIO address outside [base, base + 4 KiB)
+  reservedBits @8;          # reserved bits set
+  illegalTransition @9;     # IA32_APIC_BASE transition the SDM forbids
+  apicDisabled @10;         # x2APIC MSR while not in x2APIC mode
+  nonZeroWrite @11;         # x2APIC EOI/ESR written with a non-zero value
+  timerMode @12;            # timer register not meaningful in this timer mode
+}
+
+struct AccessResult {
+  # What one guest access turned into.
+
+  union {
+    value @0 :UInt64;
+    # The access took effect. For a read, what the guest reads; 0 for a write.
+
+    gp @1 :AccessReason;
+    # Inject #GP into the guest (MSR accesses only).
+
+    ignored :group {
+      # No fault: the write was dropped / the read returns `value`.
+      reason @2 :AccessReason;
+      value @3 :UInt64;
+    }
+  }
+
+  # Side effects, already handled by the server; reported so that a front
+  # can act at once instead of waiting for the matching event.
+  ipiSent @4 :Bool;            # an ICR write sent an interrupt message
+  eoiBroadcast @5 :Bool;       # a level-triggered EOI went to the I/O APICs
+  eoiVector @6 :UInt8;         #   ... with this vector
+  timerChanged @7 :Bool;       # the timer was (re)armed or stopped
+
+  interruptPending @8 :Bool;   # after the access, a vector beats PPR
+  pendingVector @9 :UInt8;     #   ... this one (see Vcpu.acknowledge)
+}
+
+# ---------------------------------------------------------------------------
+# Per-vCPU state
+
+enum ApicMode {
+  disabled @0;
+  xapic @1;
+  x2apic @2;
+}
+
+enum RunState {
+  running @0;        # executing (or halted: halting is the front's business)
+  waitForSipi @1;    # an AP after INIT, waiting for a start-up IPI
+}
+
+struct InterruptState {
+  # The interrupt-related state of one vCPU, for a front deciding whether to
+  # open an interrupt window.
+  interruptPending @0 :Bool;   # pendingVector is valid
+  pendingVector @1 :UInt8;     # highest IRR vector whose class beats PPR
+  tpr @2 :UInt8;
+  ppr @3 :UInt8;
+  cr8 @4 :UInt8;               # TPR[7:4]
+  runState @5 :RunState;
+  apicMode @6 :ApicMode;
+  apicId @7 :UInt32;           # current APIC ID (32-bit in x2APIC mode)
+}
+
+struct VcpuState {
+  # A saved vCPU: KVM's `struct kvm_lapic_state` (1 KiB register page) plus
+  # IA32_APIC_BASE and the versioned hidden-state record the page cannot
+  # hold (timer phase, TSC deadline, ESR accumulator, run state, LINT
+  # levels, ...). Restore validates everything before changing anything.
+  index @0 :UInt32;            # the vCPU within its VM
+  apicBase @1 :UInt64;         # IA32_APIC_BASE
+  regs @2 :Data;               # exactly 1024 bytes, kvm_lapic_state.regs
+  x2apic32BitIds @3 :Bool;     # KVM_X2APIC_API_USE_32BIT_IDS layout
+  hidden @4 :Data;             # versioned hidden-state record
+}
+
+struct VmState {
+  # A saved VM: every vCPU plus VM-wide state (guest TSC offset, delivery
+  # state such as lowest-priority rotation). Restore requires a VM with the
+  # same vCPU count.
+  vcpus @0 :List(VcpuState);
+  vmHidden @1 :Data;           # versioned VM-wide record
+}
+
+struct PageInfo {
+  # An architectural page the server owns.
+  address @0 :UInt64;
+  # What a hypervisor would program into the VMCS (virtual-APIC address /
+  # APIC-access address): host-virtual for the host-memory HAL, an arena
+  # tag + offset for the shared-memory HAL.
+  shared @1 :Bool;
+  # The page can be mapped through `Page` (getFd) at `fdOffset`.
+  fdOffset @2 :UInt64;
+}
+
+interface Page {
+  # A page the front can map (read-only) when the server runs the
+  # shared-memory HAL: the capability carries the memfd (Capability
+  # getFd(); Cap'n Proto passes it as SCM_RIGHTS over the Unix socket).
+  # mmap(fd, 4096, PROT_READ, MAP_SHARED, fd, info.fdOffset).
+  info @0 () -> (info :PageInfo);
+}
+
+struct RegisterCount {
+  offset @0 :UInt16;           # xAPIC offset of the register (index << 4)
+  count @1 :UInt64;
+}
+
+struct VcpuStats {
+  index @0 :UInt32;
+  reads @1 :UInt64;
+  writes @2 :UInt64;
+  gpFaults @3 :UInt64;
+  ignoredAccesses @4 :UInt64;
+  accepted @5 :UInt64;         # vectors accepted into IRR
+  acknowledged @6 :UInt64;
+  eois @7 :UInt64;
+  ipisSent @8 :UInt64;
+  timerExpiries @9 :UInt64;
+  eventsPosted @10 :UInt64;    # events sent to the front for this vCPU
+  perRegister @11 :List(RegisterCount);  # non-zero access counts only
+}
+
+struct VcpuInfo {
+  index @0 :UInt32;
+  apicId @1 :UInt32;
+  initialApicId @2 :UInt32;
+  bsp @3 :Bool;
+  apicMode @4 :ApicMode;
+  runState @5 :RunState;
+  timerArmed @6 :Bool;
+  timerDeadlineNs @7 :UInt64;  # host CLOCK_MONOTONIC ns, when armed
+}
+
+interface Vcpu {
+  # One vCPU's local APIC. Every access method returns an AccessResult.
+
+  mmioRead @0 (address :UInt64, size :UInt8) -> (result :AccessResult);
+  # Guest read at guest-physical `address`, decoded against the current
+  # IA32_APIC_BASE. size 1, 2, 4 or 8; anything else is an error reply.
+
+  mmioWrite @1 (address :UInt64, size :UInt8, value :UInt64) -> (result :AccessResult);
+  # Guest write. An ICR write routes its IPI through the VM before replying.
+
+  msrRead @2 (msr :UInt32) -> (result :AccessResult);
+  # RDMSR of 0x800-0x8FF, IA32_APIC_BASE (0x1B) or IA32_TSC_DEADLINE (0x6E0);
+  # any other MSR answers #GP.
+
+  msrWrite @3 (msr :UInt32, value :UInt64) -> (result :AccessResult);
+  # WRMSR. An x2APIC ICR write routes its IPI through the VM before replying.
+
+  acknowledge @4 () -> (delivered :Bool, vector :UInt8, state :InterruptState);
+  # The front injects an interrupt now: moves the highest deliverable vector
+  # from IRR to ISR and returns it (delivered = false if nothing beats PPR
+  # any more). `state` is the state afterwards.
+
+  interruptState @5 () -> (state :InterruptState);
+  # Pending interrupt, TPR/PPR, run state, mode and ID.
+
+  setCr8 @6 (cr8 :UInt8) -> (state :InterruptState);
+  # MOV to CR8 (TPR = cr8 << 4), as a VMM syncs kvm_run->cr8 on exits.
+
+  startup @7 (vector :UInt8) -> (started :Bool, state :InterruptState);
+  # Reserved for fronts that deliver a SIPI they received out of band;
+  # normally SIPIs arrive as events. Starts a vCPU waiting for SIPI.
+
+  save @8 () -> (state :VcpuState);
+  restore @9 (state :VcpuState) -> ();
+  # Validates first; a malformed blob is an error reply and leaves the vCPU
+  # unchanged. `state.index` is ignored (the capability names the vCPU).
+
+  pages @10 () -> (virtualApic :PageInfo, apicAccess :PageInfo);
+  # Addresses of this vCPU's virtual-APIC page and of the server object's
+  # single APIC-access page.
+
+  virtualApicPage @11 () -> (page :Page);
+  # The virtual-APIC page as a mappable capability (fd with --hal shared).
+
+  stats @12 () -> (stats :VcpuStats);
+
+  info @13 () -> (info :VcpuInfo);
+
+  ticket @14 () -> (ticket :Data);
+  # An unguessable bearer token (a sturdy ref) for this vCPU alone, which
+  # another connection redeems with Service.attachVcpu: how a front gives
+  # each vCPU thread its own connection. Valid while the VM lives.
+}
+
+# ---------------------------------------------------------------------------
+# Events (server -> front)
+
+struct Event {
+  # One thing vCPU `vcpu` must act on. Events of one vCPU arrive in the
+  # order they happened; events of different vCPUs are independent.
+  vcpu @0 :UInt32;
+  union {
+    deliverable @1 :UInt8;
+    # A vector now beats PPR: open an interrupt window, then acknowledge.
+    # Coalesced: a later `deliverable` supersedes an earlier one (IRR is a
+    # set), so the front always re-reads the state when it acknowledges.
+    nmi @2 :Void;
+    smi @3 :Void;
+    init @4 :Void;            # INIT received: the LAPIC was reset
+    sipi @5 :UInt8;           # start at CS = vector << 8, IP = 0
+    extint @6 :Void;          # ask the legacy PIC for the vector
+    eoi @7 :UInt8;            # level-triggered EOI for the I/O APIC
+    timer @8 :UInt32;         # the LAPIC timer expired (count of merged
+                              # periods); a deliverable event follows if the
+                              # timer vector is unmasked and beats PPR
+  }
+}
+
+interface EventSink {
+  # Implemented by the front, called by the server without any request from
+  # the front. Flow control: the server keeps at most
+  # VmConfig.maxBatchesInFlight calls outstanding; the front applies
+  # backpressure simply by returning later. Meanwhile events queue (and
+  # coalesce where the architecture allows) in the server; none is lost.
+
+  deliver @0 (events :List(Event), droppedCoalesced :UInt64) -> ();
+  # `droppedCoalesced`: how many events were merged into later ones since
+  # the previous batch (informational).
+}
+
+# ---------------------------------------------------------------------------
+# The VM
+
+struct MsiMessage {
+  # An MSI in the architectural format (SDM "Message Signalled Interrupts").
+  address @0 :UInt64;   # 0xFEExxxxx: dest ID 19:12, ext. ID 11:5, RH 3, DM 2
+  data @1 :UInt32;      # vector 7:0, delivery mode 10:8, level 14, trigger 15
+}
+
+struct VmStats {
+  vcpus @0 :List(VcpuStats);
+  eventsPosted @1 :UInt64;
+  batchesPosted @2 :UInt64;
+  eventsCoalesced @3 :UInt64;
+  timerExpiries @4 :UInt64;
+  msisDelivered @5 :UInt64;
+}
+
+struct VmInfo {
+  id @0 :UInt64;              # server-wide id (for operators, not a right)
+  name @1 :Text;
+  vcpuCount @2 :UInt32;
+  owner @3 :UInt64;           # id of the connection that created it
+  createdNs @4 :UInt64;
+  eventsQueued @5 :UInt64;
+  batchesInFlight @6 :UInt32;
+}
+
+interface Vm {
+  vcpu @0 (index :UInt32) -> (vcpu :Vcpu);
+  # Out-of-range index: error reply.
+
+  listVcpus @1 () -> (vcpus :List(VcpuInfo));
+
+  deliverMsi @2 (msi :MsiMessage) -> ();
+  # Route a device's MSI through the VM (physical/logical, lowest priority,
+  # extended destination ID).
+
+  deliverIoApic @3 (entry :UInt64) -> ();
+  # Route an I/O APIC redirection-table entry (the 64-bit RTE format) that
+  # is firing now (for level-triggered entries: asserting).
+
+  setLint @4 (vcpu :UInt32, pin :UInt8, level :Bool) -> ();
+  # Drive LINT0/LINT1 of one vCPU (`vcpu` = 0xFFFFFFFF: of every vCPU, as a
+  # board wires the PIC to all LAPICs). pin 0 or 1.
+
+  save @5 () -> (state :VmState);
+  restore @6 (state :VmState) -> ();
+  # VM-wide save/restore; restore validates every vCPU before changing any.
+
+  stats @7 () -> (stats :VmStats);
+  info @8 () -> (info :VmInfo);
+
+  apicAccessPage @9 () -> (info :PageInfo, page :Page);
+  # The server object's APIC-access page (one per server, via the HAL).
+
+  release @10 () -> ();
+  # Release the VM now (otherwise: when the last capability is dropped).
+}
+
+# ---------------------------------------------------------------------------
+# Operator access
+
+struct ServerStatus {
+  version @0 :Text;
+  hal @1 :Text;               # "host-memory" or "shared-memory"
+  uptimeNs @2 :UInt64;
+  connections @3 :UInt32;
+  vms @4 :UInt32;
+  vcpus @5 :UInt32;
+  pagesInUse @6 :UInt64;
+  armedTimers @7 :UInt32;
+  totalEventsPosted @8 :UInt64;
+  totalTimerExpiries @9 :UInt64;
+  pid @10 :UInt32;
+}
+
+interface Admin {
+  # The operator's right over the whole server (vlapicctl). Whoever can
+  # connect to the socket gets it: the socket's file permissions (or the
+  # systemd socket unit) ARE this right, so the socket must not be reachable
+  # by guests or untrusted fronts. It observes every VM and can save and
+  # restore them; capabilities it hands out do not keep a VM alive (the
+  # creator's do) and fail once the VM is released.
+  status @0 () -> (status :ServerStatus);
+  listVms @1 () -> (vms :List(VmInfo));
+  openVm @2 (id :UInt64) -> (vm :Vm);
+  # Unknown id: error reply.
+}
+
+# ---------------------------------------------------------------------------
+# Bootstrap
+
+interface Service {
+  echo @0 (value :UInt64) -> (value :UInt64);
+  # Does nothing: the transport floor for benchmarks.
+
+  createVm @1 (config :VmConfig, sink :EventSink) -> (vm :Vm);
+  # Invalid configuration: error reply naming the field.
+
+  attachVcpu @2 (ticket :Data) -> (vcpu :Vcpu);
+  # Redeem a ticket from Vcpu.ticket on this connection.
+
+  admin @3 () -> (admin :Admin);
+
+  status @4 () -> (status :ServerStatus);
+}

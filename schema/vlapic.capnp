@@ -171,11 +171,14 @@ struct VcpuState {
 }
 
 struct VmState {
-  # A saved VM: every vCPU plus VM-wide state (guest TSC offset, delivery
-  # state such as lowest-priority rotation). Restore requires a VM with the
-  # same vCPU count.
+  # A saved VM: every vCPU plus the VM-wide state (guest TSC, the
+  # lowest-priority rotation, events the front has not received yet).
+  # Restore requires a VM with the same vCPU count.
   vcpus @0 :List(VcpuState);
-  vmHidden @1 :Data;           # versioned VM-wide record
+  tscOffset @1 :Int64;             # guest TSC = host ns * tscHz / 1e9 + offset
+  tscAtSave @2 :UInt64;            # guest TSC value when saved
+  lowestPriorityCursor @3 :UInt32; # rotation state of lowest-priority delivery
+  queuedEvents @4 :List(List(Event));  # per vCPU, oldest first
 }
 
 struct PageInfo {
@@ -300,10 +303,13 @@ struct Event {
     sipi @5 :UInt8;           # start at CS = vector << 8, IP = 0
     extint @6 :Void;          # ask the legacy PIC for the vector
     eoi @7 :UInt8;            # level-triggered EOI for the I/O APIC
-    timer @8 :UInt32;         # the LAPIC timer expired (count of merged
-                              # periods); a deliverable event follows if the
-                              # timer vector is unmasked and beats PPR
+    timer @8 :Void;           # the LAPIC timer expired; its vector, if
+                              # unmasked, is in IRR (a deliverable event
+                              # follows when it beats PPR)
   }
+  count @9 :UInt32;
+  # timer: expiries merged into this event (periods the host was late by);
+  # eoi: EOIs of `eoi` merged into this event; 1 for every other kind.
 }
 
 interface EventSink {
@@ -365,8 +371,11 @@ interface Vm {
   # board wires the PIC to all LAPICs). pin 0 or 1.
 
   save @5 () -> (state :VmState);
-  restore @6 (state :VmState) -> ();
+  restore @6 (state :VmState, resumeTscAtSaved :Bool) -> ();
   # VM-wide save/restore; restore validates every vCPU before changing any.
+  # resumeTscAtSaved = false: keep the saved TSC offset (same host clock, e.g.
+  # a restarted vlapicd); true: the guest TSC continues from tscAtSave, as
+  # if no time had passed (another host, a paused VM).
 
   stats @7 () -> (stats :VmStats);
   info @8 () -> (info :VmInfo);

@@ -107,7 +107,7 @@ struct Event {
   uint32_t vcpu = 0;
   EventKind kind = EventKind::DELIVERABLE;
   uint8_t vector = 0;               // DELIVERABLE, SIPI, EOI
-  uint32_t count = 0;               // TIMER: merged expiries
+  uint32_t count = 1;               // TIMER/EOI: merged occurrences
 };
 
 // Called with each batch, in order per vCPU. Runs on the thread whose event
@@ -130,7 +130,10 @@ struct VcpuState {
 
 struct VmState {
   kj::Array<VcpuState> vcpus;
-  kj::Array<kj::byte> vmHidden;
+  int64_t tscOffset = 0;
+  uint64_t tscAtSave = 0;
+  uint32_t lowestPriorityCursor = 0;
+  kj::Array<kj::Array<Event>> queuedEvents;   // per vCPU, oldest first
 };
 
 // Portable file form of saved state (vlapicctl save/restore): a Cap'n Proto
@@ -260,7 +263,7 @@ public:
   static constexpr uint32_t kAllVcpus = 0xFFFFFFFF;
   virtual kj::Promise<void> setLint(uint32_t vcpu, uint8_t pin, bool level) = 0;
   virtual kj::Promise<VmState> save() = 0;
-  virtual kj::Promise<void> restore(const VmState& state) = 0;
+  virtual kj::Promise<void> restore(const VmState& state, bool resumeTscAtSaved = false) = 0;
   virtual kj::Promise<VmStats> stats() = 0;
   virtual kj::Promise<VmInfo> info() = 0;
   virtual kj::Promise<PageInfo> apicAccessPage() = 0;
@@ -354,7 +357,7 @@ public:
   virtual void deliverIoApic(uint64_t redirectionEntry) = 0;
   virtual void setLint(uint32_t vcpu, uint8_t pin, bool level) = 0;
   virtual VmState save() = 0;
-  virtual void restore(const VmState& state) = 0;
+  virtual void restore(const VmState& state, bool resumeTscAtSaved = false) = 0;
   virtual VmStats stats() = 0;
   virtual VmInfo info() = 0;
   virtual PageInfo apicAccessPage() = 0;

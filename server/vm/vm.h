@@ -122,8 +122,8 @@ enum class DeliveryStatus : uint8_t {
   NO_TARGET,        // no enabled LAPIC matched the destination
   DROPPED,          // architecturally discarded: level-triggered with level
                     // de-asserted (incl. INIT de-assert), a masked I/O APIC
-                    // entry, an illegal vector (ESR set), a reserved
-                    // delivery mode
+                    // entry, a reserved delivery mode. (An illegal vector
+                    // 0-15 is DELIVERED: each receiver sets ESR bit 6.)
   NOT_AN_INTERRUPT, // MSI address outside 0xFEExxxxx, or a shorthand on a
                     // message that has no sender
 };

@@ -1,0 +1,272 @@
+// The per-vCPU shared-memory call/reply channel between a front and vlapicd
+// (issue 7's exit fast path). One channel serves one vCPU: the front writes a
+// request into a slot of a shared memfd, the server runs it and writes the
+// reply (access result, an interrupt to inject now, CR8, queued events) into
+// a second slot -- a synchronous call like seL4's IPC, with no socket and no
+// RPC machinery on the path while both sides are awake.
+//
+// Wake-ups: each side busy-polls the shared sequence words for a bounded,
+// adaptive window (KVM halt-polling's rule, see PollWindow) and then sleeps
+// on a doorbell: a SOCK_SEQPACKET socket pair whose peer end is the only fd a
+// front receives. The same socket reports the peer's death (POLLHUP) while
+// sleeping, so an idle channel costs no CPU and a dead peer is an error, never
+// a hang. README.md in this folder explains the wiring into vlapicd and
+// vlapic-kvm.
+#pragma once
+
+#include "server/core/types.h"
+#include <kj/common.h>
+#include <kj/function.h>
+#include <kj/io.h>
+#include <kj/memory.h>
+#include <cstdint>
+
+namespace vlapic::channel {
+
+// ---------------------------------------------------------------------------
+// Requests and replies: value types, independent of the wire encoding.
+
+enum class Operation : uint8_t {
+  MMIO_READ,     // gpa, size
+  MMIO_WRITE,    // gpa, size, value
+  MSR_READ,      // msr
+  MSR_WRITE,     // msr, value
+  ACKNOWLEDGE,   // take the vector to inject now (Lapic::acknowledge)
+  SET_CR8,       // cr8: MOV to CR8 (Lapic::setCr8)
+  FETCH_EVENTS,  // nothing but the events queued for this vCPU
+};
+
+struct Request {
+  Operation operation = Operation::FETCH_EVENTS;
+  uint64_t gpa = 0;
+  uint8_t size = 0;
+  uint32_t msr = 0;
+  uint64_t value = 0;
+  uint8_t cr8 = 0;  // 0-15; CR8 bits 63:4 are reserved (SDM 10.8.6.1)
+  // The vCPU can take an external interrupt right after this exit (KVM:
+  // ready_for_interrupt_injection and RFLAGS.IF): the server may acknowledge
+  // the pending vector in the same call and return it in Reply::inject.
+  bool injectIfPending = false;
+
+  static Request mmioRead(uint64_t gpa, uint8_t size);
+  static Request mmioWrite(uint64_t gpa, uint8_t size, uint64_t value);
+  static Request msrRead(uint32_t msr);
+  static Request msrWrite(uint32_t msr, uint64_t value);
+  static Request acknowledge();
+  static Request setCr8(uint8_t cr8);
+  static Request fetchEvents();
+
+  bool operator==(const Request&) const = default;
+};
+
+// The kinds of the Vm layer's VcpuEvent (server/vm/vm.h), one to one.
+enum class EventKind : uint8_t {
+  DELIVERABLE,  // `vector` beats PPR: open an interrupt window, acknowledge
+  NMI,
+  SMI,
+  INIT,         // the LAPIC was reset by INIT
+  SIPI,         // start at CS = vector << 8, IP = 0
+  EXTINT,       // ask the legacy PIC for the vector
+  EOI,          // level-triggered `vector` EOIed: for the I/O APIC
+  TIMER,        // the LAPIC timer expired `count` times
+};
+
+struct Event {
+  EventKind kind = EventKind::NMI;
+  uint8_t vector = 0;  // DELIVERABLE, SIPI, EOI
+  uint32_t count = 1;  // TIMER, EOI: merged occurrences; 1 otherwise
+  bool operator==(const Event&) const = default;
+};
+
+// Why a request never reached the LAPIC. The transport's own results; a
+// guest's bad access is an AccessStatus instead.
+enum class Rejection : uint8_t {
+  MALFORMED,        // not a valid message, or a field out of range
+  OVERSIZED,        // declared size larger than the slot
+  UNKNOWN_REQUEST,  // a request kind this server does not know
+  HANDLER_FAILED,   // the server threw while serving a well-formed request
+};
+
+kj::StringPtr rejectionName(Rejection rejection);
+
+// Events per reply: enough for a whole Vm event queue (server/vm/vm.h's
+// kMaxQueuedEventsPerVcpu = 7 + 256), so draining it always fits; beyond
+// that `moreEvents` asks the front to send FETCH_EVENTS.
+constexpr size_t kMaxEventsPerReply = 7 + 256 + 25;
+
+struct Reply {
+  enum class Kind : uint8_t { ACCESS, DONE, REJECTED };
+  Kind kind = Kind::DONE;
+  // ACCESS: the LAPIC's AccessResult as the front needs it (the side effects
+  // -- IPIs to route, EOI broadcasts -- stay in the server).
+  AccessStatus status = AccessStatus::OK;
+  AccessReason reason = AccessReason::NONE;
+  uint64_t value = 0;
+  Rejection rejection = Rejection::MALFORMED;  // REJECTED
+  kj::Maybe<uint8_t> inject;  // acknowledged: inject this vector now
+  uint8_t cr8 = 0;            // TPR[7:4] after the call, for kvm_run->cr8
+  bool moreEvents = false;
+
+  static Reply access(const AccessResult& result);
+  static Reply done();
+  static Reply rejected(Rejection why);
+
+  // Appends an event; when the reply is full, sets moreEvents and returns
+  // false (the event must stay queued in the server).
+  bool addEvent(Event event);
+  kj::ArrayPtr<const Event> events() const { return kj::arrayPtr(eventSlots, eventCount); }
+
+  bool operator==(const Reply& other) const;
+
+private:
+  uint8_t eventCount = 0;
+  Event eventSlots[kMaxEventsPerReply];
+};
+
+// ---------------------------------------------------------------------------
+// Adaptive polling (the rule of KVM's halt-polling): after an event, a waiter
+// spins for `currentNs()` before it sleeps. A wait that the spin covered
+// leaves the window alone. A wait that had to sleep grows the window
+// (doubling, from `startNs`) if it ended within `maxNs` -- a longer spin
+// would have caught it -- and shrinks it (halving, to zero below `startNs`)
+// if it lasted longer than `maxNs`, since then spinning only burns CPU.
+struct PollPolicy {
+  uint64_t initialNs = 0;
+  uint64_t startNs = 10'000;
+  uint64_t maxNs = 200'000;
+  bool adaptive = true;
+
+  // The default: adaptive, 10 us to 200 us (KVM's halt_poll_ns defaults).
+  static PollPolicy adaptivePolicy() { return {}; }
+  // Spin forever: the lowest latency, a whole core per waiting side.
+  static PollPolicy busyPolicy() { return {UINT64_MAX, 0, UINT64_MAX, false}; }
+  // Never spin: every wait sleeps on the doorbell.
+  static PollPolicy sleepPolicy() { return {0, 0, 0, false}; }
+};
+
+class PollWindow {
+public:
+  explicit PollWindow(PollPolicy policy) : policy(policy), window(policy.initialNs) {}
+  uint64_t currentNs() const { return window; }
+  void onPollHit() {}
+  void onSlept(uint64_t waitedNs);
+
+private:
+  PollPolicy policy;
+  uint64_t window;
+};
+
+// ---------------------------------------------------------------------------
+// The server side of one vCPU's channel: a thread that waits for requests,
+// hands each to the handler and writes its reply.
+
+struct ServerStats {
+  uint64_t requests = 0;     // replies written, rejections included
+  uint64_t rejected = 0;     // requests that never reached the handler
+  uint64_t handlerFailures = 0;
+  uint64_t pollHits = 0;     // requests that arrived while spinning
+  uint64_t sleeps = 0;       // times the thread slept on the doorbell
+  uint64_t pollWindowNs = 0;
+  uint64_t threadCpuNs = 0;  // CPU time of the channel thread so far
+  bool asleep = false;       // the thread is blocked on the doorbell now
+  bool closed = false;       // the front hung up
+};
+
+class ChannelServer {
+public:
+  // Runs on the channel's own thread, one request at a time (never two at
+  // once for one channel; different channels' handlers run concurrently).
+  // The Vm layer is single-threaded, so the handler must take the VM's lock
+  // or hop onto the event loop (kj::Executor::executeSync); see README.md
+  // for what each costs. A handler that throws yields HANDLER_FAILED.
+  using Handler = kj::Function<Reply(const Request&)>;
+  // Called once on the channel thread when the front hangs up (its process
+  // died or closed the fd). It must not destroy the ChannelServer itself
+  // (the destructor joins that thread): post the clean-up elsewhere.
+  using OnClosed = kj::Function<void()>;
+
+  struct Options {
+    PollPolicy poll = PollPolicy::adaptivePolicy();
+  };
+
+  // Creates the shared memory and the doorbell, starts the channel thread,
+  // and returns the server together with the one fd the front needs (pass it
+  // over the capnp socket, then close it: while the server process holds a
+  // copy it cannot see the front hang up).
+  struct Created {
+    kj::Own<ChannelServer> server;
+    kj::AutoCloseFd frontFd;
+  };
+  static Created create(Handler handler, OnClosed onClosed, Options options);
+  static Created create(Handler handler, OnClosed onClosed) {
+    return create(kj::mv(handler), kj::mv(onClosed), Options());
+  }
+
+  // Stops the thread (a request being served completes first) and unmaps.
+  ~ChannelServer() noexcept(false);
+  KJ_DISALLOW_COPY(ChannelServer);
+
+  // Events are queued for this vCPU: flag it in shared memory and wake the
+  // front if it sleeps in waitForAttention(). Any thread may call it.
+  void raiseAttention();
+
+  ServerStats stats() const;
+
+  struct Impl;
+  explicit ChannelServer(kj::Own<Impl> impl);
+
+private:
+  kj::Own<Impl> impl;
+};
+
+// ---------------------------------------------------------------------------
+// The front side of one vCPU's channel; used by that vCPU's thread only.
+
+struct FrontStats {
+  uint64_t calls = 0;
+  uint64_t pollHits = 0;  // replies that arrived while spinning
+  uint64_t sleeps = 0;
+  uint64_t pollWindowNs = 0;
+};
+
+class ChannelFront {
+public:
+  struct Options {
+    PollPolicy poll = PollPolicy::adaptivePolicy();
+    // Give up on a reply after this long (DISCONNECTED). Without it, only
+    // the server's death ends a wait.
+    kj::Maybe<uint64_t> replyTimeoutNs;
+  };
+
+  // Takes the fd ChannelServer::create() returned (received over the capnp
+  // socket). Throws if it is not a channel of this layout version.
+  static kj::Own<ChannelFront> connect(kj::AutoCloseFd channelFd, Options options);
+  static kj::Own<ChannelFront> connect(kj::AutoCloseFd channelFd) {
+    return connect(kj::mv(channelFd), Options());
+  }
+
+  ~ChannelFront() noexcept(false);
+  KJ_DISALLOW_COPY(ChannelFront);
+
+  // One synchronous call. Throws DISCONNECTED if the server went away (or
+  // the reply timeout passed) and FAILED if its reply is malformed.
+  Reply call(const Request& request);
+
+  // The server queued events since the last call: fetch them (FETCH_EVENTS,
+  // or any other call) before entering the guest again. One shared load.
+  bool attentionPending() const;
+  // Parks until attention is raised (true) or the timeout passes (false),
+  // polling first like call(); for a halted vCPU. Throws DISCONNECTED if the
+  // server went away.
+  bool waitForAttention(kj::Maybe<uint64_t> timeoutNs);
+
+  FrontStats stats() const;
+
+  struct Impl;
+  explicit ChannelFront(kj::Own<Impl> impl);
+
+private:
+  kj::Own<Impl> impl;
+};
+
+}  // namespace vlapic::channel

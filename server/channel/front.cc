@@ -1,0 +1,146 @@
+// The front side of a channel: a synchronous call from a vCPU thread.
+#include "server/channel/shared-layout.h"
+#include <kj/debug.h>
+
+namespace vlapic::channel {
+
+struct ChannelFront::Impl {
+  Impl(Options options, kj::AutoCloseFd doorbell, kj::AutoCloseFd memfd)
+      : options(options), doorbell(kj::mv(doorbell)), mapping(memfd),
+        replyWindow(options.poll), attentionWindow(options.poll) {}
+
+  Options options;
+  kj::AutoCloseFd doorbell;
+  SharedMapping mapping;
+  uint32_t lastSeq = 0;
+  // Replies come microseconds after a request while the server is awake;
+  // attention comes whenever the guest's next interrupt does. Separate
+  // windows, so HLT parking does not shrink the window calls need.
+  PollWindow replyWindow;
+  PollWindow attentionWindow;
+  FrontStats stats;
+  capnp::word copy[kReplySlotBytes / sizeof(capnp::word)];
+
+  // Polls then sleeps until ready(). Returns false on timeout; throws
+  // DISCONNECTED when the server hung up.
+  template <typename Ready>
+  bool waitFor(PollWindow& window, kj::Maybe<uint64_t> timeoutNs, Ready&& ready);
+};
+
+namespace {
+
+[[noreturn]] void throwServerGone() {
+  kj::throwFatalException(KJ_EXCEPTION(DISCONNECTED, "vlapicd closed the channel"));
+}
+
+}  // namespace
+
+template <typename Ready>
+bool ChannelFront::Impl::waitFor(PollWindow& window, kj::Maybe<uint64_t> timeoutNs,
+                                 Ready&& ready) {
+  SharedChannel& shared = mapping.channel();
+  uint64_t start = monotonicNowNs();
+  uint64_t spin = window.currentNs();
+  KJ_IF_MAYBE(timeout, timeoutNs) {
+    if (*timeout < spin) spin = *timeout;
+  }
+  switch (spinFor(spin, start, doorbell, ready)) {
+    case SpinResult::READY:
+      stats.pollHits++;
+      window.onPollHit();
+      return true;
+    case SpinResult::HUNG_UP:
+      throwServerGone();
+    case SpinResult::EXPIRED:
+      break;
+  }
+
+  for (;;) {
+    int timeoutMs = -1;
+    KJ_IF_MAYBE(timeout, timeoutNs) {
+      uint64_t waited = monotonicNowNs() - start;
+      if (waited >= *timeout) return false;
+      timeoutMs = static_cast<int>((*timeout - waited + 999'999) / 1'000'000);
+    }
+    shared.frontSleeping.store(1, std::memory_order_seq_cst);
+    if (ready()) {
+      shared.frontSleeping.store(0, std::memory_order_seq_cst);
+      break;
+    }
+    stats.sleeps++;
+    DoorbellWait woken = sleepOnDoorbell(doorbell, -1, timeoutMs);
+    shared.frontSleeping.store(0, std::memory_order_seq_cst);
+    // A reply written just before the server died still counts.
+    if (ready()) break;
+    if (woken == DoorbellWait::HUNG_UP) throwServerGone();
+  }
+  window.onSlept(monotonicNowNs() - start);
+  return true;
+}
+
+kj::Own<ChannelFront> ChannelFront::connect(kj::AutoCloseFd channelFd, Options options) {
+  kj::AutoCloseFd memfd = receiveChannelMemory(channelFd);
+  auto impl = kj::heap<Impl>(options, kj::mv(channelFd), kj::mv(memfd));
+  SharedChannel& shared = impl->mapping.channel();
+  KJ_REQUIRE(shared.magic == kChannelMagic && shared.version == kLayoutVersion &&
+                 shared.requestSlotBytes == kRequestSlotBytes &&
+                 shared.replySlotBytes == kReplySlotBytes && shared.sharedBytes == kSharedBytes,
+             "vlapic channel of an unknown layout", shared.magic, shared.version);
+  impl->lastSeq = shared.requestSeq.load(std::memory_order_relaxed);
+  return kj::heap<ChannelFront>(kj::mv(impl));
+}
+
+ChannelFront::ChannelFront(kj::Own<Impl> impl) : impl(kj::mv(impl)) {}
+ChannelFront::~ChannelFront() noexcept(false) {}
+
+Reply ChannelFront::call(const Request& request) {
+  SharedChannel& shared = impl->mapping.channel();
+  // Everything queued before this call comes back in its reply.
+  shared.attention.store(0, std::memory_order_seq_cst);
+  uint32_t seq = ++impl->lastSeq;
+  size_t bytes = encodeRequest(request, kj::arrayPtr(shared.requestSlot, kRequestSlotBytes));
+  shared.requestBytes.store(static_cast<uint32_t>(bytes), std::memory_order_relaxed);
+  shared.requestSeq.store(seq, std::memory_order_seq_cst);
+  if (shared.serverSleeping.load(std::memory_order_seq_cst) != 0) ringDoorbell(impl->doorbell);
+  impl->stats.calls++;
+
+  bool replied = impl->waitFor(impl->replyWindow, impl->options.replyTimeoutNs, [&]() {
+    return shared.replySeq.load(std::memory_order_acquire) == seq;
+  });
+  if (!replied) {
+    kj::throwFatalException(KJ_EXCEPTION(DISCONNECTED, "vlapicd did not reply in time"));
+  }
+
+  uint32_t declared = shared.replyBytes.load(std::memory_order_relaxed);
+  auto copied = copyOutOfSlot(shared.replySlot, kReplySlotBytes, declared, impl->copy);
+  KJ_SWITCH_ONEOF(copied) {
+    KJ_CASE_ONEOF(message, kj::ArrayPtr<const capnp::word>) {
+      KJ_IF_MAYBE(reply, decodeReply(message)) {
+        return *reply;
+      }
+    }
+    KJ_CASE_ONEOF(why, Rejection) {
+      KJ_FAIL_REQUIRE("vlapicd wrote a reply that does not fit its slot", rejectionName(why));
+    }
+  }
+  KJ_FAIL_REQUIRE("vlapicd wrote a malformed reply");
+}
+
+bool ChannelFront::attentionPending() const {
+  return impl->mapping.channel().attention.load(std::memory_order_acquire) != 0;
+}
+
+bool ChannelFront::waitForAttention(kj::Maybe<uint64_t> timeoutNs) {
+  SharedChannel& shared = impl->mapping.channel();
+  return impl->waitFor(impl->attentionWindow, timeoutNs, [&]() {
+    return shared.attention.load(std::memory_order_acquire) != 0;
+  });
+}
+
+FrontStats ChannelFront::stats() const {
+  FrontStats stats = impl->stats;
+  stats.pollWindowNs = impl->replyWindow.currentNs();
+  return stats;
+}
+
+}  // namespace vlapic::channel

@@ -1,0 +1,241 @@
+// The server side of a channel: one thread per channel that polls, sleeps,
+// copies each request out of shared memory, runs the handler and replies.
+#include "server/channel/shared-layout.h"
+#include <kj/debug.h>
+#include <kj/thread.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <unistd.h>
+#include <cerrno>
+#include <ctime>
+
+namespace vlapic::channel {
+
+struct ChannelServer::Impl {
+  Impl(Handler handler, OnClosed onClosed, Options options, int memfd,
+       kj::AutoCloseFd doorbell, kj::AutoCloseFd stopFd)
+      : handler(kj::mv(handler)), onClosed(kj::mv(onClosed)), options(options),
+        mapping(memfd), doorbell(kj::mv(doorbell)), stopFd(kj::mv(stopFd)) {}
+
+  Handler handler;
+  OnClosed onClosed;
+  Options options;
+  SharedMapping mapping;
+  kj::AutoCloseFd doorbell;
+  kj::AutoCloseFd stopFd;  // eventfd: readable once the destructor runs
+  std::atomic<bool> stopping = false;
+
+  // Statistics: written by the channel thread, read by anyone.
+  std::atomic<uint64_t> requests = 0, rejected = 0, handlerFailures = 0;
+  std::atomic<uint64_t> pollHits = 0, sleeps = 0, pollWindowNs = 0;
+  std::atomic<bool> asleep = false, closed = false;
+  std::atomic<bool> threadRunning = false;
+  std::atomic<clockid_t> threadClock = 0;
+  std::atomic<uint64_t> finalThreadCpuNs = 0;
+
+  kj::Maybe<kj::Own<kj::Thread>> thread;
+
+  void run();
+  void serve(SharedChannel& shared, uint32_t seq, kj::ArrayPtr<capnp::word> copy);
+  Reply runHandler(const Request& request);
+};
+
+namespace {
+
+uint64_t cpuClockNs(clockid_t clock) {
+  struct timespec ts;
+  if (clock_gettime(clock, &ts) != 0) return 0;
+  return static_cast<uint64_t>(ts.tv_sec) * 1'000'000'000u + static_cast<uint64_t>(ts.tv_nsec);
+}
+
+}  // namespace
+
+void ChannelServer::Impl::run() {
+  clockid_t clock;
+  KJ_ASSERT(pthread_getcpuclockid(pthread_self(), &clock) == 0);
+  threadClock = clock;
+  threadRunning = true;
+  KJ_DEFER({
+    finalThreadCpuNs = cpuClockNs(clock);
+    threadRunning = false;
+  });
+
+  SharedChannel& shared = mapping.channel();
+  // The last sequence number served. Private: the front cannot rewind it.
+  uint32_t lastSeq = 0;
+  PollWindow window(options.poll);
+  pollWindowNs = window.currentNs();
+  capnp::word copy[kRequestSlotBytes / sizeof(capnp::word)];
+
+  auto requestWaiting = [&]() {
+    return shared.requestSeq.load(std::memory_order_acquire) != lastSeq ||
+           stopping.load(std::memory_order_relaxed);
+  };
+
+  while (!stopping.load(std::memory_order_relaxed)) {
+    uint32_t seq = shared.requestSeq.load(std::memory_order_acquire);
+    if (seq != lastSeq) {
+      // Whatever number the front wrote, one change is one request: a front
+      // jumping its sequence gets one reply per change it makes, no more.
+      lastSeq = seq;
+      serve(shared, seq, copy);
+      continue;
+    }
+
+    uint64_t start = monotonicNowNs();
+    switch (spinFor(window.currentNs(), start, doorbell, requestWaiting)) {
+      case SpinResult::READY:
+        pollHits.fetch_add(1, std::memory_order_relaxed);
+        window.onPollHit();
+        continue;
+      case SpinResult::HUNG_UP:
+        closed = true;
+        onClosed();
+        return;
+      case SpinResult::EXPIRED:
+        break;
+    }
+
+    // Sleep: announce it, then re-check (see SharedChannel's protocol).
+    shared.serverSleeping.store(1, std::memory_order_seq_cst);
+    DoorbellWait woken = DoorbellWait::RUNG;
+    if (shared.requestSeq.load(std::memory_order_seq_cst) == lastSeq) {
+      sleeps.fetch_add(1, std::memory_order_relaxed);
+      asleep = true;
+      woken = sleepOnDoorbell(doorbell, stopFd, -1);
+      asleep = false;
+    }
+    shared.serverSleeping.store(0, std::memory_order_seq_cst);
+    switch (woken) {
+      case DoorbellWait::HUNG_UP:
+        closed = true;
+        onClosed();
+        return;
+      case DoorbellWait::STOPPED:
+        return;
+      case DoorbellWait::RUNG:
+      case DoorbellWait::TIMED_OUT:
+        break;
+    }
+    window.onSlept(monotonicNowNs() - start);
+    pollWindowNs = window.currentNs();
+  }
+}
+
+void ChannelServer::Impl::serve(SharedChannel& shared, uint32_t seq,
+                                kj::ArrayPtr<capnp::word> copy) {
+  // Read the declared size once; copyOutOfSlot checks it and copies.
+  uint32_t declared = shared.requestBytes.load(std::memory_order_relaxed);
+  Reply reply;
+  auto copied = copyOutOfSlot(shared.requestSlot, kRequestSlotBytes, declared, copy);
+  KJ_SWITCH_ONEOF(copied) {
+    KJ_CASE_ONEOF(message, kj::ArrayPtr<const capnp::word>) {
+      auto decoded = decodeRequest(message);
+      KJ_SWITCH_ONEOF(decoded) {
+        KJ_CASE_ONEOF(request, Request) {
+          reply = runHandler(request);
+        }
+        KJ_CASE_ONEOF(why, Rejection) {
+          rejected.fetch_add(1, std::memory_order_relaxed);
+          reply = Reply::rejected(why);
+        }
+      }
+    }
+    KJ_CASE_ONEOF(why, Rejection) {
+      rejected.fetch_add(1, std::memory_order_relaxed);
+      reply = Reply::rejected(why);
+    }
+  }
+
+  size_t bytes = encodeReply(reply, kj::arrayPtr(shared.replySlot, kReplySlotBytes));
+  shared.replyBytes.store(static_cast<uint32_t>(bytes), std::memory_order_relaxed);
+  // The seq_cst store also releases the slot and size to the front.
+  shared.replySeq.store(seq, std::memory_order_seq_cst);
+  requests.fetch_add(1, std::memory_order_relaxed);
+  if (shared.frontSleeping.load(std::memory_order_seq_cst) != 0) ringDoorbell(doorbell);
+}
+
+Reply ChannelServer::Impl::runHandler(const Request& request) {
+  Reply reply;
+  KJ_IF_MAYBE(exception, kj::runCatchingExceptions([&]() { reply = handler(request); })) {
+    uint64_t failures = handlerFailures.fetch_add(1, std::memory_order_relaxed) + 1;
+    // Log the 1st, 2nd, 4th, 8th... failure: visible, yet a front that keeps
+    // provoking one cannot flood the log.
+    if ((failures & (failures - 1)) == 0) {
+      KJ_LOG(ERROR, "vlapic channel handler failed", failures, *exception);
+    }
+    return Reply::rejected(Rejection::HANDLER_FAILED);
+  }
+  return reply;
+}
+
+ChannelServer::Created ChannelServer::create(Handler handler, OnClosed onClosed,
+                                             Options options) {
+  int fd;
+  KJ_SYSCALL(fd = memfd_create("vlapic-channel", MFD_CLOEXEC | MFD_ALLOW_SEALING));
+  kj::AutoCloseFd memfd(fd);
+  KJ_SYSCALL(ftruncate(memfd, kSharedBytes));
+  // Sealed: a front that could shrink the file would make the server's next
+  // access to the mapping fault with SIGBUS.
+  KJ_SYSCALL(fcntl(memfd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL));
+
+  int pair[2];
+  KJ_SYSCALL(socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair));
+  kj::AutoCloseFd serverEnd(pair[0]);
+  kj::AutoCloseFd frontEnd(pair[1]);
+
+  KJ_SYSCALL(fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+  kj::AutoCloseFd stopFd(fd);
+
+  // The memory travels to the front ahead of any doorbell ring, through the
+  // same socket, so the front needs one fd from the capnp socket.
+  sendChannelMemory(serverEnd, memfd);
+  auto impl = kj::heap<Impl>(kj::mv(handler), kj::mv(onClosed), options, memfd,
+                             kj::mv(serverEnd), kj::mv(stopFd));
+  SharedChannel& shared = impl->mapping.channel();
+  shared.magic = kChannelMagic;
+  shared.version = kLayoutVersion;
+  shared.requestSlotBytes = kRequestSlotBytes;
+  shared.replySlotBytes = kReplySlotBytes;
+  shared.sharedBytes = kSharedBytes;
+  Impl& ref = *impl;
+  auto server = kj::heap<ChannelServer>(kj::mv(impl));
+  ref.thread = kj::heap<kj::Thread>([&ref]() { ref.run(); });
+  return {kj::mv(server), kj::mv(frontEnd)};
+}
+
+ChannelServer::ChannelServer(kj::Own<Impl> impl) : impl(kj::mv(impl)) {}
+
+ChannelServer::~ChannelServer() noexcept(false) {
+  impl->stopping = true;
+  uint64_t one = 1;
+  KJ_SYSCALL(write(impl->stopFd, &one, sizeof(one)));
+  impl->thread = nullptr;  // joins
+}
+
+void ChannelServer::raiseAttention() {
+  SharedChannel& shared = impl->mapping.channel();
+  shared.attention.store(1, std::memory_order_seq_cst);
+  if (shared.frontSleeping.load(std::memory_order_seq_cst) != 0) ringDoorbell(impl->doorbell);
+}
+
+ServerStats ChannelServer::stats() const {
+  ServerStats stats;
+  stats.requests = impl->requests.load();
+  stats.rejected = impl->rejected.load();
+  stats.handlerFailures = impl->handlerFailures.load();
+  stats.pollHits = impl->pollHits.load();
+  stats.sleeps = impl->sleeps.load();
+  stats.pollWindowNs = impl->pollWindowNs.load();
+  stats.asleep = impl->asleep.load();
+  stats.closed = impl->closed.load();
+  uint64_t cpu = 0;
+  if (impl->threadRunning.load()) cpu = cpuClockNs(impl->threadClock.load());
+  stats.threadCpuNs = cpu != 0 ? cpu : impl->finalThreadCpuNs.load();
+  return stats;
+}
+
+}  // namespace vlapic::channel

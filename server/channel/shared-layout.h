@@ -1,0 +1,147 @@
+// Internals of the channel shared by the server, the front and the tests
+// (which play a hostile front): the memfd layout, the doorbell socket and the
+// wire codec. Users of the library need only channel.h.
+#pragma once
+
+#include "server/channel/channel.h"
+#include <capnp/common.h>
+#include <kj/one-of.h>
+#include <atomic>
+#include <cstddef>
+
+namespace vlapic::channel {
+
+constexpr uint64_t kChannelMagic = 0x6c656e6e61686376;  // "vchannel", little-endian
+constexpr uint32_t kLayoutVersion = 1;
+constexpr size_t kRequestSlotBytes = 256;
+// A reply with kMaxEventsPerReply events (one word each) and its result.
+constexpr size_t kReplySlotBytes = 3072;
+constexpr size_t kSharedBytes = 4096;
+
+static_assert(std::atomic<uint32_t>::is_always_lock_free,
+              "shared-memory atomics must not need a lock");
+
+// One 4 KiB memfd page. Every word the two sides both touch is an atomic;
+// each writer's words sit on their own cache line so that the spinning
+// reader of one does not slow the writer of another.
+//
+// Protocol (Dekker-style, all marked stores and loads seq_cst):
+//   front:  write request slot, requestBytes; store requestSeq = n;
+//           load serverSleeping -> ring the doorbell if set;
+//           spin on replySeq == n, then frontSleeping = 1, re-check, sleep.
+//   server: load requestSeq != last -> read requestBytes once, copy the slot
+//           out, decode, serve, write reply slot, replyBytes; store
+//           replySeq = n; load frontSleeping -> ring if set;
+//           spin on requestSeq, then serverSleeping = 1, re-check, sleep.
+// Either the sleeper's re-check sees the new sequence or the writer sees the
+// sleeping flag, so no wake-up is lost. The server keeps its own state
+// (last sequence served) privately: shared words are only hints, which a
+// hostile front may scribble on without hurting anyone but itself.
+struct SharedChannel {
+  // Written once by the server before the fd is handed out.
+  uint64_t magic;
+  uint32_t version;
+  uint32_t requestSlotBytes;
+  uint32_t replySlotBytes;
+  uint32_t sharedBytes;
+
+  // Written by the front.
+  alignas(64) std::atomic<uint32_t> requestSeq;
+  std::atomic<uint32_t> requestBytes;
+  alignas(64) std::atomic<uint32_t> frontSleeping;
+
+  // Written by the server.
+  alignas(64) std::atomic<uint32_t> replySeq;
+  std::atomic<uint32_t> replyBytes;
+  alignas(64) std::atomic<uint32_t> serverSleeping;
+
+  // Set by the server when events are queued, cleared by the front before
+  // each call (a call's reply carries everything queued before it).
+  alignas(64) std::atomic<uint32_t> attention;
+
+  alignas(64) kj::byte requestSlot[kRequestSlotBytes];
+  alignas(64) kj::byte replySlot[kReplySlotBytes];
+};
+static_assert(sizeof(SharedChannel) <= kSharedBytes);
+
+// A read-write mapping of a channel memfd; unmapped on destruction.
+class SharedMapping {
+public:
+  explicit SharedMapping(int memfd);
+  ~SharedMapping() noexcept(false);
+  KJ_DISALLOW_COPY(SharedMapping);
+  // Shared with another process: not part of this object's const state.
+  SharedChannel& channel() const { return *shared; }
+
+private:
+  SharedChannel* shared;
+};
+
+// ---- The doorbell: a SOCK_SEQPACKET socket pair ----
+// Rings the peer: one 1-byte packet, never blocking and never raising
+// SIGPIPE (a full socket already holds a pending wake-up; a closed peer is
+// noticed by the next sleep).
+void ringDoorbell(int fd);
+
+enum class DoorbellWait : uint8_t { RUNG, TIMED_OUT, HUNG_UP, STOPPED };
+// Sleeps until the doorbell rings, the peer hangs up, `stopFd` (if not -1)
+// becomes readable or the timeout passes (-1: none); drains pending rings.
+DoorbellWait sleepOnDoorbell(int fd, int stopFd, int timeoutMs);
+// Whether the peer hung up, without blocking.
+bool doorbellHungUp(int fd);
+
+// The server sends the memfd through the doorbell socket itself, so a front
+// needs one fd from the capnp socket, not two.
+void sendChannelMemory(int doorbellFd, int memfd);
+// Throws if no channel memory is waiting on the socket. The returned memfd
+// is validated for size and seals (the server seals it so nobody can shrink
+// it under the other side's mapping), not for content.
+kj::AutoCloseFd receiveChannelMemory(int doorbellFd);
+
+// ---- The wire codec (channel.capnp, flat array, one segment) ----
+// Encodes into `slot`; returns the bytes used. Throws if it does not fit,
+// which our own bounded structs never do.
+size_t encodeRequest(const Request& request, kj::ArrayPtr<kj::byte> slot);
+size_t encodeReply(const Reply& reply, kj::ArrayPtr<kj::byte> slot);
+// Decodes a private copy of what the peer wrote. Untrusted input: anything
+// malformed comes back as a Rejection, never as an exception or a crash.
+kj::OneOf<Request, Rejection> decodeRequest(kj::ArrayPtr<const capnp::word> message);
+kj::Maybe<Reply> decodeReply(kj::ArrayPtr<const capnp::word> message);
+
+// Reads `declaredBytes` (already loaded once from shared memory) of `slot`
+// into `copy`, checking bounds and alignment first: the one place untrusted
+// bytes leave shared memory. Returns the words copied, or the rejection.
+kj::OneOf<kj::ArrayPtr<const capnp::word>, Rejection> copyOutOfSlot(
+    const kj::byte* slot, size_t slotBytes, uint32_t declaredBytes,
+    kj::ArrayPtr<capnp::word> copy);
+
+// CLOCK_MONOTONIC in ns: the spin windows run on host time.
+uint64_t monotonicNowNs();
+
+enum class SpinResult : uint8_t { READY, EXPIRED, HUNG_UP };
+
+// Spins until `ready()` or until `windowNs` has passed since `startNs`. A
+// long (busy-policy) spin also checks the doorbell for a hang-up every
+// millisecond, so a busy waiter notices a dead peer too.
+template <typename Ready>
+SpinResult spinFor(uint64_t windowNs, uint64_t startNs, int doorbellFd, Ready&& ready) {
+  if (ready()) return SpinResult::READY;
+  if (windowNs == 0) return SpinResult::EXPIRED;
+  uint64_t lastHangUpCheck = startNs;
+  for (uint32_t i = 1;; i++) {
+    if (ready()) return SpinResult::READY;
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+    if ((i & 15) == 0) {
+      uint64_t now = monotonicNowNs();
+      if (now - startNs >= windowNs) return SpinResult::EXPIRED;
+      if (now - lastHangUpCheck >= 1'000'000) {
+        lastHangUpCheck = now;
+        if (doorbellHungUp(doorbellFd)) return SpinResult::HUNG_UP;
+      }
+    }
+  }
+}
+
+}  // namespace vlapic::channel

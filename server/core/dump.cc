@@ -55,7 +55,7 @@ kj::String decodeApicId(uint32_t value, RegisterLayout layout) {
 
 // xAPIC LDR meaning depends on the DFR model (SDM "Logical Destination
 // Mode"); without the DFR only the raw logical ID can be named.
-kj::String decodeLdr(LdrValue value, RegisterLayout layout, kj::Maybe<DfrValue> dfr) {
+kj::String decodeLdr(LdrValue value, RegisterLayout layout, kj::Maybe<const DfrValue&> dfr) {
   if (layout != RegisterLayout::XAPIC) {
     return kj::str("cluster ", hex(value.x2apicCluster(), 4), ", members ", hex(value.x2apicMembers(), 4));
   }
@@ -144,7 +144,7 @@ kj::String decodeLvt(LvtValue value, RegFormat format) {
 }
 
 kj::String decode(const RegisterInfo& info, uint32_t value, RegisterLayout layout,
-                  kj::Maybe<DfrValue> dfr) {
+                  kj::Maybe<const DfrValue&> dfr) {
   switch (info.format) {
     case RegFormat::PLAIN: return hex(value, 8);
     case RegFormat::APIC_ID: return decodeApicId(value, layout);
@@ -274,8 +274,9 @@ kj::String decodeApicBase(ApicBaseValue value) {
 kj::String dumpRegisters(const ConstRegisterView& view) {
   bool x2apic = view.layout() != RegisterLayout::XAPIC;
   unsigned lvtEntries = view.version().lvtEntries();
-  kj::Maybe<DfrValue> dfr;
-  if (!x2apic) dfr = view.dfr();
+  DfrValue dfrValue = view.dfr();
+  kj::Maybe<const DfrValue&> dfr;
+  if (!x2apic) dfr = dfrValue;
 
   kj::Vector<Row> rows;
   kj::Vector<kj::String> names;
@@ -299,7 +300,9 @@ kj::String dumpRegisters(const ConstRegisterView& view) {
     } else if (x2apic && info.reg == Reg::ICR_LOW) {
       // x2APIC has one 64-bit ICR (MSR 0x830); its high half is kept at 0x310.
       IcrValue icr = view.icr();
-      rows.add(Row { { kj::str("ICR"), hex(info.offset(), 3), kj::mv(msr), hex(icr.raw(), 16),
+      rows.add(Row { { kj::str("ICR"),
+                       kj::str(hex(info.offset(), 3), "-", hex(registerInfo(Reg::ICR_HIGH).offset(), 3)),
+                       kj::mv(msr), hex(icr.raw(), 16),
                        decodeIcr(icr, view.layout()) } });
     } else {
       uint32_t value = view.raw(info.reg);

@@ -72,7 +72,7 @@ public:
   Lapic(hal::Hal& hal, const GuestTsc& tsc, const LapicConfig& config,
         uint32_t initialApicId, bool bsp);
   ~Lapic() noexcept(false);
-  KJ_DISALLOW_COPY_AND_MOVE(Lapic);
+  KJ_DISALLOW_COPY(Lapic);  // kj 0.9: also disables moves
 
   // ---- Guest accesses: MMIO and MSR meet in one read/write path ----
   // gpa: guest-physical address; decoded against the current APIC base.
@@ -146,7 +146,10 @@ public:
   const ApicTimer& timer() const;
 
   // ---- Save / restore ----
-  LapicSnapshot save() const;
+  LapicSnapshot save() const;  // 32-bit x2APIC IDs (KVM_X2APIC_API_USE_32BIT_IDS)
+  // The same with the ID layout chosen: without 32-bit IDs an x2APIC-mode
+  // image carries the ID in bits 31:24, as KVM's legacy format does.
+  LapicSnapshot save(bool x2apic32BitIds) const;
   // Validates everything first: on error returns the reason and leaves the
   // vCPU unchanged.
   kj::Maybe<kj::String> restore(const LapicSnapshot& snapshot);

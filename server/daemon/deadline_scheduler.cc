@@ -1,0 +1,125 @@
+#include "deadline_scheduler.h"
+
+#include <kj/debug.h>
+#include <kj/vector.h>
+#include <cerrno>
+#include <ctime>
+#include <sys/timerfd.h>
+#include <unistd.h>
+
+namespace vlapic::daemon {
+
+namespace {
+
+uint64_t monotonicNowNs() {
+  struct timespec ts;
+  KJ_SYSCALL(clock_gettime(CLOCK_MONOTONIC, &ts));
+  return uint64_t(ts.tv_sec) * 1'000'000'000ull + uint64_t(ts.tv_nsec);
+}
+
+int newTimerFd() {
+  int fd;
+  KJ_SYSCALL(fd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC));
+  return fd;
+}
+
+}  // namespace
+
+DeadlineScheduler::DeadlineScheduler(kj::UnixEventPort& eventPort)
+    : timerFd(newTimerFd()),
+      observer(eventPort, timerFd, kj::UnixEventPort::FdObserver::OBSERVE_READ),
+      watcher(watch().eagerlyEvaluate([](kj::Exception&& e) {
+        KJ_LOG(ERROR, "timer watcher failed; LAPIC timers stop firing", e);
+      })) {}
+
+DeadlineScheduler::~DeadlineScheduler() noexcept(false) {
+  watcher = nullptr;
+  for (auto& entry: queue) entry.second->position = nullptr;
+  close(timerFd);
+}
+
+kj::Promise<void> DeadlineScheduler::watch() {
+  return observer.whenBecomesReadable().then([this]() {
+    // Edge-triggered observer: drain the expiration counter first.
+    uint64_t expirations;
+    ssize_t n;
+    do {
+      n = read(timerFd, &expirations, sizeof(expirations));
+    } while (n < 0 && errno == EINTR);
+    if (n < 0 && errno != EAGAIN) KJ_FAIL_SYSCALL("read(timerfd)", errno);
+    programmedNs = 0;
+    runDue();
+    return watch();
+  });
+}
+
+void DeadlineScheduler::runDue() {
+  uint64_t now = monotonicNowNs();
+  // Take the due slots out first: a callback re-arms its own slot (periodic
+  // timers) and may release whole VMs, which destroys other slots.
+  kj::Vector<Slot*> due;
+  while (!queue.empty() && queue.begin()->first <= now) {
+    Slot* slot = queue.begin()->second;
+    queue.erase(queue.begin());
+    slot->position = nullptr;
+    due.add(slot);
+  }
+  for (size_t i = 0; i < due.size(); i++) {
+    Slot* slot = due[i];
+    if (slot == nullptr) continue;
+    ++fired;
+    // A callback can destroy slots that are still in `due`; Slot's
+    // destructor nulls them through `dueScratch`.
+    dueScratch = &due;
+    slot->onExpiry();
+    dueScratch = nullptr;
+  }
+  reprogram();
+}
+
+void DeadlineScheduler::reprogram() {
+  uint64_t next = queue.empty() ? 0 : kj::max(queue.begin()->first, uint64_t(1));
+  if (next == programmedNs) return;
+  struct itimerspec spec = {};
+  spec.it_value.tv_sec = next / 1'000'000'000ull;
+  spec.it_value.tv_nsec = next % 1'000'000'000ull;
+  KJ_SYSCALL(timerfd_settime(timerFd, TFD_TIMER_ABSTIME, &spec, nullptr));
+  programmedNs = next;
+}
+
+DeadlineScheduler::Slot::Slot(DeadlineScheduler& scheduler, kj::Function<void()> onExpiry)
+    : scheduler(scheduler), onExpiry(kj::mv(onExpiry)) {}
+
+DeadlineScheduler::Slot::~Slot() noexcept(false) {
+  KJ_IF_MAYBE(it, position) {
+    scheduler.queue.erase(*it);
+    position = nullptr;
+    scheduler.reprogram();
+  }
+  KJ_IF_MAYBE(due, scheduler.dueScratch) {
+    for (auto& slot: **due) {
+      if (slot == this) slot = nullptr;
+    }
+  }
+}
+
+void DeadlineScheduler::Slot::set(kj::Maybe<uint64_t> deadlineNs) {
+  KJ_IF_MAYBE(it, position) {
+    KJ_IF_MAYBE(d, deadlineNs) {
+      if ((*it)->first == *d) return;
+    }
+    scheduler.queue.erase(*it);
+    position = nullptr;
+  }
+  KJ_IF_MAYBE(d, deadlineNs) {
+    position = scheduler.queue.emplace(*d, this);
+  }
+  scheduler.reprogram();
+}
+
+kj::Maybe<uint64_t> DeadlineScheduler::Slot::deadline() const {
+  KJ_IF_MAYBE(it, position) return (*it)->first;
+  return nullptr;
+}
+
+}  // namespace vlapic::daemon

@@ -1,0 +1,264 @@
+// vlapicd: the vlapic server daemon. Parses flags, opens (or inherits) the
+// listening Unix socket, confines itself (sandbox.h) and serves fronts on one
+// kj event loop until SIGTERM or SIGINT.
+#include "server.h"
+#include "sandbox.h"
+#include "schema/socket_path.h"
+
+#include <kj/async-io.h>
+#include <kj/async-unix.h>
+#include <kj/debug.h>
+#include <kj/main.h>
+
+#include <cerrno>
+#include <csignal>
+#include <cstdlib>
+#include <fcntl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#ifndef VLAPIC_VERSION
+#define VLAPIC_VERSION "unknown"
+#endif
+
+namespace vlapic {
+namespace {
+
+constexpr int kSystemdFirstFd = 3;   // SD_LISTEN_FDS_START
+
+// systemd socket activation (sd_listen_fds(3)): LISTEN_PID names us and
+// LISTEN_FDS >= 1. The variables are consumed so children do not inherit them.
+kj::Maybe<int> inheritedListenFd() {
+  const char* pid = getenv("LISTEN_PID");
+  const char* fds = getenv("LISTEN_FDS");
+  if (pid == nullptr || fds == nullptr) return nullptr;
+  bool forUs = strtol(pid, nullptr, 10) == getpid() && strtol(fds, nullptr, 10) >= 1;
+  unsetenv("LISTEN_PID");
+  unsetenv("LISTEN_FDS");
+  unsetenv("LISTEN_FDNAMES");
+  if (!forUs) return nullptr;
+  int flags;
+  KJ_SYSCALL(flags = fcntl(kSystemdFirstFd, F_GETFD), "inherited listening fd 3 is not open");
+  KJ_SYSCALL(fcntl(kSystemdFirstFd, F_SETFD, flags | FD_CLOEXEC));
+  int acceptsConnections = 0;
+  socklen_t length = sizeof(acceptsConnections);
+  KJ_SYSCALL(getsockopt(kSystemdFirstFd, SOL_SOCKET, SO_ACCEPTCONN, &acceptsConnections, &length),
+             "inherited fd 3 is not a socket");
+  KJ_REQUIRE(acceptsConnections, "inherited fd 3 is not a listening socket");
+  return kSystemdFirstFd;
+}
+
+void makeParentDirectory(kj::StringPtr path) {
+  KJ_IF_MAYBE(slash, path.findLast('/')) {
+    if (*slash == 0) return;
+    auto parent = kj::heapString(path.slice(0, *slash));
+    makeParentDirectory(parent);
+    if (mkdir(parent.cStr(), 0755) < 0 && errno != EEXIST) {
+      KJ_FAIL_SYSCALL("mkdir", errno, parent);
+    }
+  }
+}
+
+// Bind and listen on `path`. A stale socket file (nobody accepting) is
+// replaced; a live one is an error, so two daemons never share a path.
+int listenOnPath(kj::StringPtr path, mode_t mode) {
+  struct sockaddr_un address = {};
+  address.sun_family = AF_UNIX;
+  KJ_REQUIRE(path.size() < sizeof(address.sun_path), "socket path too long", path);
+  memcpy(address.sun_path, path.cStr(), path.size() + 1);
+  makeParentDirectory(path);
+
+  int fd;
+  KJ_SYSCALL(fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+  kj::AutoCloseFd owned(fd);
+  if (bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)) < 0) {
+    int error = errno;
+    KJ_REQUIRE(error == EADDRINUSE, "cannot bind the socket", path, strerror(error));
+    int probe;
+    KJ_SYSCALL(probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    kj::AutoCloseFd ownedProbe(probe);
+    bool live = connect(probe, reinterpret_cast<sockaddr*>(&address), sizeof(address)) == 0;
+    KJ_REQUIRE(!live, "another vlapicd is already serving this socket", path);
+    KJ_SYSCALL(unlink(path.cStr()), "removing stale socket", path);
+    KJ_SYSCALL(bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)), path);
+  }
+  KJ_SYSCALL(chmod(path.cStr(), mode), path);
+  KJ_SYSCALL(listen(fd, 128));
+  return owned.release();
+}
+
+class Vlapicd {
+public:
+  explicit Vlapicd(kj::ProcessContext& context): context(context) {}
+
+  kj::MainFunc getMain() {
+    return kj::MainBuilder(context, "vlapicd " VLAPIC_VERSION,
+        "Serves virtual x86 local APICs (xAPIC MMIO, x2APIC MSRs, timer, IPIs, INIT/SIPI) to "
+        "hypervisor fronts over Cap'n Proto on a Unix socket. Each front creates VMs through "
+        "the socket's bootstrap capability and drives each vCPU through its own capability; "
+        "a front's VMs are released when it disconnects.\n"
+        "With systemd socket activation (LISTEN_FDS/LISTEN_PID set for this process) it "
+        "serves the inherited listening socket (fd 3) and ignores --socket.\n"
+        "Stops cleanly on SIGTERM or SIGINT.")
+        .addOptionWithArg({"socket"}, KJ_BIND_METHOD(*this, setSocket), "<path>",
+            kj::str("Listen on the Unix socket <path> (created, with missing parent "
+                    "directories; a stale socket file is replaced). Default: ",
+                    defaultSocketPath(),
+                    " ($XDG_RUNTIME_DIR/vlapic/vlapicd.sock, or /run/vlapic/vlapicd.sock "
+                    "when XDG_RUNTIME_DIR is unset). Whoever can connect to it has full "
+                    "rights over every VM (the admin capability), so keep it private."))
+        .addOptionWithArg({"socket-mode"}, KJ_BIND_METHOD(*this, setSocketMode), "<octal>",
+            "Permissions of the socket file. Default: 0600 (only vlapicd's user).")
+        .addOptionWithArg({"hal"}, KJ_BIND_METHOD(*this, setHal), "<host|shared>",
+            "Where APIC pages live. 'host' (default): private host memory. 'shared': memfd "
+            "pages whose fds are passed to fronts over the socket, so a co-located front can "
+            "map a vCPU's virtual-APIC page read-only.")
+        .addOptionWithArg({"max-message-kib"}, KJ_BIND_METHOD(*this, setMaxMessage), "<KiB>",
+            "Largest message accepted from a front; a larger one ends that front's "
+            "connection. Default: 16384 (16 MiB).")
+        .addOption({"sandbox"}, KJ_BIND_METHOD(*this, enableSandbox),
+            "Confine vlapicd after start-up (seccomp filter, no new privileges, dropping "
+            "root). The default.")
+        .addOption({"no-sandbox"}, KJ_BIND_METHOD(*this, disableSandbox),
+            "Do not confine vlapicd (debugging, profiling).")
+        .addOptionWithArg({"user"}, KJ_BIND_METHOD(*this, setUser), "<name>",
+            "When started as root, the unprivileged user to run as once confined.")
+        .addOption({'v', "verbose"}, KJ_BIND_METHOD(*this, setVerbose),
+            "Log informational messages too (connections, VMs created and released).")
+        .addOption({'q', "quiet"}, KJ_BIND_METHOD(*this, setQuiet),
+            "Log errors only; print nothing on start-up.")
+        .callAfterParsing(KJ_BIND_METHOD(*this, run))
+        .build();
+  }
+
+private:
+  kj::ProcessContext& context;
+  kj::Maybe<kj::String> socketPath;
+  mode_t socketMode = 0600;
+  daemon::ServerOptions options;
+  SandboxOptions sandbox;
+  kj::Maybe<kj::String> user;
+  bool quiet = false;
+
+  kj::MainBuilder::Validity setSocket(kj::StringPtr path) {
+    if (path.size() == 0) return kj::str("--socket needs a path");
+    if (path.size() >= sizeof(sockaddr_un::sun_path)) {
+      return kj::str("--socket path is longer than a Unix socket path can be (",
+                     sizeof(sockaddr_un::sun_path) - 1, " bytes)");
+    }
+    socketPath = kj::heapString(path);
+    return true;
+  }
+
+  kj::MainBuilder::Validity setSocketMode(kj::StringPtr text) {
+    char* end;
+    long mode = strtol(text.cStr(), &end, 8);
+    if (*end != '\0' || mode < 0 || mode > 0777) return kj::str("--socket-mode wants octal permissions like 0660");
+    socketMode = mode;
+    return true;
+  }
+
+  kj::MainBuilder::Validity setHal(kj::StringPtr kind) {
+    if (kind == "host") {
+      options.hal = daemon::HalKind::HOST;
+    } else if (kind == "shared") {
+      options.hal = daemon::HalKind::SHARED;
+    } else {
+      return kj::str("--hal must be 'host' or 'shared', not '", kind, "'");
+    }
+    return true;
+  }
+
+  kj::MainBuilder::Validity setMaxMessage(kj::StringPtr text) {
+    char* end;
+    unsigned long long kib = strtoull(text.cStr(), &end, 10);
+    if (*end != '\0' || kib < 64 || kib > 1024 * 1024) {
+      return kj::str("--max-message-kib must be a number between 64 and 1048576");
+    }
+    options.maxMessageWords = kib * 1024 / 8;
+    return true;
+  }
+
+  kj::MainBuilder::Validity enableSandbox() { sandbox.enabled = true; return true; }
+  kj::MainBuilder::Validity disableSandbox() { sandbox.enabled = false; return true; }
+  kj::MainBuilder::Validity setUser(kj::StringPtr name) {
+    user = kj::heapString(name);
+    return true;
+  }
+  kj::MainBuilder::Validity setVerbose() {
+    kj::_::Debug::setLogLevel(kj::LogSeverity::INFO);
+    return true;
+  }
+  kj::MainBuilder::Validity setQuiet() {
+    kj::_::Debug::setLogLevel(kj::LogSeverity::ERROR);
+    quiet = true;
+    return true;
+  }
+
+  kj::MainBuilder::Validity run() {
+    // Signals must be captured before the event loop exists (they are then
+    // delivered through it rather than killing us mid-operation).
+    kj::UnixEventPort::captureSignal(SIGTERM);
+    kj::UnixEventPort::captureSignal(SIGINT);
+    // A front that disconnects while we write to it must not kill us.
+    signal(SIGPIPE, SIG_IGN);
+
+    auto io = kj::setupAsyncIo();
+    daemon::Server server(io.unixEventPort, options);
+
+    int listenFd;
+    kj::Maybe<kj::String> ownedPath;
+    KJ_IF_MAYBE(fd, inheritedListenFd()) {
+      listenFd = *fd;
+      if (!quiet) context.warning("vlapicd: serving the socket-activated listening fd 3");
+    } else {
+      auto path = kj::mv(socketPath).orDefault(defaultSocketPath());
+      listenFd = listenOnPath(path, socketMode);
+      ownedPath = kj::mv(path);
+    }
+    auto listener = io.lowLevelProvider->wrapListenSocketFd(
+        listenFd, kj::LowLevelAsyncIoProvider::TAKE_OWNERSHIP);
+
+    sandbox.listenFd = listenFd;
+    KJ_IF_MAYBE(p, ownedPath) sandbox.socketPath = kj::StringPtr(*p);
+    sandbox.sharedMemoryHal = options.hal == daemon::HalKind::SHARED;
+    KJ_IF_MAYBE(u, user) sandbox.user = kj::StringPtr(*u);
+#if VLAPIC_HAVE_SANDBOX
+    applySandbox(sandbox);
+#else
+    if (sandbox.enabled) {
+      context.warning("vlapicd: built without sandbox support (server/daemon/sandbox.cc "
+                      "absent): running unconfined");
+    }
+#endif
+
+    if (!quiet) {
+      KJ_IF_MAYBE(p, ownedPath) {
+        context.warning(kj::str("vlapicd: serving on ", *p, " (hal ", server.halName(),
+                                ", pid ", getpid(), ")"));
+      }
+    }
+
+    auto stop = io.unixEventPort.onSignal(SIGTERM)
+        .exclusiveJoin(io.unixEventPort.onSignal(SIGINT))
+        .then([](siginfo_t info) { return info.si_signo; });
+    auto serving = server.listen(*listener).then([]() { return 0; });
+    int signo = serving.exclusiveJoin(kj::mv(stop)).wait(io.waitScope);
+    KJ_LOG(INFO, "shutting down", strsignal(signo));
+
+    KJ_IF_MAYBE(p, ownedPath) {
+      // Best effort: a confined daemon may not be allowed to unlink; the next
+      // start replaces a stale socket anyway.
+      unlink(p->cStr());
+    }
+    if (!quiet) context.warning(kj::str("vlapicd: stopped (", strsignal(signo), ")"));
+    return true;
+  }
+};
+
+}  // namespace
+}  // namespace vlapic
+
+KJ_MAIN(vlapic::Vlapicd)

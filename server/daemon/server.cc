@@ -1,0 +1,1010 @@
+#include "server.h"
+
+#include "deadline_scheduler.h"
+#include "schema/vlapic.capnp.h"
+#include "server/vm/vm.h"
+#include "hal/hal.h"
+
+#include <capnp/rpc-twoparty.h>
+#include <capnp/rpc.h>
+#include <kj/debug.h>
+#include <kj/encoding.h>
+#include <kj/map.h>
+#include <kj/vector.h>
+
+#include <cerrno>
+#include <deque>
+#include <map>
+#include <set>
+#include <sys/random.h>
+#include <unistd.h>
+
+#ifndef VLAPIC_VERSION
+#define VLAPIC_VERSION "unknown"
+#endif
+
+namespace vlapic::daemon {
+
+// Inside the capability classes `Server` names capnp's server base class.
+using ServerState = Server::Impl;
+
+namespace {
+
+// The enums of the schema mirror the core's one for one (same order).
+static_assert(uint16_t(proto::AccessReason::TIMER_MODE) == uint16_t(AccessReason::TIMER_MODE));
+static_assert(uint16_t(proto::ApicMode::X2APIC) == uint16_t(ApicMode::X2APIC));
+
+proto::AccessReason toProto(AccessReason reason) { return proto::AccessReason(uint16_t(reason)); }
+proto::ApicMode toProto(ApicMode mode) { return proto::ApicMode(uint16_t(mode)); }
+proto::RunState toProto(RunState state) {
+  return state == RunState::WAIT_FOR_SIPI ? proto::RunState::WAIT_FOR_SIPI : proto::RunState::RUNNING;
+}
+
+void fillEvent(proto::Event::Builder out, uint32_t vcpu, const VcpuEvent& event) {
+  out.setVcpu(vcpu);
+  out.setCount(event.count);
+  switch (event.kind) {
+    case VcpuEvent::Kind::VECTOR_DELIVERABLE: out.setDeliverable(event.vector); return;
+    case VcpuEvent::Kind::NMI: out.setNmi(); return;
+    case VcpuEvent::Kind::SMI: out.setSmi(); return;
+    case VcpuEvent::Kind::INIT: out.setInit(); return;
+    case VcpuEvent::Kind::SIPI: out.setSipi(event.vector); return;
+    case VcpuEvent::Kind::EXTINT: out.setExtint(); return;
+    case VcpuEvent::Kind::EOI: out.setEoi(event.vector); return;
+    case VcpuEvent::Kind::TIMER_EXPIRED: out.setTimer(); return;
+  }
+  KJ_UNREACHABLE;
+}
+
+VcpuEvent eventFromProto(proto::Event::Reader in) {
+  VcpuEvent event;
+  event.count = in.getCount();
+  switch (in.which()) {
+    case proto::Event::DELIVERABLE:
+      event.kind = VcpuEvent::Kind::VECTOR_DELIVERABLE; event.vector = in.getDeliverable(); break;
+    case proto::Event::NMI: event.kind = VcpuEvent::Kind::NMI; break;
+    case proto::Event::SMI: event.kind = VcpuEvent::Kind::SMI; break;
+    case proto::Event::INIT: event.kind = VcpuEvent::Kind::INIT; break;
+    case proto::Event::SIPI: event.kind = VcpuEvent::Kind::SIPI; event.vector = in.getSipi(); break;
+    case proto::Event::EXTINT: event.kind = VcpuEvent::Kind::EXTINT; break;
+    case proto::Event::EOI: event.kind = VcpuEvent::Kind::EOI; event.vector = in.getEoi(); break;
+    case proto::Event::TIMER: event.kind = VcpuEvent::Kind::TIMER_EXPIRED; break;
+    default: KJ_FAIL_REQUIRE("unknown event kind in saved state", uint16_t(in.which()));
+  }
+  return event;
+}
+
+void fillSnapshot(proto::VcpuState::Builder out, uint32_t index, const LapicSnapshot& snapshot) {
+  out.setIndex(index);
+  out.setApicBase(snapshot.apicBase);
+  out.setRegs(kj::arrayPtr(snapshot.regs, sizeof(snapshot.regs)));
+  out.setX2apic32BitIds(snapshot.x2apic32BitIds);
+  out.setHidden(snapshot.hidden);
+}
+
+// Malformed input is the front's error: an error reply, nothing changed.
+LapicSnapshot snapshotFromProto(proto::VcpuState::Reader in) {
+  LapicSnapshot snapshot;
+  auto regs = in.getRegs();
+  KJ_REQUIRE(regs.size() == sizeof(snapshot.regs),
+             "VcpuState.regs must be exactly one kvm_lapic_state (1024 bytes)", regs.size());
+  memcpy(snapshot.regs, regs.begin(), regs.size());
+  snapshot.apicBase = in.getApicBase();
+  snapshot.x2apic32BitIds = in.getX2apic32BitIds();
+  snapshot.hidden = kj::heapArray<kj::byte>(in.getHidden());
+  return snapshot;
+}
+
+uint64_t monotonicNowNs() { return hal::MonotonicClock().nowNs(); }
+
+class VmHost;
+class VmLease;
+
+}  // namespace
+
+// ---------------------------------------------------------------------------
+
+struct Server::Impl final: private kj::TaskSet::ErrorHandler {
+  Impl(kj::UnixEventPort& eventPort, ServerOptions options);
+  ~Impl() noexcept(false);
+
+  ServerOptions options;
+  hal::MonotonicClock clock;
+  kj::Own<hal::Hal> hal;
+  // The APIC-access page: one per server object (seed 000), through the HAL.
+  kj::Own<hal::Page> apicAccessPage;
+  DeadlineScheduler scheduler;
+  uint64_t startNs;
+
+  uint64_t nextVmId = 1;
+  uint64_t nextConnectionId = 1;
+  std::map<uint64_t, kj::Own<VmHost>> vms;
+  struct TicketTarget { uint64_t vmId; uint32_t index; };
+  kj::HashMap<kj::String, TicketTarget> tickets;   // hex token -> vCPU
+
+  struct Connection;
+  std::map<uint64_t, kj::Own<Connection>> connections;
+
+  uint64_t totalEventsPosted = 0;
+  uint64_t totalTimerExpiries = 0;
+
+  // Live leases: the RPC system may drop capabilities after the server is
+  // gone (it defers some teardown), so leases must know whether it is.
+  std::set<VmLease*> leases;
+
+  kj::TaskSet tasks;
+
+  kj::Maybe<VmHost&> findVm(uint64_t id);
+  VmHost& requireVm(uint64_t id);
+  void releaseVm(uint64_t id);
+  void accept(kj::Own<kj::AsyncCapabilityStream> stream);
+  ServerCounters counters() const;
+  void fillStatus(proto::ServerStatus::Builder out) const;
+  void fillVmInfo(proto::VmInfo::Builder out, const VmHost& host) const;
+
+  void taskFailed(kj::Exception&& exception) override {
+    KJ_LOG(ERROR, "server task failed", exception);
+  }
+};
+
+namespace {
+
+// Keeps a VM alive: held by every capability its creator got (Vm, Vcpu,
+// redeemed tickets). When the last one goes (the front dropped them or
+// disconnected), the VM and everything it owns is released.
+class VmLease final: public kj::Refcounted {
+public:
+  VmLease(ServerState& server, uint64_t vmId): server(server), vmId(vmId) {
+    server.leases.insert(this);
+  }
+  ~VmLease() noexcept(false) {
+    KJ_IF_MAYBE(s, server) {
+      s->leases.erase(this);
+      s->releaseVm(vmId);
+    }
+  }
+  // The server is going away before the RPC system dropped this lease.
+  void serverGone() { server = nullptr; }
+
+private:
+  kj::Maybe<ServerState&> server;
+  uint64_t vmId;
+};
+
+// One hosted VM: the Vm, its real timers, and its event pump to the front.
+class VmHost final: public VmEventListener, private kj::TaskSet::ErrorHandler {
+public:
+  VmHost(ServerState& server, uint64_t id, uint64_t owner, kj::String name,
+         const VmConfig& config, proto::EventSink::Client sink,
+         uint32_t maxBatchesInFlight, uint32_t maxEventsPerBatch)
+      : server(server), id(id), owner(owner), name(kj::mv(name)),
+        createdNs(monotonicNowNs()), vm(*server.hal, config), sink(kj::mv(sink)),
+        maxBatchesInFlight(maxBatchesInFlight), maxEventsPerBatch(maxEventsPerBatch),
+        dirty(kj::heapArray<bool>(config.vcpuCount)),
+        eventsPostedPerVcpu(kj::heapArray<uint64_t>(config.vcpuCount)),
+        ticketKeys(kj::heapArray<kj::Maybe<kj::String>>(config.vcpuCount)),
+        tasks(*this) {
+    for (auto& d: dirty) d = false;
+    for (auto& n: eventsPostedPerVcpu) n = 0;
+    auto builder = kj::heapArrayBuilder<kj::Own<DeadlineScheduler::Slot>>(config.vcpuCount);
+    for (uint32_t v = 0; v < config.vcpuCount; v++) {
+      builder.add(kj::heap<DeadlineScheduler::Slot>(server.scheduler, [this, v]() { timerFired(v); }));
+    }
+    timers = builder.finish();
+    vm.setListener(*this);
+    resyncAll();
+  }
+
+  ~VmHost() noexcept(false) {
+    vm.setListener(nullptr);
+    for (auto& key: ticketKeys) {
+      KJ_IF_MAYBE(k, key) server.tickets.erase(*k);
+    }
+  }
+
+  // After operations that may move any vCPU's timer or queue events without
+  // going through the listener (restore): bring timers and the pump in line.
+  void resyncAll() {
+    for (uint32_t v = 0; v < vm.vcpuCount(); v++) {
+      timers[v]->set(vm.timerDeadlineNs(v));
+      if (vm.hasEvents(v)) eventsPending(v);
+    }
+  }
+
+  void eventsPending(uint32_t vcpu) override {
+    if (!dirty[vcpu]) {
+      dirty[vcpu] = true;
+      dirtyOrder.push_back(vcpu);
+    }
+    scheduleFlush();
+  }
+
+  void timerChanged(uint32_t vcpu) override {
+    timers[vcpu]->set(vm.timerDeadlineNs(vcpu));
+  }
+
+  kj::StringPtr ticketFor(uint32_t vcpu) {
+    KJ_IF_MAYBE(k, ticketKeys[vcpu]) return *k;
+    kj::byte token[16];
+    size_t got = 0;
+    while (got < sizeof(token)) {
+      ssize_t n = getrandom(token + got, sizeof(token) - got, 0);
+      if (n < 0) {
+        KJ_ASSERT(errno == EINTR, "getrandom failed", errno);
+        continue;
+      }
+      got += n;
+    }
+    kj::String key = kj::encodeHex(kj::arrayPtr(token, sizeof(token)));
+    server.tickets.insert(kj::str(key), ServerState::TicketTarget{id, vcpu});
+    ticketKeys[vcpu] = kj::mv(key);
+    return KJ_ASSERT_NONNULL(ticketKeys[vcpu]);
+  }
+
+  ServerState& server;
+  const uint64_t id;
+  const uint64_t owner;
+  const kj::String name;
+  const uint64_t createdNs;
+  Vm vm;
+  proto::EventSink::Client sink;
+  const uint32_t maxBatchesInFlight;
+  const uint32_t maxEventsPerBatch;
+  kj::Maybe<VmLease&> lease;   // the creator's lease (it outlives us, or releases us)
+
+  uint32_t batchesInFlight = 0;
+  uint64_t eventsPosted = 0;
+  uint64_t batchesPosted = 0;
+  uint64_t timerExpiries = 0;
+  uint64_t msisDelivered = 0;
+  bool sinkGone = false;
+
+  uint64_t eventsQueued() const {
+    uint64_t n = 0;
+    for (uint32_t v: dirtyOrder) n += vm.peekEvents(v).size();
+    return n;
+  }
+  uint64_t eventsPostedFor(uint32_t vcpu) const { return eventsPostedPerVcpu[vcpu]; }
+  const DeadlineScheduler::Slot& timer(uint32_t vcpu) const { return *timers[vcpu]; }
+
+private:
+  kj::Array<bool> dirty;                 // vCPU is in dirtyOrder
+  std::deque<uint32_t> dirtyOrder;       // vCPUs with queued events, oldest first
+  kj::Array<uint64_t> eventsPostedPerVcpu;
+  kj::Array<kj::Maybe<kj::String>> ticketKeys;
+  kj::Array<kj::Own<DeadlineScheduler::Slot>> timers;
+  bool flushScheduled = false;
+  kj::TaskSet tasks;   // last: cancelled first on destruction
+
+  void timerFired(uint32_t vcpu) {
+    uint32_t expiries = vm.onTimer(vcpu);
+    timerExpiries += expiries;
+    server.totalTimerExpiries += expiries;
+    // onTimer re-arms periodic timers; keep the slot in step even if the
+    // deadline did not move.
+    timers[vcpu]->set(vm.timerDeadlineNs(vcpu));
+    // Post now rather than on a later turn: timer lateness is what the
+    // front measures.
+    if (!flushScheduled && batchesInFlight < maxBatchesInFlight) flush();
+  }
+
+  void scheduleFlush() {
+    if (flushScheduled || batchesInFlight >= maxBatchesInFlight || sinkGone) return;
+    flushScheduled = true;
+    // Flush once the current operation (which may queue more events, e.g. a
+    // broadcast IPI) has finished, so they travel in one batch.
+    tasks.add(kj::evalLater([this]() {
+      flushScheduled = false;
+      flush();
+    }));
+  }
+
+  void flush() {
+    if (batchesInFlight >= maxBatchesInFlight || sinkGone || dirtyOrder.empty()) return;
+
+    // Collect whole per-vCPU queues, oldest vCPU first, up to the batch size.
+    kj::Vector<std::pair<uint32_t, kj::Vector<VcpuEvent>>> taken;
+    size_t total = 0;
+    while (!dirtyOrder.empty()) {
+      uint32_t v = dirtyOrder.front();
+      size_t n = vm.peekEvents(v).size();
+      if (total > 0 && total + n > maxEventsPerBatch) break;
+      dirtyOrder.pop_front();
+      dirty[v] = false;
+      if (n == 0) continue;   // a withdrawn "deliverable" left the queue empty
+      auto events = vm.takeEvents(v);
+      total += events.size();
+      taken.add(v, kj::mv(events));
+    }
+    if (total == 0) return;
+
+    auto request = sink.deliverRequest(capnp::MessageSize{total * 4 + 8, 0});
+    auto list = request.initEvents(total);
+    size_t i = 0;
+    for (auto& entry: taken) {
+      for (auto& event: entry.second) fillEvent(list[i++], entry.first, event);
+      eventsPostedPerVcpu[entry.first] += entry.second.size();
+    }
+    request.setDroppedCoalesced(vm.stats().eventsCoalesced);
+    eventsPosted += total;
+    server.totalEventsPosted += total;
+    ++batchesPosted;
+    ++batchesInFlight;
+    tasks.add(request.send().then(
+        [this](auto&&) {
+          --batchesInFlight;
+          if (!dirtyOrder.empty()) scheduleFlush();
+        },
+        [this](kj::Exception&& e) {
+          --batchesInFlight;
+          if (e.getType() == kj::Exception::Type::DISCONNECTED) {
+            // The front is gone; its capabilities will drop and release us.
+            sinkGone = true;
+          } else {
+            KJ_LOG(WARNING, "event sink rejected a batch; its events are lost", id, e);
+            if (!dirtyOrder.empty()) scheduleFlush();
+          }
+        }));
+  }
+
+  void taskFailed(kj::Exception&& exception) override {
+    KJ_LOG(ERROR, "VM task failed", id, exception);
+  }
+};
+
+// ---------------------------------------------------------------------------
+// Capabilities
+
+void fillInterruptState(proto::InterruptState::Builder out, const Vm& vm, uint32_t vcpu) {
+  const Lapic& lapic = vm.lapic(vcpu);
+  KJ_IF_MAYBE(vector, vm.pendingVector(vcpu)) {
+    out.setInterruptPending(true);
+    out.setPendingVector(*vector);
+  }
+  out.setTpr(lapic.tpr());
+  out.setPpr(lapic.ppr());
+  out.setCr8(lapic.cr8());
+  out.setRunState(toProto(vm.runState(vcpu)));
+  out.setApicMode(toProto(lapic.mode()));
+  out.setApicId(lapic.apicId());
+}
+
+void fillAccess(proto::AccessResult::Builder out, const AccessResult& result, const Vm& vm,
+                uint32_t vcpu) {
+  switch (result.status) {
+    case AccessStatus::OK: out.setValue(result.value); break;
+    case AccessStatus::GP: out.setGp(toProto(result.reason)); break;
+    case AccessStatus::IGNORED: {
+      auto ignored = out.initIgnored();
+      ignored.setReason(toProto(result.reason));
+      ignored.setValue(result.value);
+      break;
+    }
+  }
+  out.setIpiSent(result.ipi != nullptr);
+  KJ_IF_MAYBE(vector, result.eoiBroadcast) {
+    out.setEoiBroadcast(true);
+    out.setEoiVector(*vector);
+  }
+  out.setTimerChanged(result.timerChanged);
+  KJ_IF_MAYBE(vector, vm.pendingVector(vcpu)) {
+    out.setInterruptPending(true);
+    out.setPendingVector(*vector);
+  }
+}
+
+void fillPageInfo(proto::PageInfo::Builder out, const hal::Page& page) {
+  out.setAddress(page.physAddr());
+  out.setShared(page.fd() != nullptr);
+  out.setFdOffset(page.fdOffset());
+}
+
+void fillVcpuStats(proto::VcpuStats::Builder out, const VmHost& host, uint32_t vcpu) {
+  const LapicStats& s = host.vm.lapic(vcpu).stats();
+  out.setIndex(vcpu);
+  out.setReads(s.reads);
+  out.setWrites(s.writes);
+  out.setGpFaults(s.gpFaults);
+  out.setIgnoredAccesses(s.ignoredAccesses);
+  out.setAccepted(s.accepted);
+  out.setAcknowledged(s.acknowledged);
+  out.setEois(s.eois);
+  out.setIpisSent(s.ipisSent);
+  out.setTimerExpiries(s.timerExpiries);
+  out.setEventsPosted(host.eventsPostedFor(vcpu));
+  uint32_t nonZero = 0;
+  for (uint64_t count: s.perRegisterAccesses) nonZero += count != 0;
+  auto list = out.initPerRegister(nonZero);
+  uint32_t i = 0;
+  for (uint32_t reg = 0; reg < kj::size(s.perRegisterAccesses); reg++) {
+    if (s.perRegisterAccesses[reg] == 0) continue;
+    list[i].setOffset(reg << 4);
+    list[i].setCount(s.perRegisterAccesses[reg]);
+    ++i;
+  }
+}
+
+void fillVcpuInfo(proto::VcpuInfo::Builder out, const VmHost& host, uint32_t vcpu) {
+  const Lapic& lapic = host.vm.lapic(vcpu);
+  out.setIndex(vcpu);
+  out.setApicId(lapic.apicId());
+  out.setInitialApicId(lapic.initialApicId());
+  out.setBsp(lapic.isBsp());
+  out.setApicMode(toProto(lapic.mode()));
+  out.setRunState(toProto(host.vm.runState(vcpu)));
+  KJ_IF_MAYBE(deadline, host.timer(vcpu).deadline()) {
+    out.setTimerArmed(true);
+    out.setTimerDeadlineNs(*deadline);
+  }
+}
+
+// A mappable page: the fd travels with the capability (SCM_RIGHTS).
+class PageImpl final: public proto::Page::Server {
+public:
+  // vcpu == nullptr: the server's APIC-access page.
+  PageImpl(ServerState& server, uint64_t vmId, kj::Maybe<uint32_t> vcpu)
+      : server(server), vmId(vmId), vcpu(vcpu) {}
+
+  kj::Maybe<int> getFd() override {
+    KJ_IF_MAYBE(page, find()) return page->fd();
+    return nullptr;
+  }
+
+  kj::Promise<void> info(InfoContext context) override {
+    KJ_IF_MAYBE(page, find()) {
+      fillPageInfo(context.getResults().initInfo(), *page);
+      return kj::READY_NOW;
+    }
+    KJ_FAIL_REQUIRE("VM released", vmId);
+  }
+
+private:
+  ServerState& server;
+  uint64_t vmId;
+  kj::Maybe<uint32_t> vcpu;
+
+  kj::Maybe<const hal::Page&> find() {
+    KJ_IF_MAYBE(host, server.findVm(vmId)) {
+      KJ_IF_MAYBE(v, vcpu) return host->vm.lapic(*v).page();
+      return *server.apicAccessPage;
+    }
+    return nullptr;
+  }
+};
+
+class VcpuImpl final: public proto::Vcpu::Server {
+public:
+  VcpuImpl(ServerState& server, uint64_t vmId, uint32_t index, kj::Maybe<kj::Own<VmLease>> lease)
+      : server(server), vmId(vmId), index(index), lease(kj::mv(lease)) {}
+
+  kj::Promise<void> mmioRead(MmioReadContext context) override {
+    auto params = context.getParams();
+    uint8_t size = requireSize(params.getSize());
+    auto& host = server.requireVm(vmId);
+    auto result = host.vm.mmioRead(index, params.getAddress(), size);
+    fillAccess(context.getResults(kResultSize).initResult(), result, host.vm, index);
+    return kj::READY_NOW;
+  }
+
+  kj::Promise<void> mmioWrite(MmioWriteContext context) override {
+    auto params = context.getParams();
+    uint8_t size = requireSize(params.getSize());
+    auto& host = server.requireVm(vmId);
+    auto result = host.vm.mmioWrite(index, params.getAddress(), size, params.getValue());
+    fillAccess(context.getResults(kResultSize).initResult(), result, host.vm, index);
+    return kj::READY_NOW;
+  }
+
+  kj::Promise<void> msrRead(MsrReadContext context) override {
+    auto& host = server.requireVm(vmId);
+    auto result = host.vm.msrRead(index, context.getParams().getMsr());
+    fillAccess(context.getResults(kResultSize).initResult(), result, host.vm, index);
+    return kj::READY_NOW;
+  }
+
+  kj::Promise<void> msrWrite(MsrWriteContext context) override {
+    auto params = context.getParams();
+    auto& host = server.requireVm(vmId);
+    auto result = host.vm.msrWrite(index, params.getMsr(), params.getValue());
+    fillAccess(context.getResults(kResultSize).initResult(), result, host.vm, index);
+    return kj::READY_NOW;
+  }
+
+  kj::Promise<void> acknowledge(AcknowledgeContext context) override {
+    auto& host = server.requireVm(vmId);
+    auto results = context.getResults(kResultSize);
+    KJ_IF_MAYBE(vector, host.vm.acknowledge(index)) {
+      results.setDelivered(true);
+      results.setVector(*vector);
+    }
+    fillInterruptState(results.initState(), host.vm, index);
+    return kj::READY_NOW;
+  }
+
+  kj::Promise<void> interruptState(InterruptStateContext context) override {
+    auto& host = server.requireVm(vmId);
+    fillInterruptState(context.getResults(kResultSize).initState(), host.vm, index);
+    return kj::READY_NOW;
+  }
+
+  kj::Promise<void> setCr8(SetCr8Context context) override {
+    uint8_t cr8 = context.getParams().getCr8();
+    KJ_REQUIRE(cr8 <= 0xF, "CR8 holds 4 bits", cr8);
+    auto& host = server.requireVm(vmId);
+    host.vm.setCr8(index, cr8);
+    fillInterruptState(context.getResults(kResultSize).initState(), host.vm, index);
+    return kj::READY_NOW;
+  }
+
+  kj::Promise<void> startup(StartupContext context) override {
+    auto& host = server.requireVm(vmId);
+    bool waiting = host.vm.runState(index) == RunState::WAIT_FOR_SIPI;
+    host.vm.startup(index, context.getParams().getVector());
+    auto results = context.getResults(kResultSize);
+    results.setStarted(waiting && host.vm.runState(index) == RunState::RUNNING);
+    fillInterruptState(results.initState(), host.vm, index);
+    return kj::READY_NOW;
+  }
+
+  kj::Promise<void> save(SaveContext context) override {
+    auto& host = server.requireVm(vmId);
+    fillSnapshot(context.getResults().initState(), index, host.vm.saveVcpu(index));
+    return kj::READY_NOW;
+  }
+
+  kj::Promise<void> restore(RestoreContext context) override {
+    auto snapshot = snapshotFromProto(context.getParams().getState());
+    auto& host = server.requireVm(vmId);
+    KJ_IF_MAYBE(reason, host.vm.restoreVcpu(index, snapshot)) {
+      KJ_FAIL_REQUIRE("invalid vCPU state", *reason);
+    }
+    host.resyncAll();
+    return kj::READY_NOW;
+  }
+
+  kj::Promise<void> pages(PagesContext context) override {
+    auto& host = server.requireVm(vmId);
+    auto results = context.getResults();
+    fillPageInfo(results.initVirtualApic(), host.vm.lapic(index).page());
+    fillPageInfo(results.initApicAccess(), *server.apicAccessPage);
+    return kj::READY_NOW;
+  }
+
+  kj::Promise<void> virtualApicPage(VirtualApicPageContext context) override {
+    server.requireVm(vmId);
+    context.getResults().setPage(kj::heap<PageImpl>(server, vmId, index));
+    return kj::READY_NOW;
+  }
+
+  kj::Promise<void> stats(StatsContext context) override {
+    fillVcpuStats(context.getResults().initStats(), server.requireVm(vmId), index);
+    return kj::READY_NOW;
+  }
+
+  kj::Promise<void> info(InfoContext context) override {
+    fillVcpuInfo(context.getResults().initInfo(), server.requireVm(vmId), index);
+    return kj::READY_NOW;
+  }
+
+  kj::Promise<void> ticket(TicketContext context) override {
+    auto& host = server.requireVm(vmId);
+    KJ_REQUIRE(lease != nullptr, "only the VM's creator can issue tickets");
+    auto key = host.ticketFor(index);
+    context.getResults().setTicket(kj::decodeHex(key));
+    return kj::READY_NOW;
+  }
+
+private:
+  // Every result of these methods fits in one small segment.
+  static constexpr capnp::MessageSize kResultSize{16, 0};
+
+  ServerState& server;
+  uint64_t vmId;
+  uint32_t index;
+  kj::Maybe<kj::Own<VmLease>> lease;
+
+  static uint8_t requireSize(uint8_t size) {
+    KJ_REQUIRE(size == 1 || size == 2 || size == 4 || size == 8,
+               "MMIO access size must be 1, 2, 4 or 8 bytes", size);
+    return size;
+  }
+};
+
+class VmImpl final: public proto::Vm::Server {
+public:
+  VmImpl(ServerState& server, uint64_t vmId, kj::Maybe<kj::Own<VmLease>> lease)
+      : server(server), vmId(vmId), lease(kj::mv(lease)) {}
+
+  kj::Promise<void> vcpu(VcpuContext context) override {
+    auto& host = server.requireVm(vmId);
+    uint32_t index = context.getParams().getIndex();
+    KJ_REQUIRE(index < host.vm.vcpuCount(), "vCPU index out of range", index, host.vm.vcpuCount());
+    context.getResults().setVcpu(kj::heap<VcpuImpl>(server, vmId, index, addLease()));
+    return kj::READY_NOW;
+  }
+
+  kj::Promise<void> listVcpus(ListVcpusContext context) override {
+    auto& host = server.requireVm(vmId);
+    auto list = context.getResults().initVcpus(host.vm.vcpuCount());
+    for (uint32_t v = 0; v < host.vm.vcpuCount(); v++) fillVcpuInfo(list[v], host, v);
+    return kj::READY_NOW;
+  }
+
+  kj::Promise<void> deliverMsi(DeliverMsiContext context) override {
+    auto& host = server.requireVm(vmId);
+    auto msi = context.getParams().getMsi();
+    auto result = host.vm.deliverMsi(msi.getAddress(), msi.getData());
+    if (result.status == DeliveryStatus::DELIVERED) ++host.msisDelivered;
+    return kj::READY_NOW;
+  }
+
+  kj::Promise<void> deliverIoApic(DeliverIoApicContext context) override {
+    server.requireVm(vmId).vm.deliverIoApic(context.getParams().getEntry());
+    return kj::READY_NOW;
+  }
+
+  kj::Promise<void> setLint(SetLintContext context) override {
+    auto params = context.getParams();
+    auto& host = server.requireVm(vmId);
+    KJ_REQUIRE(params.getPin() <= 1, "LINT pin must be 0 or 1", params.getPin());
+    if (params.getVcpu() == 0xFFFFFFFF) {
+      host.vm.setLintAll(params.getPin(), params.getLevel());
+    } else {
+      KJ_REQUIRE(params.getVcpu() < host.vm.vcpuCount(), "vCPU index out of range", params.getVcpu());
+      host.vm.setLint(params.getVcpu(), params.getPin(), params.getLevel());
+    }
+    return kj::READY_NOW;
+  }
+
+  kj::Promise<void> save(SaveContext context) override {
+    auto& host = server.requireVm(vmId);
+    VmSnapshot snapshot = host.vm.saveVm();
+    auto out = context.getResults().initState();
+    auto vcpus = out.initVcpus(snapshot.vcpus.size());
+    for (uint32_t v = 0; v < snapshot.vcpus.size(); v++) fillSnapshot(vcpus[v], v, snapshot.vcpus[v]);
+    out.setTscOffset(snapshot.tscOffset);
+    out.setTscAtSave(snapshot.tscAtSave);
+    out.setLowestPriorityCursor(snapshot.lowestPriorityCursor);
+    auto queues = out.initQueuedEvents(snapshot.queuedEvents.size());
+    for (uint32_t v = 0; v < snapshot.queuedEvents.size(); v++) {
+      auto events = queues.init(v, snapshot.queuedEvents[v].size());
+      for (uint32_t i = 0; i < events.size(); i++) fillEvent(events[i], v, snapshot.queuedEvents[v][i]);
+    }
+    return kj::READY_NOW;
+  }
+
+  kj::Promise<void> restore(RestoreContext context) override {
+    auto params = context.getParams();
+    auto in = params.getState();
+    auto& host = server.requireVm(vmId);
+    auto vcpus = in.getVcpus();
+    KJ_REQUIRE(vcpus.size() == host.vm.vcpuCount(), "VmState has a different vCPU count",
+               vcpus.size(), host.vm.vcpuCount());
+    auto queues = in.getQueuedEvents();
+    KJ_REQUIRE(queues.size() == 0 || queues.size() == vcpus.size(),
+               "VmState.queuedEvents must have one list per vCPU", queues.size());
+    VmSnapshot snapshot;
+    snapshot.tscOffset = in.getTscOffset();
+    snapshot.tscAtSave = in.getTscAtSave();
+    snapshot.lowestPriorityCursor = in.getLowestPriorityCursor();
+    auto builder = kj::heapArrayBuilder<LapicSnapshot>(vcpus.size());
+    for (auto vcpu: vcpus) builder.add(snapshotFromProto(vcpu));
+    snapshot.vcpus = builder.finish();
+    auto queueBuilder = kj::heapArrayBuilder<kj::Array<VcpuEvent>>(vcpus.size());
+    for (uint32_t v = 0; v < vcpus.size(); v++) {
+      if (queues.size() == 0) {
+        queueBuilder.add(nullptr);
+        continue;
+      }
+      auto events = queues[v];
+      KJ_REQUIRE(events.size() <= kMaxQueuedEventsPerVcpu, "too many queued events", v, events.size());
+      auto eventBuilder = kj::heapArrayBuilder<VcpuEvent>(events.size());
+      for (auto event: events) eventBuilder.add(eventFromProto(event));
+      queueBuilder.add(eventBuilder.finish());
+    }
+    snapshot.queuedEvents = queueBuilder.finish();
+    auto mode = params.getResumeTscAtSaved() ? TscRestore::RESUME_AT_SAVED : TscRestore::KEEP_OFFSET;
+    KJ_IF_MAYBE(reason, host.vm.restoreVm(snapshot, mode)) {
+      KJ_FAIL_REQUIRE("invalid VM state", *reason);
+    }
+    host.resyncAll();
+    return kj::READY_NOW;
+  }
+
+  kj::Promise<void> stats(StatsContext context) override {
+    auto& host = server.requireVm(vmId);
+    auto out = context.getResults().initStats();
+    auto list = out.initVcpus(host.vm.vcpuCount());
+    for (uint32_t v = 0; v < host.vm.vcpuCount(); v++) fillVcpuStats(list[v], host, v);
+    out.setEventsPosted(host.eventsPosted);
+    out.setBatchesPosted(host.batchesPosted);
+    out.setEventsCoalesced(host.vm.stats().eventsCoalesced);
+    out.setTimerExpiries(host.timerExpiries);
+    out.setMsisDelivered(host.msisDelivered);
+    return kj::READY_NOW;
+  }
+
+  kj::Promise<void> info(InfoContext context) override {
+    server.fillVmInfo(context.getResults().initInfo(), server.requireVm(vmId));
+    return kj::READY_NOW;
+  }
+
+  kj::Promise<void> apicAccessPage(ApicAccessPageContext context) override {
+    server.requireVm(vmId);
+    auto results = context.getResults();
+    fillPageInfo(results.initInfo(), *server.apicAccessPage);
+    results.setPage(kj::heap<PageImpl>(server, vmId, nullptr));
+    return kj::READY_NOW;
+  }
+
+  kj::Promise<void> release(ReleaseContext) override {
+    server.requireVm(vmId);
+    server.releaseVm(vmId);
+    return kj::READY_NOW;
+  }
+
+private:
+  ServerState& server;
+  uint64_t vmId;
+  kj::Maybe<kj::Own<VmLease>> lease;   // nullptr: an operator's (admin) handle
+
+  kj::Maybe<kj::Own<VmLease>> addLease() {
+    KJ_IF_MAYBE(l, lease) return kj::addRef(**l);
+    return nullptr;
+  }
+};
+
+class AdminImpl final: public proto::Admin::Server {
+public:
+  explicit AdminImpl(ServerState& server): server(server) {}
+
+  kj::Promise<void> status(StatusContext context) override {
+    server.fillStatus(context.getResults().initStatus());
+    return kj::READY_NOW;
+  }
+
+  kj::Promise<void> listVms(ListVmsContext context) override {
+    auto list = context.getResults().initVms(server.vms.size());
+    uint32_t i = 0;
+    for (auto& entry: server.vms) server.fillVmInfo(list[i++], *entry.second);
+    return kj::READY_NOW;
+  }
+
+  kj::Promise<void> openVm(OpenVmContext context) override {
+    uint64_t id = context.getParams().getId();
+    KJ_REQUIRE(server.findVm(id) != nullptr, "no VM with this id", id);
+    context.getResults().setVm(kj::heap<VmImpl>(server, id, nullptr));
+    return kj::READY_NOW;
+  }
+
+private:
+  ServerState& server;
+};
+
+class ServiceImpl final: public proto::Service::Server {
+public:
+  ServiceImpl(ServerState& server, uint64_t connectionId)
+      : server(server), connectionId(connectionId) {}
+
+  kj::Promise<void> echo(EchoContext context) override {
+    context.getResults(capnp::MessageSize{4, 0}).setValue(context.getParams().getValue());
+    return kj::READY_NOW;
+  }
+
+  kj::Promise<void> createVm(CreateVmContext context) override {
+    auto params = context.getParams();
+    auto in = params.getConfig();
+    const auto& options = server.options;
+    KJ_REQUIRE(server.vms.size() < options.maxVms, "too many VMs on this server", options.maxVms);
+    KJ_REQUIRE(in.getVcpuCount() >= 1 && in.getVcpuCount() <= options.maxVcpusPerVm,
+               "VmConfig.vcpuCount out of range", in.getVcpuCount(), options.maxVcpusPerVm);
+
+    VmConfig config;
+    config.vcpuCount = in.getVcpuCount();
+    auto ids = in.getApicIds();
+    KJ_REQUIRE(ids.size() == 0 || ids.size() == config.vcpuCount,
+               "VmConfig.apicIds must be empty or have one ID per vCPU", ids.size());
+    auto idBuilder = kj::heapArrayBuilder<uint32_t>(ids.size());
+    for (uint32_t id: ids) idBuilder.add(id);
+    config.apicIds = idBuilder.finish();
+    config.bootVcpu = in.getBootVcpu();
+    if (in.getLvtEntries() != 0) config.lapic.lvtEntries = in.getLvtEntries();
+    config.lapic.x2apicSupported = in.getX2apicSupported();
+    config.lapic.tscDeadlineSupported = in.getTscDeadlineSupported();
+    config.lapic.eoiBroadcastSuppression = in.getEoiBroadcastSuppression();
+    config.lapic.strictReservedBits = in.getStrictReservedBits();
+    config.lapic.bspLint0ExtInt = in.getBspLint0ExtInt();
+    if (in.getTimerHz() != 0) config.lapic.timer.timerHz = in.getTimerHz();
+    if (in.getMinTimerPeriodNs() != 0) config.lapic.timer.minPeriodNs = in.getMinTimerPeriodNs();
+    if (in.getTscHz() != 0) config.tscHz = in.getTscHz();
+    KJ_IF_MAYBE(reason, validateVmConfig(config)) {
+      KJ_FAIL_REQUIRE("invalid VmConfig", *reason);
+    }
+
+    uint32_t batches = in.getMaxBatchesInFlight() != 0 ? in.getMaxBatchesInFlight()
+                                                       : options.defaultBatchesInFlight;
+    uint32_t perBatch = in.getMaxEventsPerBatch() != 0 ? in.getMaxEventsPerBatch()
+                                                       : options.defaultEventsPerBatch;
+    KJ_REQUIRE(batches <= 1024, "VmConfig.maxBatchesInFlight too large", batches);
+    // A batch always holds at least one vCPU's whole queue.
+    perBatch = kj::max(perBatch, kMaxQueuedEventsPerVcpu);
+
+    uint64_t id = server.nextVmId++;
+    auto host = kj::heap<VmHost>(server, id, connectionId, kj::heapString(in.getName()), config,
+                                 params.getSink(), batches, perBatch);
+    auto lease = kj::refcounted<VmLease>(server, id);
+    host->lease = *lease;
+    server.vms.emplace(id, kj::mv(host));
+    KJ_LOG(INFO, "VM created", id, connectionId, config.vcpuCount);
+    context.getResults().setVm(kj::heap<VmImpl>(server, id, kj::mv(lease)));
+    return kj::READY_NOW;
+  }
+
+  kj::Promise<void> attachVcpu(AttachVcpuContext context) override {
+    auto token = context.getParams().getTicket();
+    KJ_REQUIRE(token.size() == 16, "malformed vCPU ticket", token.size());
+    auto key = kj::encodeHex(token);
+    auto& target = KJ_REQUIRE_NONNULL(server.tickets.find(key), "unknown or expired vCPU ticket");
+    auto& host = server.requireVm(target.vmId);
+    auto& lease = KJ_ASSERT_NONNULL(host.lease);
+    context.getResults().setVcpu(
+        kj::heap<VcpuImpl>(server, target.vmId, target.index, kj::addRef(lease)));
+    return kj::READY_NOW;
+  }
+
+  kj::Promise<void> admin(AdminContext context) override {
+    context.getResults().setAdmin(kj::heap<AdminImpl>(server));
+    return kj::READY_NOW;
+  }
+
+  kj::Promise<void> status(StatusContext context) override {
+    server.fillStatus(context.getResults().initStatus());
+    return kj::READY_NOW;
+  }
+
+private:
+  ServerState& server;
+  uint64_t connectionId;
+};
+
+}  // namespace
+
+// ---------------------------------------------------------------------------
+
+// One front's RPC session.
+struct Server::Impl::Connection {
+  Connection(ServerState& server, uint64_t id, kj::Own<kj::AsyncCapabilityStream> streamParam)
+      : id(id), stream(kj::mv(streamParam)),
+        // Fronts never send us fds: accept none, so a hostile front cannot
+        // fill our descriptor table.
+        network(*stream, 0, capnp::rpc::twoparty::Side::SERVER, readerOptions(server.options)),
+        rpc(capnp::makeRpcServer(network, kj::heap<ServiceImpl>(server, id))) {}
+
+  static capnp::ReaderOptions readerOptions(const ServerOptions& options) {
+    capnp::ReaderOptions result;
+    result.traversalLimitInWords = options.maxMessageWords;
+    result.nestingLimit = 16;
+    return result;
+  }
+
+  uint64_t id;
+  kj::Own<kj::AsyncCapabilityStream> stream;
+  capnp::TwoPartyVatNetwork network;
+  capnp::RpcSystem<capnp::rpc::twoparty::VatId> rpc;
+};
+
+Server::Impl::Impl(kj::UnixEventPort& eventPort, ServerOptions options)
+    : options(options),
+      hal(options.hal == HalKind::SHARED ? hal::newSharedMemoryHal(clock)
+                                         : hal::newHostMemoryHal(clock)),
+      apicAccessPage(hal->allocatePage()),
+      scheduler(eventPort),
+      startNs(clock.nowNs()),
+      tasks(*this) {}
+
+Server::Impl::~Impl() noexcept(false) {
+  // Connections first (they drop the leases, releasing every VM), then
+  // whatever VMs admin handles saw, then the HAL's pages.
+  connections.clear();
+  for (auto lease: leases) lease->serverGone();
+  vms.clear();
+}
+
+kj::Maybe<VmHost&> Server::Impl::findVm(uint64_t id) {
+  auto it = vms.find(id);
+  if (it == vms.end()) return nullptr;
+  return *it->second;
+}
+
+VmHost& Server::Impl::requireVm(uint64_t id) {
+  return KJ_REQUIRE_NONNULL(findVm(id), "VM released", id);
+}
+
+void Server::Impl::releaseVm(uint64_t id) {
+  auto it = vms.find(id);
+  if (it == vms.end()) return;
+  // Move it out before destroying: its destructor touches `tickets`.
+  kj::Own<VmHost> host = kj::mv(it->second);
+  vms.erase(it);
+  KJ_LOG(INFO, "VM released", id);
+  host = nullptr;
+}
+
+void Server::Impl::accept(kj::Own<kj::AsyncCapabilityStream> stream) {
+  uint64_t id = nextConnectionId++;
+  auto connection = kj::heap<Connection>(*this, id, kj::mv(stream));
+  auto disconnected = connection->network.onDisconnect();
+  connections.emplace(id, kj::mv(connection));
+  KJ_LOG(INFO, "front connected", id);
+  tasks.add(disconnected.then([this, id]() {
+    // Dropping the RPC system drops every capability the front held, which
+    // releases its VMs. Do it on a fresh turn, outside the network's own
+    // callbacks.
+    return kj::evalLater([this, id]() {
+      connections.erase(id);
+      KJ_LOG(INFO, "front disconnected", id);
+    });
+  }));
+}
+
+ServerCounters Server::Impl::counters() const {
+  ServerCounters c;
+  c.connections = connections.size();
+  c.vms = vms.size();
+  for (auto& entry: vms) c.vcpus += entry.second->vm.vcpuCount();
+  c.pagesInUse = hal->pagesInUse();
+  c.armedTimers = scheduler.armedCount();
+  c.totalEventsPosted = totalEventsPosted;
+  c.totalTimerExpiries = totalTimerExpiries;
+  return c;
+}
+
+void Server::Impl::fillStatus(proto::ServerStatus::Builder out) const {
+  auto c = counters();
+  out.setVersion(VLAPIC_VERSION);
+  out.setHal(hal->name());
+  out.setUptimeNs(clock.nowNs() - startNs);
+  out.setConnections(c.connections);
+  out.setVms(c.vms);
+  out.setVcpus(c.vcpus);
+  out.setPagesInUse(c.pagesInUse);
+  out.setArmedTimers(c.armedTimers);
+  out.setTotalEventsPosted(c.totalEventsPosted);
+  out.setTotalTimerExpiries(c.totalTimerExpiries);
+  out.setPid(getpid());
+}
+
+void Server::Impl::fillVmInfo(proto::VmInfo::Builder out, const VmHost& host) const {
+  out.setId(host.id);
+  out.setName(host.name);
+  out.setVcpuCount(host.vm.vcpuCount());
+  out.setOwner(host.owner);
+  out.setCreatedNs(host.createdNs);
+  out.setEventsQueued(host.eventsQueued());
+  out.setBatchesInFlight(host.batchesInFlight);
+}
+
+// ---------------------------------------------------------------------------
+
+Server::Server(kj::UnixEventPort& eventPort, ServerOptions options)
+    : impl(kj::heap<Impl>(eventPort, options)) {}
+
+Server::~Server() noexcept(false) {}
+
+void Server::accept(kj::Own<kj::AsyncCapabilityStream> connection) {
+  impl->accept(kj::mv(connection));
+}
+
+kj::Promise<void> Server::listen(kj::ConnectionReceiver& listener) {
+  return listener.accept().then([this, &listener](kj::Own<kj::AsyncIoStream>&& stream) {
+    // kj's Unix sockets are capability streams (as TwoPartyServer assumes).
+    impl->accept(stream.downcast<kj::AsyncCapabilityStream>());
+    return listen(listener);
+  });
+}
+
+ServerCounters Server::counters() const { return impl->counters(); }
+
+kj::StringPtr Server::halName() const { return impl->hal->name(); }
+
+}  // namespace vlapic::daemon

@@ -1,0 +1,72 @@
+// The vlapicd server logic, independent of how connections arrive: the daemon
+// main feeds it sockets from a listener (or systemd socket activation), tests
+// feed it socketpairs in-process. Every connection is a Cap'n Proto two-party
+// RPC session whose bootstrap is the schema's `Service`.
+//
+// Everything runs on one kj event loop: one Vm (server/vm) per VM a front
+// creates, its LAPIC timers on real timerfd deadlines, and its events posted
+// to the front's EventSink with flow control. The transport stops here: the
+// layers below never see a capnp type.
+#pragma once
+
+#include <kj/async-io.h>
+#include <kj/async-unix.h>
+#include <kj/memory.h>
+#include <kj/string.h>
+#include <cstdint>
+
+namespace vlapic::daemon {
+
+enum class HalKind : uint8_t {
+  HOST,    // pages from host memory (private to vlapicd)
+  SHARED,  // pages from memfds: fronts may map them (fds passed over the socket)
+};
+
+struct ServerOptions {
+  HalKind hal = HalKind::HOST;
+  // Largest message vlapicd accepts from a front, in 8-byte words; a larger
+  // one ends that front's connection with an error (nobody else notices).
+  // 2 Mi words = 16 MiB: a VM-wide restore of 4096 vCPUs fits.
+  uint64_t maxMessageWords = 2 * 1024 * 1024;
+  // Event flow control defaults (VmConfig may choose its own).
+  uint32_t defaultBatchesInFlight = 4;
+  uint32_t defaultEventsPerBatch = 256;
+  // Resource limits per server, so one front cannot exhaust the host.
+  uint32_t maxVms = 4096;
+  uint32_t maxVcpusPerVm = 4096;
+};
+
+struct ServerCounters {
+  uint32_t connections = 0;
+  uint32_t vms = 0;
+  uint32_t vcpus = 0;
+  uint64_t pagesInUse = 0;
+  uint32_t armedTimers = 0;
+  uint64_t totalEventsPosted = 0;
+  uint64_t totalTimerExpiries = 0;
+};
+
+class Server {
+public:
+  Server(kj::UnixEventPort& eventPort, ServerOptions options);
+  ~Server() noexcept(false);
+  KJ_DISALLOW_COPY(Server);
+
+  // Serve one front on an already connected Unix stream.
+  void accept(kj::Own<kj::AsyncCapabilityStream> connection);
+  // Accept connections from a listening Unix socket until the promise is
+  // dropped. The receiver must produce AsyncCapabilityStreams (any kj Unix
+  // socket listener does).
+  kj::Promise<void> listen(kj::ConnectionReceiver& listener);
+
+  ServerCounters counters() const;
+  kj::StringPtr halName() const;
+
+  // Opaque outside server.cc (public only so its helpers can name it).
+  struct Impl;
+
+private:
+  kj::Own<Impl> impl;
+};
+
+}  // namespace vlapic::daemon

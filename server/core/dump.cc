@@ -29,7 +29,7 @@ kj::String vectorList(const VectorSet& set) {
   return kj::str("vectors ", kj::strArray(names, ", "));
 }
 
-// Appends ", <flag>" for each flag that is set; keeps dumps short by naming
+// Adds the field `name` only when the flag is set: dumps stay short by naming
 // only the non-default states.
 void addFlag(kj::Vector<kj::String>& fields, bool set, kj::StringPtr name) {
   if (set) fields.add(kj::str(name));
@@ -182,13 +182,13 @@ kj::String decode(const RegisterInfo& info, uint32_t value, RegisterLayout layou
   return hex(value, 8);
 }
 
-// The name of the row for a whole bitmap: the table names slices "ISR[0]".
-kj::StringPtr bitmapName(const RegisterInfo& first, kj::Vector<kj::String>& storage) {
+// The name of the row for a whole bitmap: the table names its slices
+// "ISR[0]" .. "ISR[7]"; the row is "ISR".
+kj::String bitmapName(const RegisterInfo& first) {
   KJ_IF_MAYBE(bracket, first.name.findFirst('[')) {
-    storage.add(kj::heapString(first.name.slice(0, *bracket).begin(), *bracket));
-    return storage.back();
+    return kj::heapString(first.name.begin(), *bracket);
   }
-  return first.name;
+  return kj::str(first.name);
 }
 
 bool readable(RegAccess access) {
@@ -271,7 +271,9 @@ kj::String decodeApicBase(ApicBaseValue value) {
   return join(fields);
 }
 
-kj::String dumpRegisters(const ConstRegisterView& view) {
+namespace {
+
+kj::String dumpTable(const ConstRegisterView& view, kj::Maybe<ApicBaseValue> apicBase) {
   bool x2apic = view.layout() != RegisterLayout::XAPIC;
   unsigned lvtEntries = view.version().lvtEntries();
   DfrValue dfrValue = view.dfr();
@@ -279,9 +281,12 @@ kj::String dumpRegisters(const ConstRegisterView& view) {
   if (!x2apic) dfr = dfrValue;
 
   kj::Vector<Row> rows;
-  kj::Vector<kj::String> names;
   rows.add(Row { { kj::str("Register"), kj::str("Offset"), kj::str("MSR"), kj::str("Raw"),
                    kj::str("Decoded") } });
+  KJ_IF_MAYBE(base, apicBase) {
+    rows.add(Row { { kj::str("IA32_APIC_BASE"), kj::str("-"), hex(kMsrApicBase, 3), hex(base->raw(), 8),
+                     decodeApicBase(*base) } });
+  }
   for (const RegisterInfo& info: registerTable()) {
     RegAccess access = x2apic ? info.x2apic : info.xapic;
     if (!readable(access) || info.minLvtEntries > lvtEntries) continue;
@@ -294,7 +299,7 @@ kj::String dumpRegisters(const ConstRegisterView& view) {
       VectorSet set = info.reg == Reg::ISR0 ? view.isr() : info.reg == Reg::TMR0 ? view.tmr() : view.irr();
       kj::String msrRange = info.x2apic == RegAccess::NONE ? kj::str("-")
           : kj::str(hex(info.msr(), 3), "-", hex(last.msr(), 3));
-      rows.add(Row { { kj::str(bitmapName(info, names)),
+      rows.add(Row { { bitmapName(info),
                        kj::str(hex(info.offset(), 3), "-", hex(last.offset(), 3)),
                        kj::mv(msrRange), kj::str("-"), vectorList(set) } });
     } else if (x2apic && info.reg == Reg::ICR_LOW) {
@@ -328,6 +333,16 @@ kj::String dumpRegisters(const ConstRegisterView& view) {
   }
   text.add('\0');
   return kj::String(text.releaseAsArray());
+}
+
+}  // namespace
+
+kj::String dumpRegisters(const ConstRegisterView& view) {
+  return dumpTable(view, nullptr);
+}
+
+kj::String dumpRegisters(const ConstRegisterView& view, ApicBaseValue apicBase) {
+  return dumpTable(view, apicBase);
 }
 
 }  // namespace vlapic

@@ -44,4 +44,8 @@ kj::String decodeApicBase(ApicBaseValue value);
 // x2APIC layouts ICR is one 64-bit row.
 kj::String dumpRegisters(const ConstRegisterView& view);
 
+// The same table with IA32_APIC_BASE (MSR 0x1B) as its first row: a saved
+// vCPU is its kvm_lapic_state plus this MSR.
+kj::String dumpRegisters(const ConstRegisterView& view, ApicBaseValue apicBase);
+
 }  // namespace vlapic

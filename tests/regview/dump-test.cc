@@ -264,3 +264,17 @@ TEST_CASE("dump table: the same over a 4 KiB page view", "[dump][table][page]") 
   CHECK(dumpRegisters(ConstPageView(page.asPtr().asConst(), RegisterLayout::XAPIC)) ==
         dumpRegisters(ConstKvmLapicStateView(regs.asPtr().asConst(), RegisterLayout::XAPIC)));
 }
+
+TEST_CASE("dump table: IA32_APIC_BASE as the first row of a saved vCPU", "[dump][table][apic-base]") {
+  auto regs = runningXapicState();
+  ConstKvmLapicStateView view(regs.asPtr().asConst(), RegisterLayout::XAPIC);
+  std::string withBase = dumpRegisters(view, ApicBaseValue(0xFEE00900)).cStr();
+  std::string without = dumpRegisters(view).cStr();
+  // "Timer initial count" stays the longest name, so the extra row leaves
+  // every other row as it was.
+  std::string header = without.substr(0, without.find('\n') + 1);
+  CHECK(withBase ==
+        header +
+        "IA32_APIC_BASE       -            0x01B        0xFEE00900  base 0xFEE00000, mode xAPIC, BSP\n" +
+        without.substr(header.size()));
+}

@@ -1,0 +1,758 @@
+#include "client/kvm/machine.h"
+
+#include <kj/debug.h>
+#include <cerrno>
+#include <csignal>
+#include <cstring>
+#include <ctime>
+#include <sys/ioctl.h>
+#include <unistd.h>
+
+namespace vlapic::kvm {
+
+int MachineExit::processStatus() const {
+  switch (kind) {
+    case Kind::GUEST_EXIT: return int(((guestValue << 1) | 1) & 0xFF);
+    case Kind::TRIPLE_FAULT: return kStatusTripleFault;
+    case Kind::UNHANDLED_EXIT: return kStatusUnhandledExit;
+    case Kind::BACKEND_LOST: return kStatusBackendLost;
+    case Kind::TIMEOUT: return kStatusTimeout;
+    case Kind::INTERNAL_ERROR: return kStatusInternalError;
+  }
+  return kStatusInternalError;
+}
+
+namespace {
+
+constexpr uint32_t kMsrTsc = 0x10;
+constexpr uint32_t kMsrApicBase = 0x1B;
+constexpr uint32_t kMsrTscDeadline = 0x6E0;
+constexpr uint32_t kMsrX2apicFirst = 0x800;
+constexpr uint32_t kMsrX2apicLast = 0x8FF;
+constexpr uint32_t kMsrX2apicTpr = 0x808;
+constexpr uint64_t kApicBaseEnable = 1u << 11;
+constexpr uint64_t kApicBaseExtd = 1u << 10;
+constexpr uint64_t kApicBaseAddressMask = 0x000FFFFFFFFFF000ull;
+constexpr uint64_t kApicWindowSize = 4096;
+constexpr uint32_t kApicTprOffset = 0x80;
+// KVM and QEMU tick the LAPIC timer at 1 GHz; vlapicd's default is the same.
+constexpr uint32_t kApicBusKhz = 1'000'000;
+
+// CPUID bits (SDM Vol. 2A, CPUID).
+constexpr uint32_t kCpuid1EcxX2apic = 1u << 21;
+constexpr uint32_t kCpuid1EcxTscDeadline = 1u << 24;
+constexpr uint32_t kCpuid1EcxHypervisor = 1u << 31;
+constexpr uint32_t kCpuid1EdxHtt = 1u << 28;
+
+bool isApicMsr(uint32_t msr) {
+  return msr == kMsrApicBase || msr == kMsrTscDeadline ||
+         (msr >= kMsrX2apicFirst && msr <= kMsrX2apicLast);
+}
+
+uint64_t monotonicNs() {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return uint64_t(ts.tv_sec) * 1'000'000'000ull + ts.tv_nsec;
+}
+
+// The signal that kicks a vCPU thread out of KVM_RUN. Its handler does
+// nothing: the point is the -EINTR it causes.
+int kickSignal() { return SIGRTMIN + 2; }
+
+void installKickHandler() {
+  struct sigaction action;
+  memset(&action, 0, sizeof(action));
+  action.sa_handler = [](int) {};
+  sigemptyset(&action.sa_mask);
+  KJ_SYSCALL(sigaction(kickSignal(), &action, nullptr));
+}
+
+kvm_segment flatSegment(uint16_t selector, uint8_t type) {
+  kvm_segment segment;
+  memset(&segment, 0, sizeof(segment));
+  segment.base = 0;
+  segment.limit = 0xFFFFFFFF;
+  segment.selector = selector;
+  segment.type = type;
+  segment.present = 1;
+  segment.s = 1;
+  segment.db = 1;
+  segment.g = 1;
+  return segment;
+}
+
+kvm_segment realModeSegment(uint16_t selector, uint8_t type) {
+  kvm_segment segment;
+  memset(&segment, 0, sizeof(segment));
+  segment.base = uint64_t(selector) << 4;
+  segment.limit = 0xFFFF;
+  segment.selector = selector;
+  segment.type = type;
+  segment.present = 1;
+  segment.s = 1;
+  return segment;
+}
+
+kj::String describeApicAccess(const ApicAccess& access) {
+  return kj::str(access.kind == ApicAccess::Kind::GP ? "#GP" : "ignored", " (", access.reason, ")");
+}
+
+}  // namespace
+
+// ---------------------------------------------------------------------------
+
+class Machine::Vcpu {
+public:
+  // Events for this vCPU not yet acted on (posted by the backend's thread).
+  struct Pending {
+    bool interrupt = false;
+    uint32_t nmis = 0;
+    bool init = false;
+    kj::Maybe<uint8_t> sipi;
+  };
+
+  Vcpu(Machine& machine, uint32_t index)
+      : machine(machine), index(index), bsp(index == 0),
+        fd(machine.kvm, machine.vmFd.get(), index) {}
+
+  VcpuFd& kvmVcpu() { return fd; }
+
+  void start() {
+    thread = kj::heap<kj::Thread>([this]() { threadMain(); });
+  }
+  void join() { thread = nullptr; }
+
+  // Event entry points (backend thread).
+  void post(kj::FunctionParam<void(Pending&)> update) {
+    {
+      auto locked = pending.lockExclusive();
+      update(*locked);
+    }
+    kick();
+  }
+
+  void kick() {
+    kicked.store(true);
+    fd.run().immediate_exit = 1;
+    if (inGuest.load()) {
+      KJ_IF_MAYBE(t, thread) {
+        machine.stats.kicks++;
+        (*t)->sendSignal(kickSignal());
+      }
+    }
+  }
+
+  void wakeForStop() { post([](Pending&) {}); }
+
+private:
+  Machine& machine;
+  uint32_t index;
+  bool bsp;
+  VcpuFd fd;
+  kj::Maybe<kj::Own<kj::Thread>> thread;
+
+  kj::MutexGuarded<Pending> pending;
+  std::atomic<bool> kicked{false};
+  std::atomic<bool> inGuest{false};
+
+  // vCPU-thread state.
+  bool waitingForSipi = false;
+  bool halted = false;
+  bool haltedWithInterruptsOn = false;
+  bool interruptWanted = false;
+  uint8_t knownCr8 = 0;
+  uint64_t apicBase = 0;
+
+  bool serverApic() const { return machine.machineConfig.apic == ApicLocation::SERVER; }
+  ApicBackend& backend() { return KJ_ASSERT_NONNULL(machine.backend); }
+
+  void threadMain() {
+    KJ_IF_MAYBE(exception, kj::runCatchingExceptions([&]() {
+      if (serverApic()) {
+        backend().openOnThisThread(index);
+        // Only the boot vCPU runs at power-on; the others wait for
+        // INIT-SIPI (SDM "MP Initialization Protocol").
+        waitingForSipi = !bsp;
+        syncApicBase(readApicBaseFromServer());
+      }
+      while (!machine.stopping.load()) {
+        if (serverApic() && !prepareEntry()) break;
+        if (!enterGuest()) continue;
+        machine.stats.exits++;
+        if (serverApic()) syncCr8FromGuest();
+        handleExit();
+      }
+      if (serverApic()) backend().closeOnThisThread(index);
+    })) {
+      if (serverApic()) {
+        // Handles must die on their own thread, whatever happened.
+        kj::runCatchingExceptions([&]() { backend().closeOnThisThread(index); });
+      }
+      // A backend failure has already stopped the machine as BACKEND_LOST
+      // (first stop wins); anything else is a failed KVM call.
+      MachineExit exit;
+      exit.kind = MachineExit::Kind::INTERNAL_ERROR;
+      exit.message = kj::str("vCPU ", index, ": ", exception->getDescription());
+      machine.stop(kj::mv(exit));
+    }
+  }
+
+  uint64_t readApicBaseFromServer() {
+    auto access = backend().msrRead(index, kMsrApicBase);
+    KJ_REQUIRE(access.kind == ApicAccess::Kind::VALUE, "vlapicd refused to read IA32_APIC_BASE",
+               access.reason);
+    return access.value;
+  }
+
+  // Keeps our view (where the MMIO window is) and KVM's (so that
+  // CPUID.1:EDX.APIC follows the enable bit, SDM "Local APIC Status and
+  // Location") equal to the server's IA32_APIC_BASE.
+  void syncApicBase(uint64_t value) {
+    apicBase = value;
+    fd.setMsr(kMsrApicBase, value);
+  }
+
+  bool mmioDecoding() const {
+    return (apicBase & kApicBaseEnable) && !(apicBase & kApicBaseExtd);
+  }
+
+  // Returns false when the machine stops. Blocks while the vCPU waits for
+  // SIPI or is halted.
+  bool prepareEntry() {
+    bool injectNmi = false;
+    uint32_t nmis = 0;
+    {
+      auto locked = pending.lockExclusive();
+      for (;;) {
+        if (machine.stopping.load()) return false;
+        if (locked->init) {
+          locked->init = false;
+          if (!bsp) {
+            // INIT: the AP's LAPIC was reset by the server; the CPU waits
+            // for a SIPI. Anything queued for the old context is gone.
+            waitingForSipi = true;
+            halted = false;
+            interruptWanted = false;
+            locked->interrupt = false;
+            locked->nmis = 0;
+          }
+        }
+        if (waitingForSipi) {
+          KJ_IF_MAYBE(vector, locked->sipi) {
+            startAtSipiVector(*vector);
+            locked->sipi = nullptr;
+            waitingForSipi = false;
+            continue;
+          }
+          locked.wait([&](const Pending& p) {
+            return machine.stopping.load() || p.init || p.sipi != nullptr;
+          });
+          continue;
+        }
+        locked->sipi = nullptr;  // a SIPI to a running CPU is dropped
+        if (locked->interrupt) {
+          locked->interrupt = false;
+          interruptWanted = true;
+        }
+        if (halted) {
+          // HLT resumes on NMI, INIT, or an interrupt the CPU can take
+          // (IF=1); with IF=0 an interrupt does not wake it.
+          bool wake = locked->nmis > 0 || (interruptWanted && haltedWithInterruptsOn);
+          if (!wake) {
+            machine.stats.halts++;
+            locked.wait([&](const Pending& p) {
+              return machine.stopping.load() || p.init || p.nmis > 0 ||
+                     (haltedWithInterruptsOn && (p.interrupt || interruptWanted));
+            });
+            continue;
+          }
+          halted = false;
+        }
+        nmis = locked->nmis;
+        locked->nmis = 0;
+        break;
+      }
+    }
+    injectNmi = nmis > 0;
+    if (injectNmi) {
+      // NMIs do not queue beyond one pending (SDM "NMI Handling"); KVM
+      // keeps one pending plus one being delivered.
+      for (uint32_t i = 0; i < kj::min(nmis, 2u); i++) {
+        checkedIoctl(fd.fd(), KVM_NMI, 0ul, "KVM_NMI");
+        machine.stats.nmis++;
+      }
+    }
+    auto& run = fd.run();
+    if (interruptWanted && run.ready_for_interrupt_injection && run.if_flag) {
+      // The interrupt window is open: take the vector from the LAPIC now
+      // (IRR -> ISR) and inject it. CR8 is current as of this exit.
+      auto ack = backend().acknowledge(index);
+      KJ_IF_MAYBE(vector, ack.vector) {
+        kvm_interrupt interrupt;
+        interrupt.irq = *vector;
+        checkedIoctl(fd.fd(), KVM_INTERRUPT, &interrupt, "KVM_INTERRUPT");
+        machine.stats.injected++;
+        run.ready_for_interrupt_injection = 0;
+      }
+      interruptWanted = ack.after.interruptPending;
+    }
+    run.request_interrupt_window = interruptWanted ? 1 : 0;
+    return true;
+  }
+
+  // Returns true when KVM_RUN returned with an exit to handle.
+  bool enterGuest() {
+    auto& run = fd.run();
+    run.immediate_exit = 0;
+    inGuest.store(true);
+    if (kicked.exchange(false)) {
+      inGuest.store(false);
+      return false;
+    }
+    int result = ioctl(fd.fd(), KVM_RUN, 0);
+    int error = errno;
+    inGuest.store(false);
+    if (result < 0) {
+      if (error == EINTR || error == EAGAIN) return false;
+      KJ_FAIL_SYSCALL("KVM_RUN", error);
+    }
+    return true;
+  }
+
+  void syncCr8FromGuest() {
+    auto& run = fd.run();
+    uint8_t cr8 = run.cr8 & 0xF;
+    if (cr8 == knownCr8) return;
+    // MOV to CR8 changed the TPR (SDM "Task Priority in IA-32e Mode").
+    auto state = backend().setCr8(index, cr8);
+    knownCr8 = cr8;
+    if (state.interruptPending) interruptWanted = true;
+  }
+
+  // The guest wrote the TPR through MMIO or MSR: CR8 follows it.
+  void tprWritten(uint64_t tpr) {
+    knownCr8 = (tpr >> 4) & 0xF;
+    fd.run().cr8 = knownCr8;
+  }
+
+  void startAtSipiVector(uint8_t vector) {
+    // SDM "MP Initialization Protocol": the AP starts in real mode at
+    // CS:IP = (vector << 8):0000.
+    auto sregs = fd.getSregs();
+    sregs.cs = realModeSegment(uint16_t(vector) << 8, 0xB);
+    sregs.ds = sregs.es = sregs.fs = sregs.gs = sregs.ss = realModeSegment(0, 0x3);
+    sregs.cr0 = 0x60000010;  // power-on/INIT value: CD, NW, ET
+    sregs.cr4 = 0;
+    sregs.efer = 0;
+    sregs.cr8 = 0;
+    fd.setSregs(sregs);
+    kvm_regs regs;
+    memset(&regs, 0, sizeof(regs));
+    regs.rip = 0;
+    regs.rflags = 0x2;
+    fd.setRegs(regs);
+    knownCr8 = 0;
+    fd.run().cr8 = 0;
+  }
+
+  void handleExit() {
+    auto& run = fd.run();
+    switch (run.exit_reason) {
+      case KVM_EXIT_IO: handleIo(); break;
+      case KVM_EXIT_MMIO: handleMmio(); break;
+      case KVM_EXIT_X86_RDMSR: handleRdmsr(); break;
+      case KVM_EXIT_X86_WRMSR: handleWrmsr(); break;
+      case KVM_EXIT_HLT:
+        halted = true;
+        haltedWithInterruptsOn = run.if_flag;
+        break;
+      case KVM_EXIT_IRQ_WINDOW_OPEN:  // prepareEntry() injects
+      case KVM_EXIT_INTR:             // kicked: prepareEntry() picks up events
+      case KVM_EXIT_SET_TPR:          // CR8 lowered: already synced
+        break;
+      case KVM_EXIT_SHUTDOWN: {
+        MachineExit exit;
+        exit.kind = MachineExit::Kind::TRIPLE_FAULT;
+        exit.message = kj::str("guest triple fault on vCPU ", index, " (", describeRegisters(), ")");
+        machine.stop(kj::mv(exit));
+        break;
+      }
+      case KVM_EXIT_SYSTEM_EVENT: {
+        MachineExit exit;
+        exit.kind = MachineExit::Kind::TRIPLE_FAULT;
+        exit.message = kj::str("guest requested system event ", run.system_event.type,
+                               " on vCPU ", index);
+        machine.stop(kj::mv(exit));
+        break;
+      }
+      default: {
+        MachineExit exit;
+        exit.kind = MachineExit::Kind::UNHANDLED_EXIT;
+        exit.message = kj::str("unhandled KVM exit reason ", run.exit_reason, " on vCPU ", index,
+                               describeUnhandled(), " (", describeRegisters(), ")");
+        machine.stop(kj::mv(exit));
+        break;
+      }
+    }
+  }
+
+  kj::String describeUnhandled() {
+    auto& run = fd.run();
+    if (run.exit_reason == KVM_EXIT_INTERNAL_ERROR) {
+      return kj::str(": internal error suberror ", run.internal.suberror);
+    }
+    if (run.exit_reason == KVM_EXIT_FAIL_ENTRY) {
+      return kj::str(": entry failed, hardware reason 0x",
+                     kj::hex(run.fail_entry.hardware_entry_failure_reason));
+    }
+    return kj::str("");
+  }
+
+  kj::String describeRegisters() {
+    auto regs = fd.getRegs();
+    auto sregs = fd.getSregs();
+    return kj::str("rip=0x", kj::hex(regs.rip), " cs=0x", kj::hex(sregs.cs.selector),
+                   " cr0=0x", kj::hex(sregs.cr0), " rsp=0x", kj::hex(regs.rsp));
+  }
+
+  void handleIo() {
+    auto& run = fd.run();
+    auto* data = reinterpret_cast<kj::byte*>(&run) + run.io.data_offset;
+    for (uint32_t i = 0; i < run.io.count; i++) {
+      auto bytes = kj::arrayPtr(data + i * run.io.size, run.io.size);
+      if (run.io.direction == KVM_EXIT_IO_OUT) {
+        machine.ioBus.out(run.io.port, bytes);
+      } else {
+        machine.ioBus.in(run.io.port, bytes);
+      }
+    }
+  }
+
+  void handleMmio() {
+    auto& run = fd.run();
+    uint64_t gpa = run.mmio.phys_addr;
+    uint8_t size = run.mmio.len;
+    uint64_t base = apicBase & kApicBaseAddressMask;
+    bool apicWindow = serverApic() && mmioDecoding() && gpa >= base && gpa - base < kApicWindowSize;
+    if (!apicWindow) {
+      // No RAM and no device: reads float to all-ones, writes vanish (this
+      // includes the xAPIC window while the APIC is disabled or in x2APIC
+      // mode: SDM "Local APIC State After It Has Been Disabled").
+      if (!run.mmio.is_write) memset(run.mmio.data, 0xFF, sizeof(run.mmio.data));
+      return;
+    }
+    machine.stats.apicAccesses++;
+    if (run.mmio.is_write) {
+      uint64_t value = 0;
+      memcpy(&value, run.mmio.data, kj::min<size_t>(size, sizeof(value)));
+      auto access = backend().mmioWrite(index, gpa, size, value);
+      if (access.kind == ApicAccess::Kind::VALUE && gpa - base == kApicTprOffset) tprWritten(value);
+      if (access.interruptPending) interruptWanted = true;
+    } else {
+      auto access = backend().mmioRead(index, gpa, size);
+      uint64_t value = access.value;
+      memcpy(run.mmio.data, &value, kj::min<size_t>(size, sizeof(value)));
+      if (access.interruptPending) interruptWanted = true;
+    }
+  }
+
+  void handleRdmsr() {
+    auto& run = fd.run();
+    if (!serverApic() || !isApicMsr(run.msr.index)) {
+      // An MSR KVM does not know: #GP as on hardware without it.
+      run.msr.error = 1;
+      return;
+    }
+    machine.stats.apicAccesses++;
+    auto access = backend().msrRead(index, run.msr.index);
+    if (access.kind == ApicAccess::Kind::GP) {
+      KJ_LOG(INFO, "RDMSR faults", index, run.msr.index, describeApicAccess(access));
+      run.msr.error = 1;
+    } else {
+      run.msr.error = 0;
+      run.msr.data = access.value;
+    }
+    if (access.interruptPending) interruptWanted = true;
+  }
+
+  void handleWrmsr() {
+    auto& run = fd.run();
+    if (!serverApic() || !isApicMsr(run.msr.index)) {
+      run.msr.error = 1;
+      return;
+    }
+    machine.stats.apicAccesses++;
+    uint32_t msr = run.msr.index;
+    uint64_t value = run.msr.data;
+    auto access = backend().msrWrite(index, msr, value);
+    if (access.kind == ApicAccess::Kind::GP) {
+      KJ_LOG(INFO, "WRMSR faults", index, msr, value, describeApicAccess(access));
+      run.msr.error = 1;
+    } else {
+      run.msr.error = 0;
+      if (access.kind == ApicAccess::Kind::VALUE) {
+        if (msr == kMsrApicBase) syncApicBase(readApicBaseFromServer());
+        if (msr == kMsrX2apicTpr) tprWritten(value);
+      }
+    }
+    if (access.interruptPending) interruptWanted = true;
+  }
+};
+
+// ---------------------------------------------------------------------------
+
+Machine::Machine(KvmSystem& kvm, const MachineConfig& config, kj::Function<void(char)> serialOutput)
+    : kvm(kvm), machineConfig(config),
+      vmFd(checkedIoctl(kvm.fd(), KVM_CREATE_VM, 0ul, "KVM_CREATE_VM")),
+      guestMemory(config.memoryBytes),
+      ioBus(config.memoryBytes, config.vcpuCount, kj::mv(serialOutput),
+            [this](uint32_t value) {
+              MachineExit exit;
+              exit.kind = MachineExit::Kind::GUEST_EXIT;
+              exit.guestValue = value;
+              exit.message = kj::str("guest exited with debug-exit value ", value);
+              stop(kj::mv(exit));
+            }) {
+  KJ_REQUIRE(config.vcpuCount >= 1 && config.vcpuCount <= 255, "--smp must be 1..255",
+             config.vcpuCount);
+  installKickHandler();
+  setUpVm();
+}
+
+Machine::~Machine() noexcept(false) {
+  stopping.store(true);
+  for (auto& vcpu : vcpus) vcpu->wakeForStop();
+  for (auto& vcpu : vcpus) vcpu->join();
+}
+
+void Machine::setUpVm() {
+  KJ_REQUIRE(kvm.checkExtension(KVM_CAP_IMMEDIATE_EXIT), "KVM lacks KVM_CAP_IMMEDIATE_EXIT");
+  // Identity-mapped TSS pages for VMX real-mode support; just below the BIOS.
+  checkedIoctl(vmFd.get(), KVM_SET_TSS_ADDR, 0xFFFBD000ul, "KVM_SET_TSS_ADDR");
+
+  kvm_userspace_memory_region region;
+  memset(&region, 0, sizeof(region));
+  region.slot = 0;
+  region.guest_phys_addr = 0;
+  region.memory_size = guestMemory.size();
+  region.userspace_addr = reinterpret_cast<uint64_t>(guestMemory.hostAddress());
+  checkedIoctl(vmFd.get(), KVM_SET_USER_MEMORY_REGION, &region, "KVM_SET_USER_MEMORY_REGION");
+
+  if (machineConfig.apic == ApicLocation::IN_KERNEL) {
+    checkedIoctl(vmFd.get(), KVM_CREATE_IRQCHIP, 0ul, "KVM_CREATE_IRQCHIP");
+  } else {
+    // x2APIC MSRs reach user space only without an in-kernel LAPIC, and
+    // then with reason INVAL; IA32_APIC_BASE and IA32_TSC_DEADLINE need the
+    // filter below, else KVM absorbs them.
+    KJ_REQUIRE(kvm.checkExtension(KVM_CAP_X86_USER_SPACE_MSR),
+               "KVM lacks KVM_CAP_X86_USER_SPACE_MSR");
+    kvm_enable_cap cap;
+    memset(&cap, 0, sizeof(cap));
+    cap.cap = KVM_CAP_X86_USER_SPACE_MSR;
+    cap.args[0] = KVM_MSR_EXIT_REASON_INVAL | KVM_MSR_EXIT_REASON_UNKNOWN | KVM_MSR_EXIT_REASON_FILTER;
+    checkedIoctl(vmFd.get(), KVM_ENABLE_CAP, &cap, "KVM_ENABLE_CAP(X86_USER_SPACE_MSR)");
+
+    kvm_msr_filter filter;
+    memset(&filter, 0, sizeof(filter));
+    filter.flags = KVM_MSR_FILTER_DEFAULT_ALLOW;
+    static uint8_t denyOne = 0;  // one MSR per range, its bit clear = deny
+    uint32_t denied[] = {kMsrApicBase, kMsrTscDeadline};
+    for (size_t i = 0; i < kj::size(denied); i++) {
+      filter.ranges[i].flags = KVM_MSR_FILTER_READ | KVM_MSR_FILTER_WRITE;
+      filter.ranges[i].nmsrs = 1;
+      filter.ranges[i].base = denied[i];
+      filter.ranges[i].bitmap = &denyOne;
+    }
+    checkedIoctl(vmFd.get(), KVM_X86_SET_MSR_FILTER, &filter, "KVM_X86_SET_MSR_FILTER");
+  }
+
+  for (uint32_t i = 0; i < machineConfig.vcpuCount; i++) {
+    vcpus.add(kj::heap<Vcpu>(*this, i));
+  }
+  auto& first = vcpus[0]->kvmVcpu();
+  guestTscHz = uint64_t(first.tscKhz()) * 1000;
+  KJ_REQUIRE(guestTscHz > 0, "KVM reports no TSC frequency");
+
+  for (uint32_t i = 0; i < machineConfig.vcpuCount; i++) {
+    vcpus[i]->kvmVcpu().setCpuid(cpuidFor(i));
+  }
+  alignGuestTsc(0);
+}
+
+void Machine::alignGuestTsc(int64_t offset) {
+  for (auto& vcpu : vcpus) {
+    uint64_t now = monotonicNs();
+    uint64_t tsc = uint64_t((unsigned __int128)now * guestTscHz / 1'000'000'000u) + offset;
+    vcpu->kvmVcpu().setMsr(kMsrTsc, tsc);
+  }
+}
+
+kj::Array<kvm_cpuid_entry2> Machine::cpuidFor(uint32_t index) const {
+  auto supported = kvm.supportedCpuid();
+  kj::Vector<kvm_cpuid_entry2> entries;
+  uint32_t count = machineConfig.vcpuCount;
+  uint32_t apicId = apicIdOf(index);
+  for (auto& entry : supported) {
+    // Topology and hypervisor leaves are rebuilt below.
+    if (entry.function == 0xB || entry.function == 0x1F) continue;
+    if (entry.function >= 0x40000000 && entry.function <= 0x400000FF) continue;
+    auto copy = entry;
+    if (copy.function == 1) {
+      // EBX[31:24]: initial APIC ID; [23:16]: logical processors.
+      copy.ebx = (apicId << 24) | ((count & 0xFF) << 16) | (copy.ebx & 0xFFFF);
+      if (machineConfig.x2apic) copy.ecx |= kCpuid1EcxX2apic; else copy.ecx &= ~kCpuid1EcxX2apic;
+      copy.ecx |= kCpuid1EcxTscDeadline | kCpuid1EcxHypervisor;
+      if (count > 1) copy.edx |= kCpuid1EdxHtt;
+    }
+    entries.add(copy);
+  }
+  // Leaf 0xB: x2APIC topology, EDX = x2APIC ID at every level. One thread
+  // per core, all cores in one package.
+  uint32_t coreShift = 0;
+  while ((1u << coreShift) < count) coreShift++;
+  for (uint32_t level = 0; level < 3; level++) {
+    kvm_cpuid_entry2 leaf;
+    memset(&leaf, 0, sizeof(leaf));
+    leaf.function = 0xB;
+    leaf.index = level;
+    leaf.flags = KVM_CPUID_FLAG_SIGNIFCANT_INDEX;
+    leaf.edx = apicId;
+    if (level == 0) {
+      leaf.eax = 0; leaf.ebx = 1; leaf.ecx = (1u << 8) | level;  // SMT
+    } else if (level == 1) {
+      leaf.eax = coreShift; leaf.ebx = count; leaf.ecx = (2u << 8) | level;  // core
+    } else {
+      leaf.ecx = level;  // invalid level ends the enumeration
+    }
+    entries.add(leaf);
+  }
+  // Hypervisor leaves: our own signature (no KVM paravirtual features, the
+  // guest must use the architectural APIC), and the timing leaf 0x40000010
+  // (TSC and APIC bus frequency in kHz) that test kernels read.
+  kvm_cpuid_entry2 signature;
+  memset(&signature, 0, sizeof(signature));
+  signature.function = 0x40000000;
+  signature.eax = 0x40000010;
+  memcpy(&signature.ebx, "Vlap", 4);
+  memcpy(&signature.ecx, "icKV", 4);
+  memcpy(&signature.edx, "M\0\0\0", 4);
+  entries.add(signature);
+  kvm_cpuid_entry2 timing;
+  memset(&timing, 0, sizeof(timing));
+  timing.function = 0x40000010;
+  timing.eax = uint32_t(guestTscHz / 1000);
+  timing.ebx = kApicBusKhz;
+  entries.add(timing);
+  return entries.releaseAsArray();
+}
+
+void Machine::attachApic(ApicBackend& apicBackend) {
+  KJ_REQUIRE(machineConfig.apic == ApicLocation::SERVER);
+  backend = apicBackend;
+}
+
+void Machine::setBootState(const BootState& state) {
+  auto& vcpu = vcpus[0]->kvmVcpu();
+  auto sregs = vcpu.getSregs();
+  sregs.cs = flatSegment(0x10, 0xB);
+  sregs.ds = sregs.es = sregs.fs = sregs.gs = sregs.ss = flatSegment(0x18, 0x3);
+  sregs.cr0 = 0x11;  // PE, ET: protected mode, paging off
+  sregs.cr4 = 0;
+  sregs.efer = 0;
+  vcpu.setSregs(sregs);
+  kvm_regs regs;
+  memset(&regs, 0, sizeof(regs));
+  regs.rax = kMultibootBootMagic;
+  regs.rbx = state.infoAddress;
+  regs.rip = state.entry;
+  regs.rflags = 0x2;  // IF = 0
+  vcpu.setRegs(regs);
+}
+
+Machine::Vcpu& Machine::vcpuAt(uint32_t index) {
+  KJ_REQUIRE(index < vcpus.size(), "event for an unknown vCPU", index);
+  return *vcpus[index];
+}
+
+MachineExit Machine::run(kj::Maybe<uint64_t> timeoutMs) {
+  if (machineConfig.apic == ApicLocation::SERVER) {
+    KJ_REQUIRE(backend != nullptr, "attachApic() before run()");
+  }
+  for (auto& vcpu : vcpus) vcpu->start();
+  // Wake up now and then to notice a server that died while every vCPU was
+  // parked (HLT, wait-for-SIPI) and so made no call that would fail.
+  constexpr uint64_t kSliceMs = 200;
+  uint64_t waitedMs = 0;
+  for (;;) {
+    {
+      auto locked = outcome.lockExclusive();
+      locked.wait([](const kj::Maybe<MachineExit>& o) { return o != nullptr; },
+                  int64_t(kSliceMs) * kj::MILLISECONDS);
+      if (*locked != nullptr) break;
+    }
+    waitedMs += kSliceMs;
+    KJ_IF_MAYBE(b, backend) {
+      if (!b->connected()) {
+        MachineExit exit;
+        exit.kind = MachineExit::Kind::BACKEND_LOST;
+        exit.message = kj::str("vlapicd went away (connection closed)");
+        stop(kj::mv(exit));
+        break;
+      }
+    }
+    KJ_IF_MAYBE(ms, timeoutMs) {
+      if (waitedMs >= *ms) {
+        MachineExit exit;
+        exit.kind = MachineExit::Kind::TIMEOUT;
+        exit.message = kj::str("timeout: the guest did not exit within ", *ms, " ms");
+        stop(kj::mv(exit));
+        break;
+      }
+    }
+  }
+  for (auto& vcpu : vcpus) vcpu->join();
+  return KJ_ASSERT_NONNULL(*outcome.lockExclusive()).clone();
+}
+
+void Machine::stop(MachineExit exit) {
+  {
+    auto locked = outcome.lockExclusive();
+    if (*locked != nullptr) return;
+    *locked = kj::mv(exit);
+  }
+  stopping.store(true);
+  for (auto& vcpu : vcpus) vcpu->wakeForStop();
+}
+
+void Machine::interruptDeliverable(uint32_t vcpu) {
+  vcpuAt(vcpu).post([](Vcpu::Pending& p) { p.interrupt = true; });
+}
+
+void Machine::nmi(uint32_t vcpu) {
+  vcpuAt(vcpu).post([](Vcpu::Pending& p) { p.nmis++; });
+}
+
+void Machine::init(uint32_t vcpu) {
+  vcpuAt(vcpu).post([](Vcpu::Pending& p) {
+    p.init = true;
+    p.sipi = nullptr;
+  });
+}
+
+void Machine::startup(uint32_t vcpu, uint8_t vector) {
+  vcpuAt(vcpu).post([vector](Vcpu::Pending& p) { p.sipi = vector; });
+}
+
+void Machine::unhandledEvent(uint32_t vcpu, kj::StringPtr what) {
+  stats.unhandledEvents++;
+  KJ_LOG(INFO, "APIC event with no consumer in this front", vcpu, what);
+}
+
+void Machine::backendLost(kj::StringPtr why) {
+  MachineExit exit;
+  exit.kind = MachineExit::Kind::BACKEND_LOST;
+  exit.message = kj::str("vlapicd went away: ", why);
+  stop(kj::mv(exit));
+}
+
+}  // namespace vlapic::kvm

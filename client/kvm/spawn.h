@@ -1,0 +1,34 @@
+// Starting a private vlapicd for one run (--spawn-vlapicd): a child process
+// listening on a socket in a fresh temporary directory, terminated and
+// cleaned up when the run ends.
+#pragma once
+
+#include <kj/common.h>
+#include <kj/string.h>
+#include <sys/types.h>
+
+namespace vlapic::kvm {
+
+class SpawnedVlapicd {
+public:
+  // `binary`: the vlapicd executable. Returns once the socket exists (the
+  // caller's connect retries cover the rest). Throws with a clear message
+  // when the binary cannot be started or dies before listening.
+  explicit SpawnedVlapicd(kj::StringPtr binary);
+  ~SpawnedVlapicd() noexcept(false);
+  KJ_DISALLOW_COPY(SpawnedVlapicd);
+
+  kj::StringPtr socketPath() const { return socket; }
+
+  // Where vlapicd is looked for when no path is given: $VLAPICD, then next
+  // to this executable in the build tree (../../server/daemon/vlapicd) or
+  // the install tree (./vlapicd), then "vlapicd" on PATH.
+  static kj::String findBinary();
+
+private:
+  kj::String directory;
+  kj::String socket;
+  pid_t pid = -1;
+};
+
+}  // namespace vlapic::kvm

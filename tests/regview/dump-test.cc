@@ -2,21 +2,19 @@
 // exact text, with the fields the SDM names for each register; and the full
 // table over a kvm_lapic_state in both layouts.
 #include "server/core/dump.h"
+#include "images.h"
 #include <catch2/catch.hpp>
 #include <kj/array.h>
 #include <cstring>
 #include <string>
 
 using namespace vlapic;
+using namespace vlapic::regview_test;
 
 namespace {
 
 kj::String line(Reg reg, uint32_t value, RegisterLayout layout = RegisterLayout::XAPIC) {
   return dumpRegister(registerInfo(reg), value, layout);
-}
-
-void putWord(kj::ArrayPtr<kj::byte> bytes, size_t offset, uint32_t value) {
-  for (size_t i = 0; i < 4; i++) bytes[offset + i] = kj::byte(value >> (8 * i));
 }
 
 }  // namespace
@@ -147,14 +145,10 @@ namespace {
 // software-enabled, a periodic timer, LINT0 in virtual-wire ExtINT, LINT1 NMI,
 // one vector in service and two pending (one level-triggered).
 kj::Array<kj::byte> runningXapicState() {
-  auto regs = kj::heapArray<kj::byte>(kKvmLapicStateSize);
-  memset(regs.begin(), 0, regs.size());
-  putWord(regs, 0x020, 0x01000000);
-  putWord(regs, 0x030, 0x00050014);
+  auto regs = kvmFreshXapicState();
   putWord(regs, 0x080, 0x00000020);
   putWord(regs, 0x0A0, 0x00000040);
   putWord(regs, 0x0D0, 0x02000000);
-  putWord(regs, 0x0E0, 0xFFFFFFFF);
   putWord(regs, 0x0F0, 0x000001FF);
   putWord(regs, 0x120, 1u << 1);             // ISR: 0x41
   putWord(regs, 0x190, 1u << 17);            // TMR: 0x31
@@ -162,7 +156,6 @@ kj::Array<kj::byte> runningXapicState() {
   putWord(regs, 0x270, 1u << 15);            // IRR: 0xEF
   putWord(regs, 0x300, 0x000040FD);
   putWord(regs, 0x310, 0x02000000);
-  for (size_t offset = 0x320; offset <= 0x370; offset += 0x10) putWord(regs, offset, 0x00010000);
   putWord(regs, 0x320, 0x000200EC);
   putWord(regs, 0x350, 0x00000700);
   putWord(regs, 0x360, 0x00000400);
@@ -258,8 +251,7 @@ TEST_CASE("dump table: xAPIC LDR decodes by the DFR model (SDM Logical Destinati
 
 TEST_CASE("dump table: the same over a 4 KiB page view", "[dump][table][page]") {
   auto regs = runningXapicState();
-  auto page = kj::heapArray<kj::byte>(hal::kPageSize);
-  memset(page.begin(), 0, page.size());
+  auto page = zeroedImage(hal::kPageSize);
   memcpy(page.begin(), regs.begin(), regs.size());
   CHECK(dumpRegisters(ConstPageView(page.asPtr().asConst(), RegisterLayout::XAPIC)) ==
         dumpRegisters(ConstKvmLapicStateView(regs.asPtr().asConst(), RegisterLayout::XAPIC)));

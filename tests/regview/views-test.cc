@@ -3,37 +3,14 @@
 // "Local APIC Register Address Map") as little-endian 32-bit words; ID and
 // 0x310 change meaning in x2APIC mode (SDM "x2APIC Register Address Space",
 // KVM_X2APIC_API_USE_32BIT_IDS).
-#include "server/core/regview.h"
+#include "images.h"
 #include <catch2/catch.hpp>
 #include <kj/array.h>
 #include <kj/exception.h>
 
 using namespace vlapic;
 
-namespace {
-
-uint32_t wordAt(kj::ArrayPtr<const kj::byte> bytes, size_t offset) {
-  return uint32_t(bytes[offset]) | uint32_t(bytes[offset + 1]) << 8 |
-         uint32_t(bytes[offset + 2]) << 16 | uint32_t(bytes[offset + 3]) << 24;
-}
-
-void putWord(kj::ArrayPtr<kj::byte> bytes, size_t offset, uint32_t value) {
-  for (size_t i = 0; i < 4; i++) bytes[offset + i] = kj::byte(value >> (8 * i));
-}
-
-// KVM_GET_LAPIC right after creating vCPU 1 (lapic-facts.md, measured).
-kj::Array<kj::byte> kvmFreshXapicState() {
-  auto regs = kj::heapArray<kj::byte>(kKvmLapicStateSize);
-  memset(regs.begin(), 0, regs.size());
-  putWord(regs, 0x020, 0x01000000);
-  putWord(regs, 0x030, 0x00050014);
-  putWord(regs, 0x0E0, 0xFFFFFFFF);
-  putWord(regs, 0x0F0, 0x000000FF);
-  for (size_t offset = 0x320; offset <= 0x370; offset += 0x10) putWord(regs, offset, 0x00010000);
-  return regs;
-}
-
-}  // namespace
+using namespace vlapic::regview_test;
 
 TEST_CASE("kvm_lapic_state view: a fresh KVM vCPU 1 decodes by name", "[regview][view][kvm]") {
   auto regs = kvmFreshXapicState();
@@ -94,8 +71,7 @@ TEST_CASE("view: each register is read at its SDM offset", "[regview][view]") {
 }
 
 TEST_CASE("view: typed setters store at the SDM offset and read back (round trip)", "[regview][view]") {
-  auto regs = kj::heapArray<kj::byte>(kKvmLapicStateSize);
-  memset(regs.begin(), 0, regs.size());
+  auto regs = zeroedImage();
   KvmLapicStateView view(regs, RegisterLayout::XAPIC);
 
   view.setId(7);
@@ -182,8 +158,7 @@ TEST_CASE("view: ISR/TMR/IRR bit for every vector 0..255 (SDM IRR, ISR and TMR f
 }
 
 TEST_CASE("view: whole ISR/TMR/IRR sets are independent bitmaps", "[regview][view]") {
-  auto regs = kj::heapArray<kj::byte>(kKvmLapicStateSize);
-  memset(regs.begin(), 0, regs.size());
+  auto regs = zeroedImage();
   KvmLapicStateView view(regs, RegisterLayout::XAPIC);
   view.setIrr(VectorSet().set(0x31, true).set(0xEF, true));
   view.setIsr(VectorSet().set(0x20, true));
@@ -217,8 +192,7 @@ TEST_CASE("kvm_lapic_state x2APIC layouts: 32-bit IDs vs the legacy 31:24 ID", "
 }
 
 TEST_CASE("view: setId encodes the ID per layout", "[regview][view][x2apic]") {
-  auto regs = kj::heapArray<kj::byte>(kKvmLapicStateSize);
-  memset(regs.begin(), 0, regs.size());
+  auto regs = zeroedImage();
 
   KvmLapicStateView x2(regs, RegisterLayout::X2APIC);
   x2.setId(0x12345);
@@ -241,8 +215,7 @@ TEST_CASE("view: setId encodes the ID per layout", "[regview][view][x2apic]") {
 }
 
 TEST_CASE("view: ICR in xAPIC (dest in 0x310 31:24) and x2APIC (0x310 = ICR[63:32])", "[regview][view][icr][x2apic]") {
-  auto regs = kj::heapArray<kj::byte>(kKvmLapicStateSize);
-  memset(regs.begin(), 0, regs.size());
+  auto regs = zeroedImage();
   IcrValue icr = IcrValue().setVector(0x50).setDeliveryMode(DeliveryMode::FIXED)
       .setLevelAssert(true).setX2apicDestination(0x00000123);
 
@@ -279,8 +252,7 @@ TEST_CASE("view: sizes are checked (kvm_lapic_state 1 KiB, page 4 KiB)", "[regvi
 }
 
 TEST_CASE("view: LVT accessors accept only LVT registers", "[regview][view][lvt]") {
-  auto regs = kj::heapArray<kj::byte>(kKvmLapicStateSize);
-  memset(regs.begin(), 0, regs.size());
+  auto regs = zeroedImage();
   KvmLapicStateView view(regs, RegisterLayout::XAPIC);
   CHECK_THROWS_AS(view.lvt(Reg::TPR), kj::Exception);
   CHECK_THROWS_AS(view.setLvt(Reg::ICR_LOW, LvtValue(0x30)), kj::Exception);
@@ -307,8 +279,7 @@ TEST_CASE("page view over a HAL page: same offsets - unaligned kvm_lapic_state b
   CHECK(readBack.inIrr(0xEF));
 
   // kvm_lapic_state is a char array: it may sit at any alignment.
-  auto storage = kj::heapArray<kj::byte>(kKvmLapicStateSize + 1);
-  memset(storage.begin(), 0, storage.size());
+  auto storage = zeroedImage(kKvmLapicStateSize + 1);
   KvmLapicStateView unaligned(storage.slice(1, storage.size()), RegisterLayout::XAPIC);
   unaligned.setSvr(SvrValue(0x1FF));
   CHECK(wordAt(storage, 0x0F1) == 0x1FF);

@@ -124,12 +124,12 @@ ApicTimer::SubTicks ApicTimer::effectivePeriod(TimerMode mode, uint32_t count,
   return period;
 }
 
-ApicTimer::SubTicks ApicTimer::remainingAt(const State& s, SubTicks now) {
-  if (!s.countdownArmed) return 0;
-  if (now < s.deadline) return s.deadline - now;
-  if (s.mode != TimerMode::PERIODIC) return 0;
+ApicTimer::Remaining ApicTimer::remainingAt(const State& s, SubTicks now) {
+  if (!s.countdownArmed) return {};
+  if (now < s.deadline) return {s.deadline - now, s.phase};
+  if (s.mode != TimerMode::PERIODIC) return {0, s.phase};
   // Periodic and late: the count reloaded at each grid point since.
-  return s.period - (now - s.deadline) % s.period;
+  return {s.period - (now - s.deadline) % s.period, s.period};
 }
 
 uint64_t ApicTimer::tscDeadlineNs(const State& s) const {
@@ -160,6 +160,7 @@ void ApicTimer::catchUp(State& s, uint64_t nowNs) const {
         // (deadline + k * period), never "now + period".
         SubTicks periodsDue = (now - s.deadline) / s.period + 1;
         s.deadline += periodsDue * s.period;
+        s.phase = s.period;  // reloaded: a full count runs now
         due = saturateU32(periodsDue);
       } else {
         due = 1;
@@ -175,8 +176,7 @@ void ApicTimer::catchUp(State& s, uint64_t nowNs) const {
 
 void ApicTimer::setMode(TimerMode newMode) {
   if (newMode == state.mode) return;  // every LVT Timer write lands here
-  uint64_t nowNs = tsc.hostClock().nowNs();
-  catchUp(state, nowNs);
+  catchUp(state, tsc.hostClock().nowNs());
 
   bool intoOrOutOfDeadline =
       (newMode == TimerMode::TSC_DEADLINE) != (state.mode == TimerMode::TSC_DEADLINE);
@@ -186,19 +186,14 @@ void ApicTimer::setMode(TimerMode newMode) {
     // zeroes the initial count and the deadline then.
     state.countdownArmed = false;
     state.initialCount = 0;
+    state.phase = 0;
     state.period = 0;
     state.tscDeadline = 0;
-  } else if (state.countdownArmed) {
-    // One-shot <-> periodic: the running count continues (KVM). Only the
-    // minimum-period clamp can change the period's length; keep the same
-    // fraction of the count remaining.
-    SubTicks newPeriod = effectivePeriod(newMode, state.initialCount, state.divideConfig);
-    if (newPeriod != state.period) {
-      SubTicks now = SubTicks(nowNs) * config.timerHz;
-      SubTicks remaining = state.deadline - now;  // catchUp: deadline > now
-      state.deadline = now + mulDiv(remaining, newPeriod, state.period, Rounding::UP);
-      state.period = newPeriod;
-    }
+  } else if (state.initialCount != 0) {
+    // One-shot <-> periodic: the running count continues to its deadline at
+    // its rate and the current count is not reloaded (KVM); only the length
+    // of later reloads changes, by the minimum-period clamp.
+    state.period = effectivePeriod(newMode, state.initialCount, state.divideConfig);
   }
   state.mode = newMode;
 }
@@ -213,12 +208,14 @@ void ApicTimer::writeInitialCount(uint32_t count) {
   if (count == 0) {
     // Writing 0 stops the timer (SDM 11.5.4).
     state.countdownArmed = false;
+    state.phase = 0;
     state.period = 0;
     return;
   }
   // Any other write (re)starts the count from the new initial count.
   state.period = effectivePeriod(state.mode, count, state.divideConfig);
-  state.deadline = SubTicks(nowNs) * config.timerHz + state.period;
+  state.phase = state.period;
+  state.deadline = SubTicks(nowNs) * config.timerHz + state.phase;
   state.countdownArmed = true;
 }
 
@@ -226,13 +223,21 @@ void ApicTimer::writeDivideConfig(uint32_t dcr) {
   uint64_t nowNs = tsc.hostClock().nowNs();
   catchUp(state, nowNs);
   uint32_t newDcr = dcr & 0b1011;
-  if (state.countdownArmed && newDcr != state.divideConfig) {
-    // The count keeps its value and continues at the new rate: the time left
-    // scales with the new period.
+  if (newDcr != state.divideConfig && state.initialCount != 0) {
     SubTicks newPeriod = effectivePeriod(state.mode, state.initialCount, newDcr);
-    SubTicks now = SubTicks(nowNs) * config.timerHz;
-    SubTicks remaining = state.deadline - now;  // catchUp: deadline > now
-    state.deadline = now + mulDiv(remaining, newPeriod, state.period, Rounding::UP);
+    if (state.countdownArmed) {
+      // The count keeps its value and continues at the new rate: the time
+      // left scales with the length of the running count.
+      SubTicks newPhase =
+          state.phase == state.period
+              ? newPeriod
+              : mulDiv(state.phase, divideValue(newDcr), divideValue(state.divideConfig),
+                       Rounding::UP);
+      SubTicks now = SubTicks(nowNs) * config.timerHz;
+      SubTicks remaining = state.deadline - now;  // catchUp: deadline > now
+      state.deadline = now + mulDiv(remaining, newPhase, state.phase, Rounding::UP);
+      state.phase = newPhase;
+    }
     state.period = newPeriod;
   }
   state.divideConfig = newDcr;
@@ -251,12 +256,14 @@ void ApicTimer::writeTscDeadline(uint64_t tscValue) {
 uint32_t ApicTimer::currentCount() const {
   if (state.mode == TimerMode::TSC_DEADLINE) return 0;  // SDM 11.5.4.1
   if (!state.countdownArmed || state.initialCount == 0) return 0;
-  SubTicks remaining = remainingAt(state, nowSubTicks());
-  // The count runs from the initial count down to 0 over one period; it
+  Remaining remaining = remainingAt(state, nowSubTicks());
+  if (remaining.left == 0) return 0;
+  // The count runs from the initial count down to 0 over its length; it
   // reads the initial count during the first tick and reaches 0 exactly at
   // the expiry, as a hardware down-counter does. A clamped periodic timer
   // counts proportionally slower over its longer period.
-  return saturateU32(mulDiv(remaining, state.initialCount, state.period, Rounding::UP));
+  return saturateU32(
+      mulDiv(remaining.left, state.initialCount, remaining.countLength, Rounding::UP));
 }
 
 uint64_t ApicTimer::readTscDeadline() const {
@@ -327,7 +334,7 @@ TimerSnapshot ApicTimer::save() const {
     snapshot.tscDeadline = s.tscDeadline;  // guest TSC terms: host-independent
   } else if (s.countdownArmed) {
     snapshot.armed = true;
-    SubTicks remaining = remainingAt(s, SubTicks(nowNs) * config.timerHz);
+    SubTicks remaining = remainingAt(s, SubTicks(nowNs) * config.timerHz).left;
     snapshot.remainingNs = saturateU64(mulDiv(remaining, 1, config.timerHz, Rounding::UP));
   }
   return snapshot;
@@ -361,9 +368,12 @@ kj::Maybe<kj::StringPtr> ApicTimer::checkSnapshot(const TimerSnapshot& snapshot)
     if (snapshot.initialCount == 0) {
       return kj::StringPtr("armed countdown with an initial count of 0");
     }
-    SubTicks period = effectivePeriod(snapshot.mode, snapshot.initialCount,
-                                      snapshot.divideConfig);
-    if (SubTicks(snapshot.remainingNs) * config.timerHz > period) {
+    // The longest count this initial count and divide can run: the
+    // clamped periodic one (a running count keeps that length across a
+    // switch to one-shot). Saved time is rounded up to whole ns.
+    SubTicks longest = effectivePeriod(TimerMode::PERIODIC, snapshot.initialCount,
+                                       snapshot.divideConfig);
+    if (SubTicks(snapshot.remainingNs) * config.timerHz >= longest + config.timerHz) {
       return kj::StringPtr("remaining time longer than the timer period");
     }
   } else if (snapshot.remainingNs != 0) {
@@ -391,9 +401,13 @@ void ApicTimer::restore(const TimerSnapshot& snapshot) {
     s.countdownArmed = true;
     s.period = effectivePeriod(s.mode, s.initialCount, s.divideConfig);
     // Continue with the remaining time; a periodic timer then keeps its grid
-    // of full periods from that deadline on.
-    s.deadline = SubTicks(nowNs) * config.timerHz +
-                 SubTicks(snapshot.remainingNs) * config.timerHz;
+    // of full periods from that deadline on. The snapshot does not say how
+    // long the running count was; it was a full period unless a mode switch
+    // moved the clamp within the last 200 us of counting, so only the count
+    // read back in that corner can differ, never the deadline.
+    SubTicks remaining = SubTicks(snapshot.remainingNs) * config.timerHz;
+    s.phase = kj::max(s.period, remaining);
+    s.deadline = SubTicks(nowNs) * config.timerHz + remaining;
   }
   state = s;
 }

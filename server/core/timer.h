@@ -128,8 +128,13 @@ private:
     uint32_t divideConfig = 0;
     uint32_t initialCount = 0;
     bool countdownArmed = false;   // one-shot/periodic counting down
-    SubTicks deadline = 0;         // absolute, when countdownArmed
-    SubTicks period = 0;           // effective length of a full count
+    SubTicks deadline = 0;         // absolute end of the running count
+    // Length of the count now running (initial count down to 0), and of each
+    // count reloaded after it. They differ only after a one-shot <-> periodic
+    // switch moved the minimum-period clamp: the running count keeps its
+    // rate and deadline (KVM), the new length applies from the next reload.
+    SubTicks phase = 0;
+    SubTicks period = 0;
     uint64_t tscDeadline = 0;      // TSC-deadline mode: 0 = disarmed
     uint32_t pendingExpiries = 0;  // due before a reprogramming, not collected
     uint64_t pendingSinceNs = 0;   // when the first of them fell due
@@ -143,8 +148,12 @@ private:
   SubTicks effectivePeriod(TimerMode mode, uint32_t count, uint32_t dcr) const;
   // Time left to the next expiry at `now` on the countdown's grid (a
   // periodic timer that is late reloads on its grid; a one-shot past its
-  // deadline has 0 left).
-  static SubTicks remainingAt(const State& s, SubTicks now);
+  // deadline has 0 left), and the length of the count it belongs to.
+  struct Remaining {
+    SubTicks left = 0;
+    SubTicks countLength = 0;
+  };
+  static Remaining remainingAt(const State& s, SubTicks now);
   // Move every expiry due by `now` into pendingExpiries, advancing a
   // periodic timer on its grid and disarming one-shot and TSC-deadline ones.
   void catchUp(State& s, uint64_t nowNs) const;

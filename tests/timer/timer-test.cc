@@ -460,26 +460,76 @@ TEST_CASE("APIC Timer: an expired one-shot switched to periodic stays at 0",
   }
 }
 
-TEST_CASE("APIC Timer: switching to periodic applies the minimum period to the rest",
-          "[timer][mode][min-period]") {
-  // 10 us one-shot, half done, becomes periodic with a 200 us minimum: the
-  // count keeps its value and runs at the clamped rate from there.
+TEST_CASE("APIC Timer: a mode switch keeps the running count's rate; the clamp applies "
+          "from the next period", "[timer][mode][min-period]") {
+  // A 10 us one-shot, half done, becomes periodic under a 200 us minimum:
+  // the running count ends when it would have (KVM), later periods are
+  // clamped.
   Rig rig;
   rig.timer.writeDivideConfig(kDcrDivideBy1);
   rig.timer.writeInitialCount(10'000);
   rig.clock.advance(5'000);
   rig.timer.setMode(TimerMode::PERIODIC);
   CHECK(rig.timer.currentCount() == 5'000);
-  CHECK(deadlineOf(rig.timer) == kStart + 5'000 + 100'000);
-  rig.clock.set(kStart + 105'000);
+  CHECK(deadlineOf(rig.timer) == kStart + 10'000);
+  rig.clock.advance(2'500);
+  CHECK(rig.timer.currentCount() == 2'500);
+  rig.clock.set(kStart + 10'000);
   CHECK(rig.timer.expire() == 1);
-  CHECK(deadlineOf(rig.timer) == kStart + 305'000);
-  // And back: one-shot is unclamped, the count still keeps its value.
+  CHECK(rig.timer.currentCount() == 10'000);
+  CHECK(deadlineOf(rig.timer) == kStart + 210'000);
+
+  // And back: the clamped count now running keeps its rate to its end.
   rig.clock.advance(50'000);
   CHECK(rig.timer.currentCount() == 7'500);
   rig.timer.setMode(TimerMode::ONE_SHOT);
   CHECK(rig.timer.currentCount() == 7'500);
-  CHECK(deadlineOf(rig.timer) == kStart + 155'000 + 7'500);
+  CHECK(deadlineOf(rig.timer) == kStart + 210'000);
+  rig.clock.set(kStart + 210'000);
+  CHECK(rig.timer.expire() == 1);
+  CHECK_FALSE(rig.timer.armed());
+}
+
+TEST_CASE("APIC Timer: a divide change after a mode switch rescales the running count",
+          "[timer][mode][dcr][min-period]") {
+  Rig rig;
+  rig.timer.writeDivideConfig(kDcrDivideBy1);
+  rig.timer.writeInitialCount(10'000);
+  rig.clock.advance(5'000);
+  rig.timer.setMode(TimerMode::PERIODIC);  // running count: 10 us long
+  rig.timer.writeDivideConfig(kDcrDivideBy2);
+  CHECK(rig.timer.currentCount() == 5'000);
+  CHECK(deadlineOf(rig.timer) == kStart + 5'000 + 10'000);  // 5000 counts at 2 ns
+  rig.clock.advance(2);
+  CHECK(rig.timer.currentCount() == 4'999);
+  rig.clock.set(kStart + 15'000);
+  CHECK(rig.timer.expire() == 1);
+  CHECK(deadlineOf(rig.timer) == kStart + 15'000 + 200'000);  // 20 us, clamped
+}
+
+TEST_CASE("APIC Timer: save/restore right after a mode switch keeps the deadline",
+          "[timer][mode][save-restore]") {
+  // A clamped periodic count (1 us asked, 200 us run) switched to one-shot
+  // runs longer than the one-shot period; the snapshot still restores its
+  // deadline exactly.
+  Rig source;
+  source.timer.setMode(TimerMode::PERIODIC);
+  source.timer.writeDivideConfig(kDcrDivideBy1);
+  source.timer.writeInitialCount(1'000);
+  source.clock.advance(50'000);
+  source.timer.setMode(TimerMode::ONE_SHOT);
+  CHECK(source.timer.currentCount() == 750);
+  TimerSnapshot snapshot = source.timer.save();
+  CHECK(snapshot.remainingNs == 150'000);
+  CHECK(source.timer.checkSnapshot(snapshot) == nullptr);
+
+  Rig destination;
+  destination.timer.restore(snapshot);
+  CHECK(deadlineOf(destination.timer) == kStart + 150'000);
+  CHECK(destination.timer.currentCount() <= 1'000);
+  destination.clock.set(kStart + 150'000);
+  CHECK(destination.timer.expire() == 1);
+  CHECK_FALSE(destination.timer.armed());
 }
 
 TEST_CASE("APIC Timer: switching into TSC-deadline mode disarms and zeroes the count",

@@ -119,7 +119,7 @@ struct Reply {
   bool operator==(const Reply& other) const;
 
 private:
-  uint8_t eventCount = 0;
+  uint16_t eventCount = 0;
   Event eventSlots[kMaxEventsPerReply];
 };
 

@@ -1,0 +1,363 @@
+// bench-channel: what one call through the per-vCPU shared-memory channel
+// costs between two processes, next to the transports it replaces.
+//
+//   channel busy-poll         both sides spin forever (the floor)
+//   channel adaptive          the default policy, calls back to back, with
+//                             50 us of "guest time" between calls (inside the
+//                             200 us window) and with 2 ms (outside it)
+//   channel sleep-only        every wait sleeps on the doorbell socket
+//   raw futex ping-pong       two processes waking each other with futexes
+//   capnp rpc echo            a two-party Cap'n Proto call on a socketpair
+//   handler + mutex/executor  the ways vlapicd can run the handler on its
+//                             single-threaded Vm layer, over a busy channel
+//   idle server CPU           a server process with an idle channel, 3 s
+//
+// Every figure is a median over many samples with p10/p90 beside it. The
+// last line is `RESULT channel ...`.
+#include "server/channel/channel.h"
+#include "server/channel/shared-layout.h"
+#include "echo.capnp.h"
+#include <capnp/rpc-twoparty.h>
+#include <kj/async-io.h>
+#include <kj/debug.h>
+#include <kj/mutex.h>
+#include <kj/thread.h>
+#include <algorithm>
+#include <atomic>
+#include <cstdio>
+#include <ctime>
+#include <linux/futex.h>
+#include <signal.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include <vector>
+
+namespace vlapic::channel::bench {
+namespace {
+
+struct Figures {
+  double median = 0, p10 = 0, p90 = 0;
+  size_t samples = 0;
+};
+
+Figures summarize(std::vector<double> samples) {
+  std::sort(samples.begin(), samples.end());
+  Figures f;
+  f.samples = samples.size();
+  f.median = samples[samples.size() / 2];
+  f.p10 = samples[samples.size() / 10];
+  f.p90 = samples[samples.size() * 9 / 10];
+  return f;
+}
+
+double nowUs() { return static_cast<double>(monotonicNowNs()) / 1000.0; }
+
+void spinUs(double us) {
+  double until = nowUs() + us;
+  while (nowUs() < until) {}
+}
+
+void sleepUs(long us) {
+  struct timespec ts = {us / 1'000'000, (us % 1'000'000) * 1000};
+  nanosleep(&ts, nullptr);
+}
+
+// A forked child running `body`; killed and reaped if still alive at the end.
+class Child {
+public:
+  template <typename Body>
+  explicit Child(Body&& body) {
+    KJ_SYSCALL(pid = fork());
+    if (pid == 0) {
+      int status = 1;
+      KJ_IF_MAYBE(e, kj::runCatchingExceptions([&]() { status = body(); })) {
+        KJ_LOG(ERROR, "bench child failed", *e);
+      }
+      _exit(status);
+    }
+  }
+  ~Child() {
+    kill(pid, SIGKILL);
+    waitpid(pid, nullptr, 0);
+  }
+  pid_t id() const { return pid; }
+
+private:
+  pid_t pid;
+};
+
+struct SocketPair {
+  explicit SocketPair(int type = SOCK_STREAM) {
+    int fds[2];
+    KJ_SYSCALL(socketpair(AF_UNIX, type | SOCK_CLOEXEC, 0, fds));
+    a = kj::AutoCloseFd(fds[0]);
+    b = kj::AutoCloseFd(fds[1]);
+  }
+  kj::AutoCloseFd a, b;
+};
+
+void sendFd(int socket, int fd) { sendChannelMemory(socket, fd); }
+
+kj::AutoCloseFd receiveFd(int socket) {
+  kj::byte tag;
+  struct iovec iov = {&tag, 1};
+  alignas(struct cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
+  struct msghdr msg = {};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  msg.msg_control = control;
+  msg.msg_controllen = sizeof(control);
+  KJ_SYSCALL(recvmsg(socket, &msg, MSG_CMSG_CLOEXEC));
+  int fd;
+  memcpy(&fd, CMSG_DATA(CMSG_FIRSTHDR(&msg)), sizeof(int));
+  return kj::AutoCloseFd(fd);
+}
+
+// ---- The channel between a server process and this (front) process ----
+
+enum class HandlerStyle { INLINE, MUTEX, EXECUTOR };
+
+// What the handler does: the answer to an xAPIC version read. The point is
+// the transport, not the LAPIC.
+Reply work(const Request& request) {
+  return Reply::access(AccessResult::ok(0x50014 ^ request.gpa));
+}
+
+// Runs a ChannelServer in this (child) process until the transport closes.
+int serveChannel(int transport, PollPolicy policy, HandlerStyle style) {
+  ChannelServer::Options options;
+  options.poll = policy;
+
+  // The executor style: a kj event loop thread stands in for vlapicd's, and
+  // the channel thread hands each request to it with executeSync().
+  kj::MutexGuarded<kj::Maybe<const kj::Executor&>> loopExecutor;
+  kj::Own<kj::CrossThreadPromiseFulfiller<void>> stopLoop;
+  kj::Maybe<kj::Own<kj::Thread>> loopThread;
+  if (style == HandlerStyle::EXECUTOR) {
+    auto paf = kj::newPromiseAndCrossThreadFulfiller<void>();
+    stopLoop = kj::mv(paf.fulfiller);
+    loopThread = kj::heap<kj::Thread>([&loopExecutor, promise = kj::mv(paf.promise)]() mutable {
+      auto io = kj::setupAsyncIo();  // as vlapicd's loop thread
+      *loopExecutor.lockExclusive() = kj::getCurrentThreadExecutor();
+      promise.wait(io.waitScope);
+    });
+  }
+  const kj::Executor* executor = nullptr;
+  if (style == HandlerStyle::EXECUTOR) {
+    loopExecutor.when([](const kj::Maybe<const kj::Executor&>& e) { return e != nullptr; },
+                      [&](kj::Maybe<const kj::Executor&>& e) {
+                        KJ_IF_MAYBE(found, e) executor = found;
+                      });
+  }
+
+  kj::MutexGuarded<uint64_t> vmLock;
+  ChannelServer::Handler handler = [&](const Request& request) -> Reply {
+    switch (style) {
+      case HandlerStyle::INLINE:
+        return work(request);
+      case HandlerStyle::MUTEX: {
+        auto locked = vmLock.lockExclusive();
+        ++*locked;
+        return work(request);
+      }
+      case HandlerStyle::EXECUTOR:
+        return executor->executeSync([&]() { return work(request); });
+    }
+    KJ_UNREACHABLE;
+  };
+
+  auto created = ChannelServer::create(kj::mv(handler), []() {}, options);
+  sendFd(transport, created.frontFd);
+  created.frontFd = nullptr;
+  char byte;
+  while (read(transport, &byte, 1) > 0) {}  // until the front closes it
+  created.server = nullptr;
+  if (stopLoop.get() != nullptr) stopLoop->fulfill();
+  return 0;
+}
+
+struct ChannelRun {
+  Figures rtt;
+  double idleCpuPercent = -1;
+};
+
+enum class Gap { NONE, SPIN_50US, SLEEP_2MS };
+
+// One mode: a fresh server process, then `samples` samples of `batch` calls.
+ChannelRun measureChannel(PollPolicy policy, HandlerStyle style, Gap gap, size_t batch,
+                          size_t samples, bool measureIdle = false) {
+  SocketPair transport;
+  Child server([&]() {
+    transport.a = nullptr;
+    return serveChannel(transport.b, policy, style);
+  });
+  transport.b = nullptr;
+  ChannelFront::Options options;
+  options.poll = policy;
+  auto front = ChannelFront::connect(receiveFd(transport.a), options);
+
+  Request request = Request::mmioRead(0xFEE00030, 4);
+  for (int i = 0; i < 1000; i++) front->call(request);  // warm-up; windows settle
+  std::vector<double> perCall;
+  perCall.reserve(samples);
+  for (size_t s = 0; s < samples; s++) {
+    if (gap == Gap::SPIN_50US) spinUs(50);
+    if (gap == Gap::SLEEP_2MS) sleepUs(2000);
+    double start = nowUs();
+    for (size_t b = 0; b < batch; b++) front->call(request);
+    perCall.push_back((nowUs() - start) / static_cast<double>(batch));
+  }
+  ChannelRun run;
+  run.rtt = summarize(kj::mv(perCall));
+
+  if (measureIdle) {
+    // The channel stays open and idle: CPU of the whole server process.
+    clockid_t clock;
+    KJ_ASSERT(clock_getcpuclockid(server.id(), &clock) == 0);
+    auto cpuNs = [&]() {
+      struct timespec ts;
+      KJ_SYSCALL(clock_gettime(clock, &ts));
+      return static_cast<double>(ts.tv_sec) * 1e9 + static_cast<double>(ts.tv_nsec);
+    };
+    double cpuBefore = cpuNs(), wallBefore = nowUs();
+    sleepUs(3'000'000);
+    double cpuAfter = cpuNs(), wallAfter = nowUs();
+    run.idleCpuPercent = (cpuAfter - cpuBefore) / 1000.0 / (wallAfter - wallBefore) * 100.0;
+  }
+  return run;
+}
+
+// ---- Baselines ----
+
+long futex(std::atomic<uint32_t>* word, int op, uint32_t value) {
+  return syscall(SYS_futex, reinterpret_cast<uint32_t*>(word), op, value, nullptr, nullptr, 0);
+}
+
+void futexWaitFor(std::atomic<uint32_t>* word, uint32_t expected) {
+  for (;;) {
+    uint32_t seen = word->load(std::memory_order_acquire);
+    if (seen == expected) return;
+    futex(word, FUTEX_WAIT, seen);
+  }
+}
+
+// Two processes waking each other through futexes on shared memory, never
+// spinning: the floor of any sleeping wake-up on this machine.
+Figures measureFutexPingPong(size_t samples) {
+  void* mapped = mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  KJ_ASSERT(mapped != MAP_FAILED);
+  KJ_DEFER(munmap(mapped, 4096));
+  auto* ping = new (mapped) std::atomic<uint32_t>(0);
+  auto* pong = new (static_cast<char*>(mapped) + 64) std::atomic<uint32_t>(0);
+  uint32_t total = static_cast<uint32_t>(samples + 200);
+  Child peer([&]() {
+    for (uint32_t i = 1; i <= total; i++) {
+      futexWaitFor(ping, i);
+      pong->store(i, std::memory_order_release);
+      futex(pong, FUTEX_WAKE, 1);
+    }
+    return 0;
+  });
+  std::vector<double> rtt;
+  for (uint32_t i = 1; i <= total; i++) {
+    double start = nowUs();
+    ping->store(i, std::memory_order_release);
+    futex(ping, FUTEX_WAKE, 1);
+    futexWaitFor(pong, i);
+    if (i > 200) rtt.push_back(nowUs() - start);
+  }
+  return summarize(kj::mv(rtt));
+}
+
+class EchoServer final : public Echo::Server {
+protected:
+  kj::Promise<void> echo(EchoContext context) override {
+    context.getResults().setValue(context.getParams().getValue());
+    return kj::READY_NOW;
+  }
+};
+
+// A two-party Cap'n Proto call between two processes on a Unix socket pair.
+Figures measureRpcEcho(size_t samples) {
+  SocketPair transport;
+  Child server([&]() {
+    transport.a = nullptr;
+    auto io = kj::setupAsyncIo();
+    auto stream = io.lowLevelProvider->wrapSocketFd(transport.b.get());
+    capnp::TwoPartyClient rpc(*stream, kj::heap<EchoServer>(), capnp::rpc::twoparty::Side::SERVER);
+    rpc.onDisconnect().wait(io.waitScope);
+    return 0;
+  });
+  transport.b = nullptr;
+  auto io = kj::setupAsyncIo();
+  auto stream = io.lowLevelProvider->wrapSocketFd(transport.a.get());
+  capnp::TwoPartyClient rpc(*stream);
+  auto echo = rpc.bootstrap().castAs<Echo>();
+  std::vector<double> rtt;
+  for (size_t i = 0; i < samples + 200; i++) {
+    double start = nowUs();
+    auto request = echo.echoRequest();
+    request.setValue(i);
+    KJ_ASSERT(request.send().wait(io.waitScope).getValue() == i);
+    if (i >= 200) rtt.push_back(nowUs() - start);
+  }
+  return summarize(kj::mv(rtt));
+}
+
+void printRow(const char* mode, const Figures& f, double rpcMedian) {
+  printf("%-40s %10.3f %9.3f %9.3f %8zu %9.3fx\n", mode, f.median, f.p10, f.p90, f.samples,
+         rpcMedian > 0 ? f.median / rpcMedian : 0.0);
+}
+
+int run() {
+  printf("bench-channel: one call = request + reply between two processes (us)\n");
+  printf("%-40s %10s %9s %9s %8s %10s\n", "mode", "median", "p10", "p90", "samples",
+         "vs_rpc");
+
+  Figures rpc = measureRpcEcho(3000);
+  Figures futexFloor = measureFutexPingPong(3000);
+  auto busy = measureChannel(PollPolicy::busyPolicy(), HandlerStyle::INLINE, Gap::NONE, 100, 300);
+  auto adaptive = measureChannel(PollPolicy::adaptivePolicy(), HandlerStyle::INLINE, Gap::NONE,
+                                 100, 300, true);
+  auto gap50 = measureChannel(PollPolicy::adaptivePolicy(), HandlerStyle::INLINE, Gap::SPIN_50US,
+                              1, 3000);
+  auto gap2ms = measureChannel(PollPolicy::adaptivePolicy(), HandlerStyle::INLINE,
+                               Gap::SLEEP_2MS, 1, 500);
+  auto sleepOnly = measureChannel(PollPolicy::sleepPolicy(), HandlerStyle::INLINE, Gap::NONE, 1,
+                                  3000);
+  auto mutex = measureChannel(PollPolicy::busyPolicy(), HandlerStyle::MUTEX, Gap::NONE, 100, 300);
+  auto executor = measureChannel(PollPolicy::busyPolicy(), HandlerStyle::EXECUTOR, Gap::NONE, 1,
+                                 3000);
+
+  printRow("channel busy-poll", busy.rtt, rpc.median);
+  printRow("channel adaptive, back to back", adaptive.rtt, rpc.median);
+  printRow("channel adaptive, 50 us between calls", gap50.rtt, rpc.median);
+  printRow("channel adaptive, 2 ms between calls", gap2ms.rtt, rpc.median);
+  printRow("channel sleep-only (doorbell wake-ups)", sleepOnly.rtt, rpc.median);
+  printRow("raw futex ping-pong (no channel)", futexFloor, rpc.median);
+  printRow("capnp rpc echo, socketpair", rpc, rpc.median);
+  printRow("busy channel, handler inline", busy.rtt, rpc.median);
+  printRow("busy channel, handler under a mutex", mutex.rtt, rpc.median);
+  printRow("busy channel, handler via kj::Executor", executor.rtt, rpc.median);
+  printf("idle server process CPU over 3 s with an open channel: %.4f%%\n",
+         adaptive.idleCpuPercent);
+
+  printf("RESULT channel rtt_poll_us=%.3f rtt_busy_us=%.3f rtt_gap50_us=%.3f rtt_gap2ms_us=%.3f"
+         " rtt_futex_us=%.3f futex_floor_us=%.3f rpc_echo_us=%.3f mutex_us=%.3f"
+         " executor_us=%.3f ratio_poll_vs_rpc=%.4f idle_cpu_percent=%.4f\n",
+         adaptive.rtt.median, busy.rtt.median, gap50.rtt.median, gap2ms.rtt.median,
+         sleepOnly.rtt.median, futexFloor.median, rpc.median, mutex.rtt.median,
+         executor.rtt.median, adaptive.rtt.median / rpc.median, adaptive.idleCpuPercent);
+  return 0;
+}
+
+}  // namespace
+}  // namespace vlapic::channel::bench
+
+int main() {
+  signal(SIGPIPE, SIG_IGN);
+  return vlapic::channel::bench::run();
+}

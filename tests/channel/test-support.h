@@ -1,0 +1,136 @@
+// Shared by the channel tests: a deterministic handler whose every reply can
+// be predicted from the request alone (so either side, in either process,
+// can check a round trip), and helpers to move a channel fd between
+// processes the way vlapicd's socket does.
+#pragma once
+
+#include "server/channel/shared-layout.h"
+#include <kj/debug.h>
+#include <sys/socket.h>
+#include <cstring>
+
+namespace vlapic::channel::test {
+
+// The reply the test handler gives: a pure function of the request, with
+// events whose number and content depend on it too.
+inline Reply expectedReply(const Request& request) {
+  Reply reply;
+  switch (request.operation) {
+    case Operation::MMIO_READ:
+      reply = Reply::access(AccessResult::ok(request.gpa ^ request.size));
+      break;
+    case Operation::MMIO_WRITE:
+      reply = Reply::access(AccessResult::ignored(AccessReason::READ_ONLY_REGISTER,
+                                                  request.value + 1));
+      break;
+    case Operation::MSR_READ:
+      reply = Reply::access(AccessResult::ok(uint64_t(request.msr) * 3));
+      break;
+    case Operation::MSR_WRITE:
+      reply = Reply::access(AccessResult::gp(AccessReason::RESERVED_BITS));
+      reply.value = request.value;
+      break;
+    case Operation::ACKNOWLEDGE:
+      reply.inject = uint8_t(0x40);
+      break;
+    case Operation::SET_CR8:
+      reply.cr8 = request.cr8;
+      break;
+    case Operation::FETCH_EVENTS:
+      break;
+  }
+  if (request.injectIfPending) reply.inject = uint8_t(0x41);
+  // Events: as many as the low 3 bits of the value, of varying kinds; a
+  // vector only where the kind carries one.
+  for (uint32_t i = 0; i < (request.value & 7); i++) {
+    auto kind = static_cast<EventKind>(i);
+    bool hasVector = kind == EventKind::DELIVERABLE || kind == EventKind::SIPI ||
+                     kind == EventKind::EOI;
+    reply.addEvent(Event{kind, hasVector ? static_cast<uint8_t>(request.value + i) : uint8_t(0),
+                         i + 1});
+  }
+  return reply;
+}
+
+// A request that differs with `i`, cycling through every operation.
+inline Request requestNumber(uint64_t i) {
+  switch (i % 7) {
+    case 0: return Request::mmioRead(0xFEE00000 + (i & 0xFF0), 4);
+    case 1: return Request::mmioWrite(0xFEE00300, 4, i);
+    case 2: return Request::msrRead(0x800 + uint32_t(i & 0xFF));
+    case 3: return Request::msrWrite(0x830, i << 20 | i);
+    case 4: return Request::acknowledge();
+    case 5: return Request::setCr8(uint8_t(i & 15));
+    default: {
+      Request r = Request::fetchEvents();
+      r.injectIfPending = true;
+      return r;
+    }
+  }
+}
+
+// Sends one fd over a Unix socket (as the capnp socket would).
+inline void sendFd(int socket, int fd) { sendChannelMemory(socket, fd); }
+
+inline kj::AutoCloseFd receiveFd(int socket) {
+  kj::byte tag = 0;
+  struct iovec iov = {&tag, 1};
+  alignas(struct cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
+  struct msghdr msg = {};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  msg.msg_control = control;
+  msg.msg_controllen = sizeof(control);
+  ssize_t n;
+  KJ_SYSCALL(n = recvmsg(socket, &msg, MSG_CMSG_CLOEXEC));
+  struct cmsghdr* cmsg = CMSG_FIRSTHDR(&msg);
+  KJ_REQUIRE(n == 1 && cmsg != nullptr && cmsg->cmsg_type == SCM_RIGHTS);
+  int fd;
+  memcpy(&fd, CMSG_DATA(cmsg), sizeof(int));
+  return kj::AutoCloseFd(fd);
+}
+
+// A front that talks to the shared memory directly, for hostile tests.
+class RawFront {
+public:
+  explicit RawFront(kj::AutoCloseFd channelFd)
+      : doorbell(kj::mv(channelFd)), memfd(receiveChannelMemory(doorbell)),
+        mapping(memfd) {}
+
+  SharedChannel& shared() { return mapping.channel(); }
+  int doorbellFd() { return doorbell; }
+  int memoryFd() { return memfd; }
+
+  // Publishes `bytes` of the request slot under sequence `seq` and waits
+  // (sleeping on the doorbell) until the server answers that sequence.
+  Reply publishAndWait(uint32_t seq, uint32_t bytes) {
+    shared().requestBytes.store(bytes);
+    shared().requestSeq.store(seq);
+    ringDoorbell(doorbell);
+    return waitForReply(seq);
+  }
+
+  Reply waitForReply(uint32_t seq) {
+    for (;;) {
+      shared().frontSleeping.store(1);
+      if (shared().replySeq.load() == seq) break;
+      KJ_ASSERT(sleepOnDoorbell(doorbell, -1, 5000) != DoorbellWait::HUNG_UP);
+    }
+    shared().frontSleeping.store(0);
+    capnp::word copy[kReplySlotBytes / sizeof(capnp::word)];
+    auto copied = copyOutOfSlot(shared().replySlot, kReplySlotBytes, shared().replyBytes.load(),
+                                copy);
+    auto& message = copied.get<kj::ArrayPtr<const capnp::word>>();
+    KJ_IF_MAYBE(reply, decodeReply(message)) {
+      return *reply;
+    }
+    KJ_FAIL_ASSERT("server wrote a malformed reply");
+  }
+
+private:
+  kj::AutoCloseFd doorbell;
+  kj::AutoCloseFd memfd;
+  SharedMapping mapping;
+};
+
+}  // namespace vlapic::channel::test

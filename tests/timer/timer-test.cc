@@ -53,6 +53,18 @@ uint64_t deadlineOf(const ApicTimer& timer) {
   return 0;
 }
 
+// A stopped timer: nothing armed, counts and the TSC deadline read 0, and no
+// expiry comes however long the clock runs.
+void checkStaysQuiet(Rig& rig, uint64_t waitNs = 100'000'000) {
+  CHECK_FALSE(rig.timer.armed());
+  CHECK(rig.timer.currentCount() == 0);
+  CHECK(rig.timer.readTscDeadline() == 0);
+  CHECK(rig.timer.deadlineNs() == nullptr);
+  rig.clock.advance(waitNs);
+  CHECK_FALSE(rig.timer.expiryDue());
+  CHECK(rig.timer.expire() == 0);
+}
+
 // ---------------------------------------------------------------------------
 // Divide configuration
 
@@ -184,12 +196,7 @@ TEST_CASE("APIC Timer (SDM 11.5.4): writing 0 to the initial count stops the tim
     rig.timer.writeInitialCount(1'000'000);
     rig.clock.advance(1000);
     rig.timer.writeInitialCount(0);
-    CHECK_FALSE(rig.timer.armed());
-    CHECK(rig.timer.currentCount() == 0);
-    CHECK(rig.timer.deadlineNs() == nullptr);
-    rig.clock.advance(100'000'000);
-    CHECK_FALSE(rig.timer.expiryDue());
-    CHECK(rig.timer.expire() == 0);
+    checkStaysQuiet(rig);
   }
 }
 
@@ -541,13 +548,8 @@ TEST_CASE("APIC Timer: switching into TSC-deadline mode disarms and zeroes the c
     rig.timer.writeInitialCount(1'000'000);
     rig.clock.advance(1000);
     rig.timer.setMode(TimerMode::TSC_DEADLINE);
-    CHECK_FALSE(rig.timer.armed());
     CHECK(rig.timer.initialCount() == 0);  // KVM zeroes TMICT
-    CHECK(rig.timer.currentCount() == 0);
-    CHECK(rig.timer.deadlineNs() == nullptr);
-    CHECK(rig.timer.readTscDeadline() == 0);
-    rig.clock.advance(100'000'000);
-    CHECK(rig.timer.expire() == 0);
+    checkStaysQuiet(rig);
   }
 }
 
@@ -560,12 +562,7 @@ TEST_CASE("APIC Timer: switching out of TSC-deadline mode disarms the deadline",
     rig.timer.writeTscDeadline(rig.tsc.now() + 10'000);
     CHECK(rig.timer.armed());
     rig.timer.setMode(to);
-    CHECK_FALSE(rig.timer.armed());
-    CHECK(rig.timer.deadlineNs() == nullptr);
-    CHECK(rig.timer.readTscDeadline() == 0);
-    CHECK(rig.timer.currentCount() == 0);
-    rig.clock.advance(1'000'000);
-    CHECK(rig.timer.expire() == 0);
+    checkStaysQuiet(rig);
     // Back in TSC-deadline mode, the old deadline stays gone.
     rig.timer.setMode(TimerMode::TSC_DEADLINE);
     CHECK(rig.timer.readTscDeadline() == 0);
@@ -615,11 +612,7 @@ TEST_CASE("APIC Timer (SDM 11.5.4.1): TSC-deadline arms at an absolute guest TSC
   CHECK(rig.tsc.now() >= deadline);
   CHECK(rig.timer.readTscDeadline() == 0);  // fired
   CHECK(rig.timer.expire() == 1);
-  CHECK_FALSE(rig.timer.armed());
-  CHECK(rig.timer.readTscDeadline() == 0);
-  CHECK(rig.timer.deadlineNs() == nullptr);
-  rig.clock.advance(1'000'000'000);
-  CHECK(rig.timer.expire() == 0);  // one expiry per deadline
+  checkStaysQuiet(rig);  // one expiry per deadline
 }
 
 TEST_CASE("APIC Timer (SDM 11.5.4.1): re-arming replaces the TSC deadline",
@@ -645,11 +638,7 @@ TEST_CASE("APIC Timer (SDM 11.5.4.1): writing 0 disarms the TSC deadline",
   rig.timer.setMode(TimerMode::TSC_DEADLINE);
   rig.timer.writeTscDeadline(rig.tsc.now() + 1000);
   rig.timer.writeTscDeadline(0);
-  CHECK_FALSE(rig.timer.armed());
-  CHECK(rig.timer.readTscDeadline() == 0);
-  CHECK(rig.timer.deadlineNs() == nullptr);
-  rig.clock.advance(1'000'000);
-  CHECK(rig.timer.expire() == 0);
+  checkStaysQuiet(rig);
 }
 
 TEST_CASE("APIC Timer (SDM 11.5.4.1): a TSC deadline already past fires at once",
@@ -694,14 +683,10 @@ TEST_CASE("APIC Timer (SDM 11.5.4.1): IA32_TSC_DEADLINE is ignored outside its m
     Rig rig;
     rig.timer.setMode(mode);
     rig.timer.writeTscDeadline(rig.tsc.now() + 1000);
-    CHECK(rig.timer.readTscDeadline() == 0);
-    CHECK_FALSE(rig.timer.armed());
-    CHECK(rig.timer.deadlineNs() == nullptr);
+    checkStaysQuiet(rig, 0);
     // Entering the mode afterwards does not resurrect the ignored write.
     rig.timer.setMode(TimerMode::TSC_DEADLINE);
-    CHECK(rig.timer.readTscDeadline() == 0);
-    rig.clock.advance(1'000'000);
-    CHECK(rig.timer.expire() == 0);
+    checkStaysQuiet(rig);
   }
 }
 
@@ -785,11 +770,7 @@ TEST_CASE("APIC Timer: reset returns to one-shot, stopped, DCR 0", "[timer][rese
   CHECK(rig.timer.mode() == TimerMode::ONE_SHOT);
   CHECK(rig.timer.divideConfig() == 0);
   CHECK(rig.timer.initialCount() == 0);
-  CHECK(rig.timer.currentCount() == 0);
-  CHECK_FALSE(rig.timer.armed());
-  CHECK_FALSE(rig.timer.expiryDue());
-  CHECK(rig.timer.deadlineNs() == nullptr);
-  CHECK(rig.timer.expire() == 0);
+  checkStaysQuiet(rig, 0);
   CHECK(ApicTimer::divideValue(rig.timer.divideConfig()) == 2);
 }
 

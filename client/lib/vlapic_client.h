@@ -152,7 +152,7 @@ class MappedPage {
 public:
   MappedPage(int fd, uint64_t offset);  // takes ownership of fd; maps 4 KiB
   ~MappedPage() noexcept(false);
-  KJ_DISALLOW_COPY_AND_MOVE(MappedPage);
+  KJ_DISALLOW_COPY(MappedPage);
   kj::ArrayPtr<const kj::byte> bytes() const;
   ConstPageView view(RegisterLayout layout) const;
 
@@ -283,9 +283,10 @@ class Connection {
 public:
   virtual ~Connection() noexcept(false) = default;
 
-  // Connects on the calling thread's event loop. Rejects with a clear
-  // message ("vlapicd is not running at PATH ...") when nobody listens.
-  static kj::Promise<kj::Own<Connection>> connect(kj::AsyncIoProvider& io, kj::StringPtr socketPath);
+  // Connects on the calling thread's event loop (kj::setupAsyncIo()'s
+  // lowLevelProvider). Throws kj::Exception (DISCONNECTED) with a clear
+  // message ("cannot reach vlapicd at PATH ...") when nobody listens.
+  static kj::Own<Connection> connect(kj::LowLevelAsyncIoProvider& io, kj::StringPtr socketPath);
 
   virtual kj::StringPtr socketPath() const = 0;
   virtual kj::Promise<uint64_t> echo(uint64_t value) = 0;

@@ -17,10 +17,10 @@ uint64_t monotonicNowNs() {
   return uint64_t(ts.tv_sec) * 1'000'000'000ull + uint64_t(ts.tv_nsec);
 }
 
-int newTimerFd() {
+kj::AutoCloseFd newTimerFd() {
   int fd;
   KJ_SYSCALL(fd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC));
-  return fd;
+  return kj::AutoCloseFd(fd);
 }
 
 }  // namespace
@@ -35,7 +35,6 @@ DeadlineScheduler::DeadlineScheduler(kj::UnixEventPort& eventPort)
 DeadlineScheduler::~DeadlineScheduler() noexcept(false) {
   watcher = nullptr;
   for (auto& entry: queue) entry.second->position = nullptr;
-  close(timerFd);
 }
 
 kj::Promise<void> DeadlineScheduler::watch() {

@@ -9,6 +9,7 @@
 
 #include <kj/async-unix.h>
 #include <kj/function.h>
+#include <kj/io.h>
 #include <kj/memory.h>
 #include <kj/vector.h>
 #include <cstdint>
@@ -48,7 +49,7 @@ public:
   uint64_t expiriesFired() const { return fired; }
 
 private:
-  int timerFd;
+  kj::AutoCloseFd timerFd;   // closed after `observer` unregisters it
   kj::UnixEventPort::FdObserver observer;
   std::multimap<uint64_t, Slot*> queue;
   uint64_t programmedNs = 0;   // what the timerfd is set to (0: disarmed)

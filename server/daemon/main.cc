@@ -94,6 +94,13 @@ public:
   explicit Vlapicd(kj::ProcessContext& context): context(context) {}
 
   kj::MainFunc getMain() {
+    // MainBuilder keeps StringPtrs: the help text must outlive it.
+    socketHelp = kj::str(
+        "Listen on the Unix socket <path> (created, with missing parent directories; a "
+        "stale socket file is replaced). Default here: ", defaultSocketPath(),
+        " ($XDG_RUNTIME_DIR/vlapic/vlapicd.sock, or /run/vlapic/vlapicd.sock when "
+        "XDG_RUNTIME_DIR is unset). Whoever can connect to it has full rights over every VM "
+        "(the admin capability), so keep it private.");
     return kj::MainBuilder(context, "vlapicd " VLAPIC_VERSION,
         "Serves virtual x86 local APICs (xAPIC MMIO, x2APIC MSRs, timer, IPIs, INIT/SIPI) to "
         "hypervisor fronts over Cap'n Proto on a Unix socket. Each front creates VMs through "
@@ -101,14 +108,11 @@ public:
         "a front's VMs are released when it disconnects.\n"
         "With systemd socket activation (LISTEN_FDS/LISTEN_PID set for this process) it "
         "serves the inherited listening socket (fd 3) and ignores --socket.\n"
-        "Stops cleanly on SIGTERM or SIGINT.")
+        "Stops cleanly on SIGTERM or SIGINT. Logging: warnings and errors by default; "
+        "--verbose adds informational messages (connections, VMs created and released), "
+        "--quiet keeps errors only.")
         .addOptionWithArg({"socket"}, KJ_BIND_METHOD(*this, setSocket), "<path>",
-            kj::str("Listen on the Unix socket <path> (created, with missing parent "
-                    "directories; a stale socket file is replaced). Default: ",
-                    defaultSocketPath(),
-                    " ($XDG_RUNTIME_DIR/vlapic/vlapicd.sock, or /run/vlapic/vlapicd.sock "
-                    "when XDG_RUNTIME_DIR is unset). Whoever can connect to it has full "
-                    "rights over every VM (the admin capability), so keep it private."))
+            socketHelp)
         .addOptionWithArg({"socket-mode"}, KJ_BIND_METHOD(*this, setSocketMode), "<octal>",
             "Permissions of the socket file. Default: 0600 (only vlapicd's user).")
         .addOptionWithArg({"hal"}, KJ_BIND_METHOD(*this, setHal), "<host|shared>",
@@ -125,8 +129,6 @@ public:
             "Do not confine vlapicd (debugging, profiling).")
         .addOptionWithArg({"user"}, KJ_BIND_METHOD(*this, setUser), "<name>",
             "When started as root, the unprivileged user to run as once confined.")
-        .addOption({'v', "verbose"}, KJ_BIND_METHOD(*this, setVerbose),
-            "Log informational messages too (connections, VMs created and released).")
         .addOption({'q', "quiet"}, KJ_BIND_METHOD(*this, setQuiet),
             "Log errors only; print nothing on start-up.")
         .callAfterParsing(KJ_BIND_METHOD(*this, run))
@@ -135,6 +137,7 @@ public:
 
 private:
   kj::ProcessContext& context;
+  kj::String socketHelp;
   kj::Maybe<kj::String> socketPath;
   mode_t socketMode = 0600;
   daemon::ServerOptions options;
@@ -185,10 +188,6 @@ private:
   kj::MainBuilder::Validity disableSandbox() { sandbox.enabled = false; return true; }
   kj::MainBuilder::Validity setUser(kj::StringPtr name) {
     user = kj::heapString(name);
-    return true;
-  }
-  kj::MainBuilder::Validity setVerbose() {
-    kj::_::Debug::setLogLevel(kj::LogSeverity::INFO);
     return true;
   }
   kj::MainBuilder::Validity setQuiet() {

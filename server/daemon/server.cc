@@ -772,7 +772,7 @@ public:
 
   kj::Promise<void> openVm(OpenVmContext context) override {
     uint64_t id = context.getParams().getId();
-    KJ_REQUIRE(server.findVm(id) != nullptr, "no VM with this id", id);
+    if (server.findVm(id) == nullptr) KJ_FAIL_REQUIRE("no VM with this id", id);
     context.getResults().setVm(kj::heap<VmImpl>(server, id, nullptr));
     return kj::READY_NOW;
   }
@@ -917,7 +917,8 @@ kj::Maybe<VmHost&> Server::Impl::findVm(uint64_t id) {
 }
 
 VmHost& Server::Impl::requireVm(uint64_t id) {
-  return KJ_REQUIRE_NONNULL(findVm(id), "VM released", id);
+  KJ_IF_MAYBE(host, findVm(id)) return *host;
+  KJ_FAIL_REQUIRE("VM released", id);
 }
 
 void Server::Impl::releaseVm(uint64_t id) {

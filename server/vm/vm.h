@@ -230,9 +230,11 @@ public:
   DeliveryResult deliverIoApic(uint64_t redirectionEntry);
   // Any message without a sending vCPU (shorthands are NOT_AN_INTERRUPT).
   DeliveryResult deliverMessage(const InterruptMessage& message);
-  // The same as an IPI from vcpu's ICR (sourceVcpu is set from `vcpu`):
-  // shorthands allowed. Used by tests and by fronts that emulate ICR writes
-  // themselves.
+  // Routes `message` as an IPI from vcpu (sourceVcpu is set from `vcpu`):
+  // shorthands allowed. No sender-side checks: an ICR write goes through
+  // mmioWrite/msrWrite, where the core sets "send illegal vector" and sends
+  // nothing for vectors 0-15; here receivers of such a vector set "receive
+  // illegal vector". Used by tests and by fronts that model ICR themselves.
   DeliveryResult sendIpi(uint32_t vcpu, const InterruptMessage& message);
 
   // ---- Local interrupt pins and LVT sources ----

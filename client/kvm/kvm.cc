@@ -49,15 +49,49 @@ int KvmSystem::checkExtension(long cap) const {
   return result < 0 ? 0 : result;
 }
 
+namespace {
+
+// kvm_cpuid2 and kvm_msrs end in a flexible array that the UAPI header
+// declares with __DECLARE_FLEX_ARRAY, which C++ lays out differently from C
+// (sizeof 12/16, entries at offset 12/16). The kernel expects the C layout:
+// an 8-byte header followed by the entries. So we build the buffers by hand
+// and compute the ioctl numbers from the C header size.
+struct FlexHeader {
+  uint32_t count;
+  uint32_t padding;
+};
+constexpr unsigned long kIoctlGetSupportedCpuid = _IOWR(KVMIO, 0x05, FlexHeader);
+constexpr unsigned long kIoctlSetCpuid2 = _IOW(KVMIO, 0x90, FlexHeader);
+constexpr unsigned long kIoctlGetMsrs = _IOWR(KVMIO, 0x88, FlexHeader);
+constexpr unsigned long kIoctlSetMsrs = _IOW(KVMIO, 0x89, FlexHeader);
+
+template <typename Entry>
+kj::Array<kj::byte> flexBuffer(uint32_t count) {
+  static_assert(sizeof(FlexHeader) % alignof(Entry) == 0);
+  auto buffer = kj::heapArray<kj::byte>(sizeof(FlexHeader) + count * sizeof(Entry));
+  memset(buffer.begin(), 0, buffer.size());
+  reinterpret_cast<FlexHeader*>(buffer.begin())->count = count;
+  return buffer;
+}
+
+template <typename Entry>
+Entry* flexEntries(kj::Array<kj::byte>& buffer) {
+  return reinterpret_cast<Entry*>(buffer.begin() + sizeof(FlexHeader));
+}
+
+uint32_t flexCount(kj::Array<kj::byte>& buffer) {
+  return reinterpret_cast<FlexHeader*>(buffer.begin())->count;
+}
+
+}  // namespace
+
 kj::Array<kvm_cpuid_entry2> KvmSystem::supportedCpuid() const {
   constexpr uint32_t kCapacity = 256;
-  auto buffer = kj::heapArray<kj::byte>(sizeof(kvm_cpuid2) + kCapacity * sizeof(kvm_cpuid_entry2));
-  memset(buffer.begin(), 0, buffer.size());
-  auto* cpuid = reinterpret_cast<kvm_cpuid2*>(buffer.begin());
-  cpuid->nent = kCapacity;
-  checkedIoctl(kvmFd.get(), KVM_GET_SUPPORTED_CPUID, cpuid, "KVM_GET_SUPPORTED_CPUID");
-  auto entries = kj::heapArray<kvm_cpuid_entry2>(cpuid->nent);
-  memcpy(entries.begin(), cpuid->entries, cpuid->nent * sizeof(kvm_cpuid_entry2));
+  auto buffer = flexBuffer<kvm_cpuid_entry2>(kCapacity);
+  checkedIoctl(kvmFd.get(), kIoctlGetSupportedCpuid, buffer.begin(), "KVM_GET_SUPPORTED_CPUID");
+  uint32_t count = flexCount(buffer);
+  auto entries = kj::heapArray<kvm_cpuid_entry2>(count);
+  memcpy(entries.begin(), flexEntries<kvm_cpuid_entry2>(buffer), count * sizeof(kvm_cpuid_entry2));
   return entries;
 }
 
@@ -95,41 +129,25 @@ void VcpuFd::setSregs(const kvm_sregs& sregs) {
 }
 
 void VcpuFd::setCpuid(kj::ArrayPtr<const kvm_cpuid_entry2> entries) {
-  auto buffer = kj::heapArray<kj::byte>(sizeof(kvm_cpuid2) + entries.size() * sizeof(kvm_cpuid_entry2));
-  memset(buffer.begin(), 0, buffer.size());
-  auto* cpuid = reinterpret_cast<kvm_cpuid2*>(buffer.begin());
-  cpuid->nent = entries.size();
-  memcpy(cpuid->entries, entries.begin(), entries.size() * sizeof(kvm_cpuid_entry2));
-  checkedIoctl(fd(), KVM_SET_CPUID2, cpuid, "KVM_SET_CPUID2");
+  auto buffer = flexBuffer<kvm_cpuid_entry2>(entries.size());
+  memcpy(flexEntries<kvm_cpuid_entry2>(buffer), entries.begin(), entries.size() * sizeof(kvm_cpuid_entry2));
+  checkedIoctl(fd(), kIoctlSetCpuid2, buffer.begin(), "KVM_SET_CPUID2");
 }
 
-namespace {
-// kvm_msrs with room for one entry (its entries[] is a flexible array).
-struct OneMsr {
-  alignas(kvm_msrs) kj::byte bytes[sizeof(kvm_msrs) + sizeof(kvm_msr_entry)];
-  kvm_msrs& header() { return *reinterpret_cast<kvm_msrs*>(bytes); }
-  kvm_msr_entry& entry() { return header().entries[0]; }
-};
-}  // namespace
-
 void VcpuFd::setMsr(uint32_t msr, uint64_t value) {
-  OneMsr msrs;
-  memset(&msrs.bytes, 0, sizeof(msrs));
-  msrs.header().nmsrs = 1;
-  msrs.entry().index = msr;
-  msrs.entry().data = value;
-  int done = checkedIoctl(fd(), KVM_SET_MSRS, &msrs.bytes, "KVM_SET_MSRS");
+  auto buffer = flexBuffer<kvm_msr_entry>(1);
+  flexEntries<kvm_msr_entry>(buffer)->index = msr;
+  flexEntries<kvm_msr_entry>(buffer)->data = value;
+  int done = checkedIoctl(fd(), kIoctlSetMsrs, buffer.begin(), "KVM_SET_MSRS");
   KJ_REQUIRE(done == 1, "KVM refused an MSR write", msr, value);
 }
 
 uint64_t VcpuFd::getMsr(uint32_t msr) {
-  OneMsr msrs;
-  memset(&msrs.bytes, 0, sizeof(msrs));
-  msrs.header().nmsrs = 1;
-  msrs.entry().index = msr;
-  int done = checkedIoctl(fd(), KVM_GET_MSRS, &msrs.bytes, "KVM_GET_MSRS");
+  auto buffer = flexBuffer<kvm_msr_entry>(1);
+  flexEntries<kvm_msr_entry>(buffer)->index = msr;
+  int done = checkedIoctl(fd(), kIoctlGetMsrs, buffer.begin(), "KVM_GET_MSRS");
   KJ_REQUIRE(done == 1, "KVM refused an MSR read", msr);
-  return msrs.entry().data;
+  return flexEntries<kvm_msr_entry>(buffer)->data;
 }
 
 uint32_t VcpuFd::tscKhz() {

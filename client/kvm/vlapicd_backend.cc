@@ -30,7 +30,7 @@ ApicInterruptState fromState(const client::InterruptState& state) {
 
 VlapicdBackend::VlapicdBackend(kj::StringPtr socketPath, const VlapicdVmSettings& settings,
                                ApicEventSink& sink)
-    : sink(sink), control(client::Client::connect(socketPath)) {
+    : sink(sink), socketPath(kj::str(socketPath)), control(client::Client::connect(socketPath)) {
   client::VmOptions options;
   options.vcpuCount = settings.vcpuCount;
   options.tscHz = settings.tscHz;
@@ -71,6 +71,10 @@ void VlapicdBackend::onEvents(kj::ArrayPtr<const client::Event> events) {
 void VlapicdBackend::openOnThisThread(uint32_t vcpu) {
   KJ_REQUIRE(vcpu < handles.size());
   auto ticket = vm->ticket(vcpu);
+  // The ticket's token is what names the vCPU; take the socket and index
+  // from what we know rather than from the library's copy.
+  ticket.socketPath = kj::str(socketPath);
+  ticket.index = vcpu;
   handles[vcpu] = client::openVcpu(ticket);
 }
 

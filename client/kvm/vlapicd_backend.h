@@ -42,6 +42,7 @@ public:
 
 private:
   ApicEventSink& sink;
+  kj::String socketPath;
   kj::Own<client::Client> control;
   kj::Own<client::Vm> vm;
   // Per-vCPU handles, each created and used only on its vCPU's thread.

@@ -110,9 +110,13 @@ kj::AutoCloseFd receiveFd(int socket) {
   msg.msg_iovlen = 1;
   msg.msg_control = control;
   msg.msg_controllen = sizeof(control);
-  KJ_SYSCALL(recvmsg(socket, &msg, MSG_CMSG_CLOEXEC));
+  ssize_t n;
+  KJ_SYSCALL(n = recvmsg(socket, &msg, MSG_CMSG_CLOEXEC));
+  struct cmsghdr* cmsg = CMSG_FIRSTHDR(&msg);
+  KJ_REQUIRE(n == 1 && cmsg != nullptr && cmsg->cmsg_type == SCM_RIGHTS,
+             "the server process sent no channel fd");
   int fd;
-  memcpy(&fd, CMSG_DATA(CMSG_FIRSTHDR(&msg)), sizeof(int));
+  memcpy(&fd, CMSG_DATA(cmsg), sizeof(int));
   return kj::AutoCloseFd(fd);
 }
 
@@ -133,24 +137,28 @@ int serveChannel(int transport, PollPolicy policy, HandlerStyle style) {
 
   // The executor style: a kj event loop thread stands in for vlapicd's, and
   // the channel thread hands each request to it with executeSync().
-  kj::MutexGuarded<kj::Maybe<const kj::Executor&>> loopExecutor;
-  kj::Own<kj::CrossThreadPromiseFulfiller<void>> stopLoop;
+  struct Loop {
+    const kj::Executor* executor;
+    kj::PromiseFulfiller<void>* stop;
+  };
+  kj::MutexGuarded<kj::Maybe<Loop>> loop;
   kj::Maybe<kj::Own<kj::Thread>> loopThread;
-  if (style == HandlerStyle::EXECUTOR) {
-    auto paf = kj::newPromiseAndCrossThreadFulfiller<void>();
-    stopLoop = kj::mv(paf.fulfiller);
-    loopThread = kj::heap<kj::Thread>([&loopExecutor, promise = kj::mv(paf.promise)]() mutable {
-      auto io = kj::setupAsyncIo();  // as vlapicd's loop thread
-      *loopExecutor.lockExclusive() = kj::getCurrentThreadExecutor();
-      promise.wait(io.waitScope);
-    });
-  }
   const kj::Executor* executor = nullptr;
+  kj::PromiseFulfiller<void>* stopLoop = nullptr;
   if (style == HandlerStyle::EXECUTOR) {
-    loopExecutor.when([](const kj::Maybe<const kj::Executor&>& e) { return e != nullptr; },
-                      [&](kj::Maybe<const kj::Executor&>& e) {
-                        KJ_IF_MAYBE(found, e) executor = found;
-                      });
+    loopThread = kj::heap<kj::Thread>([&loop]() {
+      auto io = kj::setupAsyncIo();  // as vlapicd's loop thread
+      auto paf = kj::newPromiseAndFulfiller<void>();
+      *loop.lockExclusive() = Loop{&kj::getCurrentThreadExecutor(), paf.fulfiller.get()};
+      paf.promise.wait(io.waitScope);
+    });
+    loop.when([](const kj::Maybe<Loop>& l) { return l != nullptr; },
+              [&](kj::Maybe<Loop>& l) {
+                KJ_IF_MAYBE(found, l) {
+                  executor = found->executor;
+                  stopLoop = found->stop;
+                }
+              });
   }
 
   kj::MutexGuarded<uint64_t> vmLock;
@@ -175,7 +183,9 @@ int serveChannel(int transport, PollPolicy policy, HandlerStyle style) {
   char byte;
   while (read(transport, &byte, 1) > 0) {}  // until the front closes it
   created.server = nullptr;
-  if (stopLoop.get() != nullptr) stopLoop->fulfill();
+  if (executor != nullptr) {
+    executor->executeSync([stopLoop]() { stopLoop->fulfill(); });
+  }
   return 0;
 }
 

@@ -244,6 +244,7 @@ struct Lapic::Impl {
   AccessResult msrWrite(uint32_t msr, uint64_t value);
   AccessResult tally(AccessResult result);
   const RegisterInfo* decodeMmio(uint32_t offset, AccessResult& refusal);
+  const RegisterInfo* decodeMsr(uint32_t msr, AccessResult& refusal);
   uint64_t readValue(const RegisterInfo& info, bool x2apic) const;
   AccessResult writeValue(const RegisterInfo& info, uint64_t value, bool x2apic);
   AccessResult writeApicBase(uint64_t value);
@@ -396,6 +397,28 @@ AccessResult Lapic::Impl::mmioWrite(uint64_t gpa, uint8_t size, uint64_t value) 
   return tally(writeValue(*info, uint32_t(value), false));
 }
 
+// The row an x2APIC MSR names, or nullptr with `refusal` filled in.
+const RegisterInfo* Lapic::Impl::decodeMsr(uint32_t msr, AccessResult& refusal) {
+  if (msr < kMsrX2apicFirst || msr > kMsrX2apicLast) {
+    refusal = AccessResult::gp(AccessReason::RESERVED_REGISTER);
+    return nullptr;
+  }
+  // x2APIC MSRs fault unless the APIC is in x2APIC mode (SDM 11.12.1.2).
+  if (mode != ApicMode::X2APIC) {
+    refusal = AccessResult::gp(AccessReason::APIC_DISABLED);
+    return nullptr;
+  }
+  uint32_t slot = msr - kMsrX2apicFirst;
+  const RegisterInfo* info = slot < kSlots ? rows[slot] : nullptr;
+  if (info == nullptr || info->x2apic == RegAccess::NONE) {
+    refusal = AccessResult::gp(info == nullptr ? AccessReason::RESERVED_REGISTER
+                                               : AccessReason::NOT_IN_MODE);
+    return nullptr;
+  }
+  ++stats.perRegisterAccesses[slot];
+  return info;
+}
+
 AccessResult Lapic::Impl::msrRead(uint32_t msr) {
   ++stats.reads;
   if (msr == kMsrApicBase) return AccessResult::ok(apicBase);
@@ -406,16 +429,9 @@ AccessResult Lapic::Impl::msrRead(uint32_t msr) {
     }
     return AccessResult::ok(timer.readTscDeadline());
   }
-  if (msr < kMsrX2apicFirst || msr > kMsrX2apicLast) {
-    return tally(AccessResult::gp(AccessReason::RESERVED_REGISTER));
-  }
-  // x2APIC MSRs fault unless the APIC is in x2APIC mode (SDM 11.12.1.2).
-  if (mode != ApicMode::X2APIC) return tally(AccessResult::gp(AccessReason::APIC_DISABLED));
-  uint32_t slot = msr - kMsrX2apicFirst;
-  const RegisterInfo* info = slot < kSlots ? rows[slot] : nullptr;
-  if (info == nullptr) return tally(AccessResult::gp(AccessReason::RESERVED_REGISTER));
-  if (info->x2apic == RegAccess::NONE) return tally(AccessResult::gp(AccessReason::NOT_IN_MODE));
-  ++stats.perRegisterAccesses[slot];
+  AccessResult refusal;
+  const RegisterInfo* info = decodeMsr(msr, refusal);
+  if (info == nullptr) return tally(refusal);
   if (info->x2apic == RegAccess::WRITE_ONLY) {
     return tally(AccessResult::gp(AccessReason::WRITE_ONLY_REGISTER));
   }
@@ -437,15 +453,10 @@ AccessResult Lapic::Impl::msrWrite(uint32_t msr, uint64_t value) {
     afterTimerWrite(result);
     return tally(kj::mv(result));
   }
-  if (msr < kMsrX2apicFirst || msr > kMsrX2apicLast) {
-    return tally(AccessResult::gp(AccessReason::RESERVED_REGISTER));
-  }
-  if (mode != ApicMode::X2APIC) return tally(AccessResult::gp(AccessReason::APIC_DISABLED));
-  uint32_t slot = msr - kMsrX2apicFirst;
-  const RegisterInfo* info = slot < kSlots ? rows[slot] : nullptr;
-  if (info == nullptr) return tally(AccessResult::gp(AccessReason::RESERVED_REGISTER));
-  if (info->x2apic == RegAccess::NONE) return tally(AccessResult::gp(AccessReason::NOT_IN_MODE));
-  ++stats.perRegisterAccesses[slot];
+  AccessResult refusal;
+  const RegisterInfo* info = decodeMsr(msr, refusal);
+  if (info == nullptr) return tally(refusal);
+  unsigned slot = slotOf(info->reg);
   if (info->x2apic == RegAccess::READ_ONLY) {
     return tally(AccessResult::gp(AccessReason::READ_ONLY_REGISTER));
   }

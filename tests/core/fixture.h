@@ -67,6 +67,13 @@ inline void softwareEnable(Lapic& lapic) {
   REQUIRE(lapic.softwareEnabled());
 }
 
+// A vCPU (initial ID 1) that is software-enabled.
+inline kj::Own<Lapic> enabledLapic(Env& env, LapicConfig config = {}) {
+  auto lapic = env.make(config);
+  softwareEnable(*lapic);
+  return lapic;
+}
+
 inline bool inBitmap(const Lapic& lapic, Reg first, uint8_t vector) {
   return lapic.readRegister(Reg(uint16_t(first) + vector / 32)) & (1u << (vector % 32));
 }

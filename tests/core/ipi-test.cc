@@ -5,12 +5,6 @@
 namespace vlapic::test {
 namespace {
 
-kj::Own<Lapic> enabledLapic(Env& env, LapicConfig config = {}) {
-  auto lapic = env.make(config);
-  softwareEnable(*lapic);
-  return lapic;
-}
-
 InterruptMessage requireIpi(const AccessResult& r) {
   KJ_IF_MAYBE(m, r.ipi) { return *m; }
   FAIL("no IPI produced");

@@ -8,12 +8,6 @@ namespace {
 
 using Kind = LocalInterrupt::Kind;
 
-kj::Own<Lapic> enabledLapic(Env& env, LapicConfig config = {}) {
-  auto lapic = env.make(config);
-  softwareEnable(*lapic);
-  return lapic;
-}
-
 TEST_CASE("SDM 11.5.3: ESR errors accumulate until a write latches them") {
   Env env;
   auto lapic = enabledLapic(env);

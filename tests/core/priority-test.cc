@@ -8,12 +8,6 @@
 namespace vlapic::test {
 namespace {
 
-kj::Own<Lapic> enabledLapic(Env& env, LapicConfig config = {}) {
-  auto lapic = env.make(config);
-  softwareEnable(*lapic);
-  return lapic;
-}
-
 TEST_CASE("SDM 11.8.3.1: PPR is TPR or the in-service class, whichever is higher") {
   Env env;
   auto lapic = enabledLapic(env);

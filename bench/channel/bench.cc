@@ -99,25 +99,12 @@ struct SocketPair {
   kj::AutoCloseFd a, b;
 };
 
-void sendFd(int socket, int fd) { sendChannelMemory(socket, fd); }
+void sendFd(int socket, int fd) { sendFds(socket, kj::arrayPtr(&fd, 1)); }
 
 kj::AutoCloseFd receiveFd(int socket) {
-  kj::byte tag;
-  struct iovec iov = {&tag, 1};
-  alignas(struct cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
-  struct msghdr msg = {};
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  msg.msg_control = control;
-  msg.msg_controllen = sizeof(control);
-  ssize_t n;
-  KJ_SYSCALL(n = recvmsg(socket, &msg, MSG_CMSG_CLOEXEC));
-  struct cmsghdr* cmsg = CMSG_FIRSTHDR(&msg);
-  KJ_REQUIRE(n == 1 && cmsg != nullptr && cmsg->cmsg_type == SCM_RIGHTS,
-             "the server process sent no channel fd");
-  int fd;
-  memcpy(&fd, CMSG_DATA(cmsg), sizeof(int));
-  return kj::AutoCloseFd(fd);
+  auto fds = receiveFds(socket);
+  KJ_REQUIRE(fds.size() == 1, "the server process sent no channel fd");
+  return kj::mv(fds[0]);
 }
 
 // ---- The channel between a server process and this (front) process ----

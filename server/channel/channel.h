@@ -260,6 +260,17 @@ public:
   // server went away.
   bool waitForAttention(kj::Maybe<uint64_t> timeoutNs);
 
+  // For kicking a vCPU that is inside KVM_RUN: an eventfd (non-blocking)
+  // that becomes readable whenever attention goes from clear to raised. The
+  // front's event loop watches it (kj::UnixEventPort::FdObserver) from any
+  // thread, calls consumeAttentionNotification() to re-arm it, and kicks the
+  // vCPU thread, which then calls FETCH_EVENTS. It is separate from the
+  // doorbell, so a watcher never steals the vCPU thread's wake-ups.
+  int attentionFd() const;
+  // Reads the eventfd; returns whether a notification was pending. Safe
+  // from any thread.
+  bool consumeAttentionNotification();
+
   FrontStats stats() const;
 
   struct Impl;

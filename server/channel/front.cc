@@ -1,16 +1,19 @@
 // The front side of a channel: a synchronous call from a vCPU thread.
 #include "server/channel/shared-layout.h"
 #include <kj/debug.h>
+#include <unistd.h>
+#include <cerrno>
 
 namespace vlapic::channel {
 
 struct ChannelFront::Impl {
-  Impl(Options options, kj::AutoCloseFd doorbell, kj::AutoCloseFd memfd)
-      : options(options), doorbell(kj::mv(doorbell)), mapping(memfd),
-        replyWindow(options.poll), attentionWindow(options.poll) {}
+  Impl(Options options, kj::AutoCloseFd doorbell, ChannelFds fds)
+      : options(options), doorbell(kj::mv(doorbell)), attentionFd(kj::mv(fds.attention)),
+        mapping(fds.memory), replyWindow(options.poll), attentionWindow(options.poll) {}
 
   Options options;
   kj::AutoCloseFd doorbell;
+  kj::AutoCloseFd attentionFd;
   SharedMapping mapping;
   uint32_t lastSeq = 0;
   // Replies come microseconds after a request while the server is awake;
@@ -79,8 +82,8 @@ bool ChannelFront::Impl::waitFor(PollWindow& window, kj::Maybe<uint64_t> timeout
 }
 
 kj::Own<ChannelFront> ChannelFront::connect(kj::AutoCloseFd channelFd, Options options) {
-  kj::AutoCloseFd memfd = receiveChannelMemory(channelFd);
-  auto impl = kj::heap<Impl>(options, kj::mv(channelFd), kj::mv(memfd));
+  ChannelFds fds = receiveChannelMemory(channelFd);
+  auto impl = kj::heap<Impl>(options, kj::mv(channelFd), kj::mv(fds));
   SharedChannel& shared = impl->mapping.channel();
   KJ_REQUIRE(shared.magic == kChannelMagic && shared.version == kLayoutVersion &&
                  shared.requestSlotBytes == kRequestSlotBytes &&
@@ -135,6 +138,18 @@ bool ChannelFront::waitForAttention(kj::Maybe<uint64_t> timeoutNs) {
   return impl->waitFor(impl->attentionWindow, timeoutNs, [&]() {
     return shared.attention.load(std::memory_order_acquire) != 0;
   });
+}
+
+int ChannelFront::attentionFd() const { return impl->attentionFd; }
+
+bool ChannelFront::consumeAttentionNotification() {
+  uint64_t count;
+  ssize_t n;
+  do {
+    n = read(impl->attentionFd, &count, sizeof(count));
+  } while (n < 0 && errno == EINTR);
+  if (n < 0 && errno != EAGAIN) KJ_FAIL_SYSCALL("read(attention eventfd)", errno);
+  return n == sizeof(count);
 }
 
 FrontStats ChannelFront::stats() const {

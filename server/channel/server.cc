@@ -16,15 +16,17 @@ namespace vlapic::channel {
 
 struct ChannelServer::Impl {
   Impl(Handler handler, OnClosed onClosed, Options options, int memfd,
-       kj::AutoCloseFd doorbell, kj::AutoCloseFd stopFd)
+       kj::AutoCloseFd doorbell, kj::AutoCloseFd attentionFd, kj::AutoCloseFd stopFd)
       : handler(kj::mv(handler)), onClosed(kj::mv(onClosed)), options(options),
-        mapping(memfd), doorbell(kj::mv(doorbell)), stopFd(kj::mv(stopFd)) {}
+        mapping(memfd), doorbell(kj::mv(doorbell)), attentionFd(kj::mv(attentionFd)),
+        stopFd(kj::mv(stopFd)) {}
 
   Handler handler;
   OnClosed onClosed;
   Options options;
   SharedMapping mapping;
   kj::AutoCloseFd doorbell;
+  kj::AutoCloseFd attentionFd;  // eventfd: the front's event loop watches it
   kj::AutoCloseFd stopFd;  // eventfd: readable once the destructor runs
   std::atomic<bool> stopping = false;
 
@@ -189,12 +191,15 @@ ChannelServer::Created ChannelServer::create(Handler handler, OnClosed onClosed,
 
   KJ_SYSCALL(fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
   kj::AutoCloseFd stopFd(fd);
+  KJ_SYSCALL(fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+  kj::AutoCloseFd attentionFd(fd);
 
-  // The memory travels to the front ahead of any doorbell ring, through the
-  // same socket, so the front needs one fd from the capnp socket.
-  sendChannelMemory(serverEnd, memfd);
+  // The memory and the attention eventfd travel to the front ahead of any
+  // doorbell ring, through the same socket, so the front needs one fd from
+  // the capnp socket.
+  sendChannelMemory(serverEnd, memfd, attentionFd);
   auto impl = kj::heap<Impl>(kj::mv(handler), kj::mv(onClosed), options, memfd,
-                             kj::mv(serverEnd), kj::mv(stopFd));
+                             kj::mv(serverEnd), kj::mv(attentionFd), kj::mv(stopFd));
   SharedChannel& shared = impl->mapping.channel();
   shared.magic = kChannelMagic;
   shared.version = kLayoutVersion;
@@ -218,7 +223,17 @@ ChannelServer::~ChannelServer() noexcept(false) {
 
 void ChannelServer::raiseAttention() {
   SharedChannel& shared = impl->mapping.channel();
-  shared.attention.store(1, std::memory_order_seq_cst);
+  // Only the 0 -> 1 edge notifies the eventfd: until the front's next call
+  // clears the flag, it already knows.
+  if (shared.attention.exchange(1, std::memory_order_seq_cst) == 0) {
+    uint64_t one = 1;
+    ssize_t n;
+    do {
+      n = write(impl->attentionFd, &one, sizeof(one));
+    } while (n < 0 && errno == EINTR);
+    // EAGAIN: the counter is saturated, i.e. readable already.
+    if (n < 0 && errno != EAGAIN) KJ_FAIL_SYSCALL("write(attention eventfd)", errno);
+  }
   if (shared.frontSleeping.load(std::memory_order_seq_cst) != 0) ringDoorbell(impl->doorbell);
 }
 

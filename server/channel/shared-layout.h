@@ -91,13 +91,23 @@ DoorbellWait sleepOnDoorbell(int fd, int stopFd, int timeoutMs);
 // Whether the peer hung up, without blocking.
 bool doorbellHungUp(int fd);
 
-// The server sends the memfd through the doorbell socket itself, so a front
-// needs one fd from the capnp socket, not two.
-void sendChannelMemory(int doorbellFd, int memfd);
-// Throws if no channel memory is waiting on the socket. The returned memfd
-// is validated for size and seals (the server seals it so nobody can shrink
-// it under the other side's mapping), not for content.
-kj::AutoCloseFd receiveChannelMemory(int doorbellFd);
+// File descriptors over a Unix socket (SCM_RIGHTS), one 1-byte message.
+constexpr size_t kMaxFdsPerMessage = 4;
+void sendFds(int socket, kj::ArrayPtr<const int> fds);
+// Throws if no message with fds is waiting (dontWait) or the peer closed.
+kj::Array<kj::AutoCloseFd> receiveFds(int socket, bool dontWait = false);
+
+// The server sends the memfd and the attention eventfd through the doorbell
+// socket itself, so a front needs one fd from the capnp socket, not three.
+struct ChannelFds {
+  kj::AutoCloseFd memory;
+  kj::AutoCloseFd attention;
+};
+void sendChannelMemory(int doorbellFd, int memfd, int attentionFd);
+// Throws if no channel memory is waiting on the socket. The memfd is
+// validated for size and seals (the server seals it so nobody can shrink it
+// under the other side's mapping), not for content.
+ChannelFds receiveChannelMemory(int doorbellFd);
 
 // ---- The wire codec (channel.capnp, flat array, one segment) ----
 // Encodes into `slot`; returns the bytes used. Throws if it does not fit,

@@ -107,34 +107,35 @@ bool doorbellHungUp(int fd) {
   return (pfd.revents & (POLLHUP | POLLERR | POLLNVAL)) != 0;
 }
 
-void sendChannelMemory(int doorbellFd, int memfd) {
+void sendFds(int socket, kj::ArrayPtr<const int> fds) {
+  KJ_REQUIRE(fds.size() >= 1 && fds.size() <= kMaxFdsPerMessage);
   kj::byte tag = 'M';
   struct iovec iov = {&tag, 1};
-  alignas(struct cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
+  alignas(struct cmsghdr) char control[CMSG_SPACE(sizeof(int) * kMaxFdsPerMessage)] = {};
   struct msghdr msg = {};
   msg.msg_iov = &iov;
   msg.msg_iovlen = 1;
   msg.msg_control = control;
-  msg.msg_controllen = sizeof(control);
+  msg.msg_controllen = CMSG_SPACE(sizeof(int) * fds.size());
   struct cmsghdr* cmsg = CMSG_FIRSTHDR(&msg);
   cmsg->cmsg_level = SOL_SOCKET;
   cmsg->cmsg_type = SCM_RIGHTS;
-  cmsg->cmsg_len = CMSG_LEN(sizeof(int));
-  memcpy(CMSG_DATA(cmsg), &memfd, sizeof(int));
-  KJ_SYSCALL(sendmsg(doorbellFd, &msg, MSG_NOSIGNAL));
+  cmsg->cmsg_len = CMSG_LEN(sizeof(int) * fds.size());
+  memcpy(CMSG_DATA(cmsg), fds.begin(), sizeof(int) * fds.size());
+  KJ_SYSCALL(sendmsg(socket, &msg, MSG_NOSIGNAL));
 }
 
-kj::AutoCloseFd receiveChannelMemory(int doorbellFd) {
+kj::Array<kj::AutoCloseFd> receiveFds(int socket, bool dontWait) {
   kj::byte tag = 0;
   struct iovec iov = {&tag, 1};
-  alignas(struct cmsghdr) char control[CMSG_SPACE(sizeof(int) * 4)] = {};
+  alignas(struct cmsghdr) char control[CMSG_SPACE(sizeof(int) * kMaxFdsPerMessage)] = {};
   struct msghdr msg = {};
   msg.msg_iov = &iov;
   msg.msg_iovlen = 1;
   msg.msg_control = control;
   msg.msg_controllen = sizeof(control);
   ssize_t n;
-  KJ_SYSCALL(n = recvmsg(doorbellFd, &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC));
+  KJ_SYSCALL(n = recvmsg(socket, &msg, MSG_CMSG_CLOEXEC | (dontWait ? MSG_DONTWAIT : 0)));
 
   // Own every fd that arrived before judging, so none leaks.
   kj::Vector<kj::AutoCloseFd> received;
@@ -149,9 +150,28 @@ kj::AutoCloseFd receiveChannelMemory(int doorbellFd) {
       }
     }
   }
-  KJ_REQUIRE(n == 1 && tag == 'M' && received.size() == 1 && !(msg.msg_flags & MSG_CTRUNC),
-             "not a vlapic channel: no channel memory on the socket");
-  kj::AutoCloseFd memfd = kj::mv(received[0]);
+  KJ_REQUIRE(n == 1 && tag == 'M' && !(msg.msg_flags & MSG_CTRUNC),
+             "no file descriptors on the socket");
+  return received.releaseAsArray();
+}
+
+void sendChannelMemory(int doorbellFd, int memfd, int attentionFd) {
+  int fds[2] = {memfd, attentionFd};
+  sendFds(doorbellFd, fds);
+}
+
+ChannelFds receiveChannelMemory(int doorbellFd) {
+  kj::Array<kj::AutoCloseFd> received;
+  KJ_IF_MAYBE(exception, kj::runCatchingExceptions([&]() {
+    received = receiveFds(doorbellFd, true);
+  })) {
+    KJ_FAIL_REQUIRE("not a vlapic channel: no channel memory on the socket",
+                    exception->getDescription());
+  }
+  KJ_REQUIRE(received.size() == 2, "not a vlapic channel: wrong number of fds",
+             received.size());
+  ChannelFds channel{kj::mv(received[0]), kj::mv(received[1])};
+  int memfd = channel.memory;
 
   struct stat st;
   KJ_SYSCALL(fstat(memfd, &st));
@@ -162,7 +182,7 @@ kj::AutoCloseFd receiveChannelMemory(int doorbellFd) {
   KJ_REQUIRE((seals & (F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL)) ==
                  (F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL),
              "channel memory is not sealed against resizing", seals);
-  return memfd;
+  return channel;
 }
 
 }  // namespace vlapic::channel

@@ -6,6 +6,7 @@
 #include <kj/thread.h>
 #include <atomic>
 #include <ctime>
+#include <poll.h>
 
 namespace vlapic::channel {
 namespace {
@@ -114,6 +115,28 @@ TEST_CASE("attention: raised by the server, seen by the front, cleared by its ne
   CHECK(pair.front->waitForAttention(uint64_t(1'000'000)));
   pair.front->call(Request::fetchEvents());
   CHECK_FALSE(pair.front->attentionPending());
+}
+
+TEST_CASE("attention eventfd: readable on each clear-to-raised edge, for kicking a vCPU",
+          "[thread]") {
+  Pair pair(PollPolicy::adaptivePolicy());
+  auto readable = [&]() {
+    struct pollfd pfd = {pair.front->attentionFd(), POLLIN, 0};
+    return poll(&pfd, 1, 0) == 1;
+  };
+  CHECK_FALSE(readable());
+  CHECK_FALSE(pair.front->consumeAttentionNotification());
+  pair.server->raiseAttention();
+  CHECK(readable());
+  CHECK(pair.front->consumeAttentionNotification());
+  CHECK_FALSE(readable());
+  // Raised again before the front fetched: it knows already, no new edge.
+  pair.server->raiseAttention();
+  CHECK_FALSE(readable());
+  // The call clears attention; the next raise is a new edge.
+  pair.front->call(Request::fetchEvents());
+  pair.server->raiseAttention();
+  CHECK(readable());
 }
 
 TEST_CASE("attention wakes a front parked with no timeout (a halted vCPU)", "[thread]") {

@@ -69,37 +69,25 @@ inline Request requestNumber(uint64_t i) {
   }
 }
 
-// Sends one fd over a Unix socket (as the capnp socket would).
-inline void sendFd(int socket, int fd) { sendChannelMemory(socket, fd); }
+// Moves one fd over a Unix socket (as the capnp socket would).
+inline void sendFd(int socket, int fd) { sendFds(socket, kj::arrayPtr(&fd, 1)); }
 
 inline kj::AutoCloseFd receiveFd(int socket) {
-  kj::byte tag = 0;
-  struct iovec iov = {&tag, 1};
-  alignas(struct cmsghdr) char control[CMSG_SPACE(sizeof(int))] = {};
-  struct msghdr msg = {};
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  msg.msg_control = control;
-  msg.msg_controllen = sizeof(control);
-  ssize_t n;
-  KJ_SYSCALL(n = recvmsg(socket, &msg, MSG_CMSG_CLOEXEC));
-  struct cmsghdr* cmsg = CMSG_FIRSTHDR(&msg);
-  KJ_REQUIRE(n == 1 && cmsg != nullptr && cmsg->cmsg_type == SCM_RIGHTS);
-  int fd;
-  memcpy(&fd, CMSG_DATA(cmsg), sizeof(int));
-  return kj::AutoCloseFd(fd);
+  auto fds = receiveFds(socket);
+  KJ_REQUIRE(fds.size() == 1);
+  return kj::mv(fds[0]);
 }
 
 // A front that talks to the shared memory directly, for hostile tests.
 class RawFront {
 public:
   explicit RawFront(kj::AutoCloseFd channelFd)
-      : doorbell(kj::mv(channelFd)), memfd(receiveChannelMemory(doorbell)),
-        mapping(memfd) {}
+      : doorbell(kj::mv(channelFd)), fds(receiveChannelMemory(doorbell)),
+        mapping(fds.memory) {}
 
   SharedChannel& shared() { return mapping.channel(); }
   int doorbellFd() { return doorbell; }
-  int memoryFd() { return memfd; }
+  int memoryFd() { return fds.memory; }
 
   // Publishes `bytes` of the request slot under sequence `seq` and waits
   // (sleeping on the doorbell) until the server answers that sequence.
@@ -129,7 +117,7 @@ public:
 
 private:
   kj::AutoCloseFd doorbell;
-  kj::AutoCloseFd memfd;
+  ChannelFds fds;
   SharedMapping mapping;
 };
 

@@ -341,23 +341,9 @@ struct Vm::Impl {
 
   void setLint(uint32_t index, unsigned pin, bool level) {
     KJ_REQUIRE(pin <= 1, "LINT pin must be 0 or 1", pin);
-    Lapic& lapic = *vcpus[index].lapic;
-    bool wasHigh = lapic.lintLevel(pin);
-    LocalInterrupt local = lapic.setLint(pin, level);
-    if (lapic.hardwareEnabled()) {
-      handleLocal(index, local);
-      return;
-    }
-    // SDM "Local APIC State After It Has Been Disabled" / "Enabling or
-    // Disabling the Local APIC": with the APIC globally disabled the
-    // processor has no APIC and LINT0/LINT1 are its INTR and NMI pins. INTR
-    // is level-sensitive (an ExtINT request while high); NMI is an edge.
-    if (pin == 0 && level) {
-      pushEvent(index, VcpuEvent{VcpuEvent::Kind::EXTINT, 0, 1});
-    } else if (pin == 1 && level && !wasHigh) {
-      pushEvent(index, VcpuEvent{VcpuEvent::Kind::NMI, 0, 1});
-    }
-    settle(index);
+    // The core also covers a hardware-disabled APIC, whose LINT0/LINT1 are
+    // the processor's INTR and NMI pins (SDM 11.4.3).
+    handleLocal(index, vcpus[index].lapic->setLint(pin, level));
   }
 
   // ---- Destinations ----

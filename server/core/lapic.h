@@ -104,8 +104,9 @@ public:
   // ---- Interrupts (SDM "Interrupt Acceptance for Fixed Interrupts") ----
   // Accept a fixed or lowest-priority interrupt. Illegal vectors (0-15) set
   // ESR bit 6 and are discarded; a software-disabled APIC discards fixed
-  // interrupts. Level-triggered sets the vector's TMR bit, edge clears it.
-  // Returns whether the vector is now in IRR.
+  // interrupts, a hardware-disabled one everything. Level-triggered sets the
+  // vector's TMR bit, edge clears it. Returns whether the vector is now in
+  // IRR.
   bool acceptInterrupt(uint8_t vector, TriggerMode trigger);
   // The vector the front should inject next: the highest IRR vector whose
   // priority class beats PPR, or nullptr.
@@ -120,7 +121,13 @@ public:
 
   // ---- Local interrupt sources (LVT) ----
   // A LINT pin changed level (pin 0 or 1). Edge-triggered entries fire on a
-  // rising edge; level-triggered fixed entries latch remote IRR until EOI.
+  // rising edge; level-triggered fixed entries latch remote IRR until EOI
+  // (and deliver again then if the pin is still asserted); ExtINT reports
+  // EXTINT whenever the pin is asserted (always level-sensitive). `level` is
+  // "asserted": the polarity bit is stored but, as in KVM, the front's device
+  // model has already resolved the wiring. With the APIC hardware-disabled
+  // the pins act as INTR (LINT0 -> EXTINT) and NMI (LINT1 -> NMI) (SDM
+  // 11.4.3).
   LocalInterrupt setLint(unsigned pin, bool level);
   LocalInterrupt signalLvt(LvtSource source);
   // Current pin levels, for save/restore and dumps.
@@ -159,7 +166,9 @@ public:
   // APIC-virtualising CPU) would read at each offset.
   const hal::Page& page() const;
   const LapicStats& stats() const;
-  uint32_t readRegister(Reg reg) const;  // raw page value, no side effects
+  // Raw page value, no side effects. TIMER_CURRENT_COUNT is computed at read
+  // time and reads 0 in the page (use timer().currentCount()).
+  uint32_t readRegister(Reg reg) const;
 
 private:
   // Implementation state: owned by lapic.cc's author.

@@ -4,6 +4,9 @@ VLAPIC_PACKAGES=(
   g++ cmake make pkg-config
   capnproto libcapnp-dev
   catch2
+  # Hardening (issue 8): vlapicd's seccomp filter, the sandbox script, the
+  # libFuzzer harnesses (clang + its runtime), leak checks.
+  libseccomp-dev bubblewrap clang libclang-rt-14-dev
 )
 
 install_packages() {

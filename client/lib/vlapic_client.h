@@ -330,7 +330,9 @@ public:
 
 // One event loop and one connection owned by the calling thread. Opening a
 // VcpuHandle through it makes the thread the handle's thread. Not
-// thread-safe: use it only on the thread that constructed it.
+// thread-safe: use it only on the thread that constructed it. A thread can
+// have only one (kj allows one event loop per thread), and not at all on a
+// thread that already runs a kj event loop: use Connection there.
 class ThreadSession {
 public:
   virtual ~ThreadSession() noexcept(false) = default;

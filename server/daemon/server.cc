@@ -875,9 +875,10 @@ private:
 struct Server::Impl::Connection {
   Connection(ServerState& server, uint64_t id, kj::Own<kj::AsyncCapabilityStream> streamParam)
       : id(id), stream(kj::mv(streamParam)),
-        // Fronts never send us fds: accept none, so a hostile front cannot
-        // fill our descriptor table.
-        network(*stream, 0, capnp::rpc::twoparty::Side::SERVER, readerOptions(server.options)),
+        // Fronts have no reason to send fds, but capnp sends fds (the page
+        // memfds) only on a network that accepts some; one per message
+        // bounds what a hostile front can push (dropped with its message).
+        network(*stream, 1, capnp::rpc::twoparty::Side::SERVER, readerOptions(server.options)),
         rpc(capnp::makeRpcServer(network, kj::heap<ServiceImpl>(server, id))) {}
 
   static capnp::ReaderOptions readerOptions(const ServerOptions& options) {

@@ -356,6 +356,20 @@ struct Vm::Impl {
     stats.destinationMapRebuilds++;
   }
 
+  // Appends every hardware-enabled vCPU but `excluded` to `targets`.
+  void addEnabled(uint32_t excluded) const {
+    if (useDestinationMap) {
+      ensureMap();
+      for (uint32_t i : map.enabledVcpus()) {
+        if (i != excluded) targets.add(i);
+      }
+    } else {
+      for (uint32_t i = 0; i < vcpus.size(); i++) {
+        if (i != excluded && vcpus[i].lapic->hardwareEnabled()) targets.add(i);
+      }
+    }
+  }
+
   // Fills `targets` with the hardware-enabled vCPUs the message addresses,
   // in index order. Returns whether the destination is a broadcast (for
   // lowest priority, SDM: "to all" becomes fixed delivery to all).
@@ -375,23 +389,13 @@ struct Vm::Impl {
         if (message.shorthand == Shorthand::ALL_EXCLUDING_SELF) {
           KJ_IF_MAYBE(s, source) excluded = *s;
         }
-        for (uint32_t i = 0; i < vcpus.size(); i++) {
-          if (i != excluded && vcpus[i].lapic->hardwareEnabled()) targets.add(i);
-        }
+        addEnabled(excluded);
         return true;
       }
     }
 
-    bool broadcast = isBroadcastDestination(message);
-    if (broadcast) {
-      if (useDestinationMap) {
-        ensureMap();
-        for (uint32_t i : map.enabledVcpus()) targets.add(i);
-      } else {
-        for (uint32_t i = 0; i < vcpus.size(); i++) {
-          if (vcpus[i].lapic->hardwareEnabled()) targets.add(i);
-        }
-      }
+    if (isBroadcastDestination(message)) {
+      addEnabled(kNoVcpu);
       return true;
     }
 

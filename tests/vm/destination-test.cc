@@ -180,9 +180,14 @@ TEST_CASE("the destination map agrees with a scan of every vCPU on random VMs", 
         case 2: m.destination = ((rng() % 4) << 16) | (rng() & 0xFFFF); break;
         default: m.destination = apicIds[rng() % n]; break;
       }
-      auto fromMap = a->resolveDestination(m, nullptr);
-      auto fromScan = b->resolveDestination(m, nullptr);
-      CAPTURE(step, m.destination, m.logicalDestination, m.x2apicFormat);
+      kj::Maybe<uint32_t> source;
+      if (rng() % 4 == 0) {
+        m.shorthand = Shorthand(rng() % 4);
+        source = rng() % n;
+      }
+      auto fromMap = a->resolveDestination(m, source);
+      auto fromScan = b->resolveDestination(m, source);
+      CAPTURE(step, m.destination, m.logicalDestination, m.x2apicFormat, int(m.shorthand));
       REQUIRE(std::vector<uint32_t>(fromMap.begin(), fromMap.end()) ==
               std::vector<uint32_t>(fromScan.begin(), fromScan.end()));
     }

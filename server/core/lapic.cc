@@ -39,7 +39,6 @@ constexpr uint32_t kSvrSuppressEoiBroadcast = 1u << 12;
 constexpr uint32_t kLvtTimerTscDeadlineBit = 1u << 18;
 constexpr uint32_t kDfrLowOnes = 0x0FFFFFFF;
 constexpr uint32_t kApicVersion = 0x14;  // integrated APIC (SDM 11.4.8)
-constexpr uint32_t kVersionEoiSuppression = 1u << 24;
 constexpr uint32_t kLint0ExtInt = uint32_t(DeliveryMode::EXTINT) << 8;
 
 // ESR bits (SDM 11.5.3, "Error Handling").

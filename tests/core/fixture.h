@@ -25,14 +25,14 @@ struct Env {
 };
 
 inline uint32_t mmioRead(Lapic& lapic, Reg reg) {
-  AccessResult r = lapic.mmioRead(lapic.apicBase() & ~0xFFFull | regOffset(reg), 4);
+  AccessResult r = lapic.mmioRead((lapic.apicBase() & ~0xFFFull) | regOffset(reg), 4);
   INFO("register " << registerInfo(reg).name.cStr());
   REQUIRE(r.status == AccessStatus::OK);
   return uint32_t(r.value);
 }
 
 inline AccessResult mmioWrite(Lapic& lapic, Reg reg, uint32_t value) {
-  AccessResult r = lapic.mmioWrite(lapic.apicBase() & ~0xFFFull | regOffset(reg), 4, value);
+  AccessResult r = lapic.mmioWrite((lapic.apicBase() & ~0xFFFull) | regOffset(reg), 4, value);
   INFO("register " << registerInfo(reg).name.cStr());
   REQUIRE(r.status == AccessStatus::OK);
   return r;

@@ -129,7 +129,9 @@ private:
 // leaves the window alone. A wait that had to sleep grows the window
 // (doubling, from `startNs`) if it ended within `maxNs` -- a longer spin
 // would have caught it -- and shrinks it (halving, to zero below `startNs`)
-// if it lasted longer than `maxNs`, since then spinning only burns CPU.
+// if it lasted longer than `maxNs`, since then spinning only burns CPU. A
+// spin that finds its CPU contended (see spinFor in shared-layout.h) drops
+// the window to zero, as KVM stops polling when other tasks are runnable.
 struct PollPolicy {
   uint64_t initialNs = 0;
   uint64_t startNs = 10'000;
@@ -150,10 +152,21 @@ public:
   uint64_t currentNs() const { return window; }
   void onPollHit() {}
   void onSlept(uint64_t waitedNs);
+  // The spin saw other work run on its CPU: spinning is counterproductive
+  // now. Stop spinning, and do not grow again for the next
+  // kContendedHoldoff waits, so that probing for a quiet CPU (which costs a
+  // switch away when it fails) is rare.
+  static constexpr uint32_t kContendedHoldoff = 64;
+  void onContended() {
+    if (!policy.adaptive) return;
+    window = 0;
+    holdoff = kContendedHoldoff;
+  }
 
 private:
   PollPolicy policy;
   uint64_t window;
+  uint32_t holdoff = 0;
 };
 
 // ---------------------------------------------------------------------------
@@ -165,6 +178,7 @@ struct ServerStats {
   uint64_t rejected = 0;     // requests that never reached the handler
   uint64_t handlerFailures = 0;
   uint64_t pollHits = 0;     // requests that arrived while spinning
+  uint64_t contended = 0;    // spins abandoned because the CPU was contended
   uint64_t sleeps = 0;       // times the thread slept on the doorbell
   uint64_t pollWindowNs = 0;
   uint64_t threadCpuNs = 0;  // CPU time of the channel thread so far
@@ -225,6 +239,7 @@ private:
 struct FrontStats {
   uint64_t calls = 0;
   uint64_t pollHits = 0;  // replies that arrived while spinning
+  uint64_t contended = 0; // spins abandoned because the CPU was contended
   uint64_t sleeps = 0;
   uint64_t pollWindowNs = 0;
 };

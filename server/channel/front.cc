@@ -54,6 +54,10 @@ bool ChannelFront::Impl::waitFor(PollWindow& window, kj::Maybe<uint64_t> timeout
       return true;
     case SpinResult::HUNG_UP:
       throwServerGone();
+    case SpinResult::CONTENDED:
+      stats.contended++;
+      window.onContended();
+      break;
     case SpinResult::EXPIRED:
       break;
   }

@@ -32,7 +32,7 @@ struct ChannelServer::Impl {
 
   // Statistics: written by the channel thread, read by anyone.
   std::atomic<uint64_t> requests = 0, rejected = 0, handlerFailures = 0;
-  std::atomic<uint64_t> pollHits = 0, sleeps = 0, pollWindowNs = 0;
+  std::atomic<uint64_t> pollHits = 0, contended = 0, sleeps = 0, pollWindowNs = 0;
   std::atomic<bool> asleep = false, closed = false;
   std::atomic<bool> threadRunning = false;
   std::atomic<clockid_t> threadClock = 0;
@@ -97,6 +97,11 @@ void ChannelServer::Impl::run() {
         closed = true;
         onClosed();
         return;
+      case SpinResult::CONTENDED:
+        contended.fetch_add(1, std::memory_order_relaxed);
+        window.onContended();
+        pollWindowNs = window.currentNs();
+        break;
       case SpinResult::EXPIRED:
         break;
     }
@@ -243,6 +248,7 @@ ServerStats ChannelServer::stats() const {
   stats.rejected = impl->rejected.load();
   stats.handlerFailures = impl->handlerFailures.load();
   stats.pollHits = impl->pollHits.load();
+  stats.contended = impl->contended.load();
   stats.sleeps = impl->sleeps.load();
   stats.pollWindowNs = impl->pollWindowNs.load();
   stats.asleep = impl->asleep.load();

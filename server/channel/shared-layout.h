@@ -129,24 +129,33 @@ kj::OneOf<kj::ArrayPtr<const capnp::word>, Rejection> copyOutOfSlot(
 // CLOCK_MONOTONIC in ns: the spin windows run on host time.
 uint64_t monotonicNowNs();
 
-enum class SpinResult : uint8_t { READY, EXPIRED, HUNG_UP };
+enum class SpinResult : uint8_t { READY, EXPIRED, CONTENDED, HUNG_UP };
 
 // Spins until `ready()` or until `windowNs` has passed since `startNs`. A
 // long (busy-policy) spin also checks the doorbell for a hang-up every
 // millisecond, so a busy waiter notices a dead peer too.
 //
 // After a short pure spin, each round yields the CPU: when the peer waits
-// for the core this spinner holds (fewer cores than runnable threads, as on
-// a loaded host), a spin that never yields delays the very reply it waits
-// for until its window runs out -- measured here as 0.5 ms per call instead
-// of microseconds. On an idle core sched_yield() returns at once.
+// for the core this spinner holds, a spin that never yields delays the very
+// reply it waits for until its window runs out (measured here: 0.5 ms per
+// call instead of microseconds). On an idle core sched_yield() returns at
+// once.
+//
+// And like KVM's halt-polling, which stops polling as soon as another task
+// is runnable on its CPU (single_task_running()), the spin gives up when the
+// CPU is contended: user space cannot ask that question cheaply, but it can
+// see the answer -- a yield or a gap between two rounds that took longer
+// than a sleeping wake-up would have means other work ran on this core.
+// Spinning then only delays everyone; CONTENDED tells the caller to sleep.
 constexpr uint32_t kPureSpinRounds = 64;
+constexpr uint64_t kContendedGapNs = 30'000;
 
 template <typename Ready>
 SpinResult spinFor(uint64_t windowNs, uint64_t startNs, int doorbellFd, Ready&& ready) {
   if (ready()) return SpinResult::READY;
   if (windowNs == 0) return SpinResult::EXPIRED;
   uint64_t lastHangUpCheck = startNs;
+  uint64_t lastRound = startNs;
   for (uint32_t i = 1;; i++) {
     if (ready()) return SpinResult::READY;
     if (i < kPureSpinRounds) {
@@ -158,6 +167,10 @@ SpinResult spinFor(uint64_t windowNs, uint64_t startNs, int doorbellFd, Ready&& 
       sched_yield();
     }
     uint64_t now = monotonicNowNs();
+    if (now - lastRound > kContendedGapNs) {
+      return ready() ? SpinResult::READY : SpinResult::CONTENDED;
+    }
+    lastRound = now;
     if (now - startNs >= windowNs) return SpinResult::EXPIRED;
     if (now - lastHangUpCheck >= 1'000'000) {
       lastHangUpCheck = now;

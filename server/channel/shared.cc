@@ -21,6 +21,10 @@ uint64_t monotonicNowNs() {
 
 void PollWindow::onSlept(uint64_t waitedNs) {
   if (!policy.adaptive) return;
+  if (holdoff > 0) {
+    holdoff--;
+    return;
+  }
   if (waitedNs <= policy.maxNs) {
     // A longer spin would have caught this one: grow.
     if (window < policy.maxNs) {

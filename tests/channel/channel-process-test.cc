@@ -88,7 +88,7 @@ size_t openFdCount() {
   return count;
 }
 
-TEST_CASE("two processes: many calls round-trip in order under each policy", "[process]") {
+TEST_CASE("channel: two processes: many calls round-trip in order under each policy", "[process]") {
   for (auto policy: {PollPolicy::adaptivePolicy(), PollPolicy::sleepPolicy()}) {
     Transport transport;
     constexpr uint64_t kCalls = 5000;
@@ -116,7 +116,7 @@ TEST_CASE("two processes: many calls round-trip in order under each policy", "[p
   }
 }
 
-TEST_CASE("a front killed mid-call: the server survives and reports the hang-up", "[process]") {
+TEST_CASE("channel: a front killed mid-call: the server survives and reports the hang-up", "[process]") {
   Transport transport;
   Child front([&]() {
     auto channel = ChannelFront::connect(receiveFd(transport.child));
@@ -141,7 +141,7 @@ TEST_CASE("a front killed mid-call: the server survives and reports the hang-up"
   CHECK(created.server->stats().requests == 1);
 }
 
-TEST_CASE("vlapicd killed mid-call: the front's call fails with DISCONNECTED", "[process]") {
+TEST_CASE("channel: vlapicd killed mid-call: the front's call fails with DISCONNECTED", "[process]") {
   Transport transport;
   Child server([&]() {
     auto created = ChannelServer::create(
@@ -186,7 +186,7 @@ struct HostileSetup {
   kj::Own<RawFront> raw;
 };
 
-TEST_CASE("hostile front: sizes out of range are rejected before any copy", "[hostile]") {
+TEST_CASE("channel: hostile front: sizes out of range are rejected before any copy", "[hostile]") {
   HostileSetup setup;
   uint32_t seq = 0;
   auto rejection = [&](uint32_t bytes) {
@@ -208,7 +208,7 @@ TEST_CASE("hostile front: sizes out of range are rejected before any copy", "[ho
   CHECK(setup.raw->publishAndWait(++seq, bytes) == expectedReply(request));
 }
 
-TEST_CASE("hostile front: sequence numbers that jump get one reply per change", "[hostile]") {
+TEST_CASE("channel: hostile front: sequence numbers that jump get one reply per change", "[hostile]") {
   HostileSetup setup;
   Request request = Request::mmioRead(0xFEE00020, 4);
   size_t bytes =
@@ -224,7 +224,7 @@ TEST_CASE("hostile front: sequence numbers that jump get one reply per change", 
   CHECK(setup.server->stats().requests == 5);
 }
 
-TEST_CASE("hostile front: the memory is sealed, it cannot be shrunk under the server",
+TEST_CASE("channel: hostile front: the memory is sealed, it cannot be shrunk under the server",
           "[hostile]") {
   HostileSetup setup;
   CHECK(ftruncate(setup.raw->memoryFd(), 0) == -1);
@@ -232,7 +232,7 @@ TEST_CASE("hostile front: the memory is sealed, it cannot be shrunk under the se
   CHECK(fcntl(setup.raw->memoryFd(), F_ADD_SEALS, F_SEAL_WRITE) == -1);
 }
 
-TEST_CASE("hostile front: a doorbell flood with attached fds is drained and the fds dropped",
+TEST_CASE("channel: hostile front: a doorbell flood with attached fds is drained and the fds dropped",
           "[hostile]") {
   HostileSetup setup;
   size_t fdsBefore = openFdCount();
@@ -253,7 +253,7 @@ TEST_CASE("hostile front: a doorbell flood with attached fds is drained and the 
   CHECK(openFdCount() == fdsBefore);
 }
 
-TEST_CASE("hostile front process: scribbling on everything, then dying, hurts nobody else",
+TEST_CASE("channel: hostile front process: scribbling on everything, then dying, hurts nobody else",
           "[hostile][process]") {
   Transport transport;
   Child hostile([&]() {

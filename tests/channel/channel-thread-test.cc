@@ -47,7 +47,7 @@ uint64_t policyCalls(const PollPolicy& policy) {
   return policy.maxNs == UINT64_MAX ? 2000 : 5000;
 }
 
-TEST_CASE("round trips return the handler's reply under every polling policy", "[thread]") {
+TEST_CASE("channel: round trips return the handler's reply under every polling policy", "[thread]") {
   for (auto policy: {PollPolicy::adaptivePolicy(), PollPolicy::sleepPolicy(),
                      PollPolicy::busyPolicy()}) {
     Pair pair(policy);
@@ -71,7 +71,7 @@ TEST_CASE("round trips return the handler's reply under every polling policy", "
   }
 }
 
-TEST_CASE("each reply answers its own request, in order, values included", "[thread]") {
+TEST_CASE("channel: each reply answers its own request, in order, values included", "[thread]") {
   // The handler numbers requests itself: replies must come back 1, 2, 3...
   uint64_t served = 0;
   Pair pair(PollPolicy::adaptivePolicy(), [&served](const Request& request) {
@@ -86,7 +86,7 @@ TEST_CASE("each reply answers its own request, in order, values included", "[thr
   }
 }
 
-TEST_CASE("a reply carries the injection and the queued events of that exit", "[thread]") {
+TEST_CASE("channel: a reply carries the injection and the queued events of that exit", "[thread]") {
   Pair pair(PollPolicy::adaptivePolicy(), [](const Request& request) {
     Reply reply = Reply::access(AccessResult::ok());
     if (request.injectIfPending) reply.inject = uint8_t(0x31);
@@ -105,7 +105,7 @@ TEST_CASE("a reply carries the injection and the queued events of that exit", "[
   CHECK(reply.events()[1] == Event{EventKind::SIPI, 0x9A, 1});
 }
 
-TEST_CASE("attention: raised by the server, seen by the front, cleared by its next call",
+TEST_CASE("channel: attention: raised by the server, seen by the front, cleared by its next call",
           "[thread]") {
   Pair pair(PollPolicy::adaptivePolicy());
   CHECK_FALSE(pair.front->attentionPending());
@@ -117,7 +117,7 @@ TEST_CASE("attention: raised by the server, seen by the front, cleared by its ne
   CHECK_FALSE(pair.front->attentionPending());
 }
 
-TEST_CASE("attention eventfd: readable on each clear-to-raised edge, for kicking a vCPU",
+TEST_CASE("channel: attention eventfd: readable on each clear-to-raised edge, for kicking a vCPU",
           "[thread]") {
   Pair pair(PollPolicy::adaptivePolicy());
   auto readable = [&]() {
@@ -139,7 +139,7 @@ TEST_CASE("attention eventfd: readable on each clear-to-raised edge, for kicking
   CHECK(readable());
 }
 
-TEST_CASE("attention wakes a front parked with no timeout (a halted vCPU)", "[thread]") {
+TEST_CASE("channel: attention wakes a front parked with no timeout (a halted vCPU)", "[thread]") {
   Pair pair(PollPolicy::sleepPolicy());
   std::atomic<bool> woke = false;
   {
@@ -153,7 +153,7 @@ TEST_CASE("attention wakes a front parked with no timeout (a halted vCPU)", "[th
   CHECK(woke);
 }
 
-TEST_CASE("a handler that throws yields HANDLER_FAILED and the channel keeps serving",
+TEST_CASE("channel: a handler that throws yields HANDLER_FAILED and the channel keeps serving",
           "[thread]") {
   Pair pair(PollPolicy::adaptivePolicy(), [](const Request& request) -> Reply {
     KJ_REQUIRE(request.operation != Operation::MSR_READ, "test handler refuses MSR reads");
@@ -167,7 +167,7 @@ TEST_CASE("a handler that throws yields HANDLER_FAILED and the channel keeps ser
   CHECK(pair.server->stats().handlerFailures == 1);
 }
 
-TEST_CASE("the server learns of the front hanging up and calls onClosed once", "[thread]") {
+TEST_CASE("channel: the server learns of the front hanging up and calls onClosed once", "[thread]") {
   Pair pair(PollPolicy::adaptivePolicy());
   pair.front->call(Request::fetchEvents());
   pair.front = nullptr;  // closes the front's fd and mapping
@@ -175,14 +175,14 @@ TEST_CASE("the server learns of the front hanging up and calls onClosed once", "
   CHECK(pair.server->stats().closed);
 }
 
-TEST_CASE("a busy-polling server notices the hang-up too", "[thread]") {
+TEST_CASE("channel: a busy-polling server notices the hang-up too", "[thread]") {
   Pair pair(PollPolicy::busyPolicy());
   pair.front->call(Request::fetchEvents());
   pair.front = nullptr;
   CHECK(eventually([&]() { return pair.closedCalls.load() == 1; }));
 }
 
-TEST_CASE("a front waiting for a reply gets DISCONNECTED when the server goes away",
+TEST_CASE("channel: a front waiting for a reply gets DISCONNECTED when the server goes away",
           "[thread]") {
   for (auto policy: {PollPolicy::sleepPolicy(), PollPolicy::busyPolicy()}) {
     std::atomic<bool> inHandler = false, release = false;
@@ -222,7 +222,7 @@ TEST_CASE("a front waiting for a reply gets DISCONNECTED when the server goes aw
   }
 }
 
-TEST_CASE("a reply timeout ends a wait on a stalled server", "[thread]") {
+TEST_CASE("channel: a reply timeout ends a wait on a stalled server", "[thread]") {
   std::atomic<bool> release = false;
   auto created = ChannelServer::create(
       [&](const Request&) {
@@ -244,14 +244,14 @@ TEST_CASE("a reply timeout ends a wait on a stalled server", "[thread]") {
   CHECK(front->call(Request::fetchEvents()).kind == Reply::Kind::DONE);
 }
 
-TEST_CASE("connect refuses an fd that is not a channel", "[thread]") {
+TEST_CASE("channel: connect refuses an fd that is not a channel", "[thread]") {
   int pair[2];
   REQUIRE(socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair) == 0);
   kj::AutoCloseFd keep(pair[0]);
   CHECK_THROWS(ChannelFront::connect(kj::AutoCloseFd(pair[1])));
 }
 
-TEST_CASE("an idle channel costs no CPU: the server thread sleeps on its doorbell",
+TEST_CASE("channel: an idle channel costs no CPU: the server thread sleeps on its doorbell",
           "[thread][idle]") {
   // This one measures real time by nature: CPU used by the server thread
   // over 300 ms of idleness after a burst of calls grew its poll window.

@@ -41,7 +41,7 @@ Reply roundTrip(const Reply& reply) {
   return Reply();
 }
 
-TEST_CASE("every request kind survives encode and decode", "[codec]") {
+TEST_CASE("channel: every request kind survives encode and decode", "[codec]") {
   for (uint64_t i = 0; i < 7 * 16; i++) {
     Request request = requestNumber(i);
     CHECK(roundTrip(request) == request);
@@ -53,7 +53,7 @@ TEST_CASE("every request kind survives encode and decode", "[codec]") {
         Request::msrWrite(0xFFFFFFFF, 0x8000000000000001));
 }
 
-TEST_CASE("every reply kind, status, reason and event survives encode and decode", "[codec]") {
+TEST_CASE("channel: every reply kind, status, reason and event survives encode and decode", "[codec]") {
   for (uint64_t i = 0; i < 7 * 16; i++) {
     Reply reply = expectedReply(requestNumber(i));
     CHECK(roundTrip(reply) == reply);
@@ -69,7 +69,7 @@ TEST_CASE("every reply kind, status, reason and event survives encode and decode
   }
 }
 
-TEST_CASE("a full reply carries a whole Vm event queue and flags the overflow", "[codec]") {
+TEST_CASE("channel: a full reply carries a whole Vm event queue and flags the overflow", "[codec]") {
   Reply reply = Reply::done();
   for (size_t i = 0; i < kMaxEventsPerReply; i++) {
     REQUIRE(reply.addEvent(Event{EventKind::EOI, static_cast<uint8_t>(i), uint32_t(i)}));
@@ -83,7 +83,7 @@ TEST_CASE("a full reply carries a whole Vm event queue and flags the overflow", 
   CHECK(decoded.moreEvents);
 }
 
-TEST_CASE("a request sets CR8 bits 3:0 only (SDM 10.8.6.1): above 15 is malformed", "[codec]") {
+TEST_CASE("channel: a request sets CR8 bits 3:0 only (SDM 10.8.6.1): above 15 is malformed", "[codec]") {
   // Encode a valid setCr8 and then patch the value the way a buggy or
   // hostile front could.
   Slot slot;
@@ -96,7 +96,7 @@ TEST_CASE("a request sets CR8 bits 3:0 only (SDM 10.8.6.1): above 15 is malforme
   CHECK(decoded.get<Rejection>() == Rejection::MALFORMED);
 }
 
-TEST_CASE("a request kind from a newer schema is rejected as unknown", "[codec]") {
+TEST_CASE("channel: a request kind from a newer schema is rejected as unknown", "[codec]") {
   // The union discriminant is the only 16-bit field that differs between
   // two encodings of Void operations; set it to a kind nobody knows.
   Slot ack, fetch;
@@ -117,7 +117,7 @@ TEST_CASE("a request kind from a newer schema is rejected as unknown", "[codec]"
   CHECK(decoded.get<Rejection>() == Rejection::UNKNOWN_REQUEST);
 }
 
-TEST_CASE("slot sizes the peer declares are checked before anything is copied", "[codec]") {
+TEST_CASE("channel: slot sizes the peer declares are checked before anything is copied", "[codec]") {
   kj::byte slot[kRequestSlotBytes] = {};
   capnp::word copy[kRequestSlotBytes / sizeof(capnp::word)];
   auto check = [&](uint32_t declared, Rejection expected) {
@@ -132,7 +132,7 @@ TEST_CASE("slot sizes the peer declares are checked before anything is copied", 
   CHECK(copyOutOfSlot(slot, sizeof(slot), 16, copy).is<kj::ArrayPtr<const capnp::word>>());
 }
 
-TEST_CASE("framing: more than one segment, truncation and trailing words are malformed",
+TEST_CASE("channel: framing: more than one segment, truncation and trailing words are malformed",
           "[codec]") {
   Slot slot;
   slot.used = encodeRequest(Request::msrWrite(0x830, 5), slot.slot(kRequestSlotBytes));
@@ -152,7 +152,7 @@ TEST_CASE("framing: more than one segment, truncation and trailing words are mal
   CHECK(rejected(kj::arrayPtr<const capnp::word>(longer, message.size())));
 }
 
-TEST_CASE("random bytes and bit flips never crash or throw out of the decoders", "[codec]") {
+TEST_CASE("channel: random bytes and bit flips never crash or throw out of the decoders", "[codec]") {
   std::mt19937_64 random(0x5eed);
   capnp::word buffer[kReplySlotBytes / sizeof(capnp::word)];
   uint64_t decodedRequests = 0, decodedReplies = 0;
@@ -185,7 +185,7 @@ TEST_CASE("random bytes and bit flips never crash or throw out of the decoders",
   CHECK(decodedReplies > 0);
 }
 
-TEST_CASE("poll window: grows from start to max while waits end within max", "[poll]") {
+TEST_CASE("channel: poll window: grows from start to max while waits end within max", "[poll]") {
   PollWindow window(PollPolicy{0, 10'000, 200'000, true});
   CHECK(window.currentNs() == 0);
   window.onSlept(50'000);
@@ -198,7 +198,7 @@ TEST_CASE("poll window: grows from start to max while waits end within max", "[p
   CHECK(window.currentNs() == 200'000);  // a hit keeps it
 }
 
-TEST_CASE("poll window: shrinks to zero while waits outlast max", "[poll]") {
+TEST_CASE("channel: poll window: shrinks to zero while waits outlast max", "[poll]") {
   PollWindow window(PollPolicy{200'000, 10'000, 200'000, true});
   window.onSlept(5'000'000);
   CHECK(window.currentNs() == 100'000);
@@ -210,9 +210,23 @@ TEST_CASE("poll window: shrinks to zero while waits outlast max", "[poll]") {
   CHECK(window.currentNs() == 0);
 }
 
-TEST_CASE("poll window: fixed policies never adapt", "[poll]") {
+TEST_CASE("channel: poll window: a contended CPU stops the spin and holds growth off",
+          "[poll]") {
+  PollWindow window(PollPolicy{0, 10'000, 200'000, true});
+  for (int i = 0; i < 6; i++) window.onSlept(50'000);
+  REQUIRE(window.currentNs() == 200'000);
+  window.onContended();
+  CHECK(window.currentNs() == 0);
+  for (uint32_t i = 0; i < PollWindow::kContendedHoldoff; i++) window.onSlept(50'000);
+  CHECK(window.currentNs() == 0);  // held off
+  window.onSlept(50'000);
+  CHECK(window.currentNs() == 10'000);  // then it probes again
+}
+
+TEST_CASE("channel: poll window: fixed policies never adapt", "[poll]") {
   PollWindow busy(PollPolicy::busyPolicy());
   busy.onSlept(1'000'000'000);
+  busy.onContended();
   CHECK(busy.currentNs() == UINT64_MAX);
   PollWindow sleep(PollPolicy::sleepPolicy());
   sleep.onSlept(1'000);

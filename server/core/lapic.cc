@@ -32,6 +32,13 @@ static_assert(kSlots * kWordsPerSlot * sizeof(uint32_t) == kKvmStateBytes);
 
 constexpr unsigned slotOf(Reg reg) { return uint16_t(reg); }
 
+// In x2APIC mode the ICR is one 64-bit register. KVM's layout (and ours)
+// keeps ICR[63:32] at 0x310; a CPU that virtualises x2APIC accesses reads and
+// writes the 64-bit ICR at 0x300-0x307 of the virtual-APIC page (SDM Vol. 3C
+// 30.5, "Virtualizing MSR-Based APIC Accesses"). The page keeps both copies
+// so it is right for either reader; word 0x304 is 0 outside x2APIC mode.
+constexpr unsigned kIcrUpperHalfWord = 0x304 / sizeof(uint32_t);
+
 constexpr uint32_t kLvtMasked = 1u << 16;
 constexpr uint32_t kLvtRemoteIrr = 1u << 14;
 constexpr uint32_t kSvrSoftwareEnable = 1u << 8;
@@ -207,6 +214,10 @@ struct Lapic::Impl {
   uint64_t apicBaseReservedBits = 0;
 
   uint32_t& reg(Reg r) { return words[slotOf(r) * kWordsPerSlot]; }
+  void setX2apicIcrHigh(uint32_t high) {
+    reg(Reg::ICR_HIGH) = high;
+    words[kIcrUpperHalfWord] = high;
+  }
   uint32_t reg(Reg r) const { return words[slotOf(r) * kWordsPerSlot]; }
   uint32_t& bitmapWord(Reg first, unsigned word) {
     return words[(slotOf(first) + word) * kWordsPerSlot];
@@ -529,7 +540,7 @@ AccessResult Lapic::Impl::writeValue(const RegisterInfo& info, uint64_t value, b
     case Reg::ICR_LOW:
       reg(Reg::ICR_LOW) = masked;  // delivery status stays 0: sent at once
       if (x2apic) {
-        reg(Reg::ICR_HIGH) = uint32_t(value >> 32);
+        setX2apicIcrHigh(uint32_t(value >> 32));
         sendIcr(IcrValue(masked, uint32_t(value >> 32)).toMessage(true), result);
       } else {
         sendIcr(IcrValue(masked, reg(Reg::ICR_HIGH)).toMessage(false), result);
@@ -606,11 +617,13 @@ void Lapic::Impl::enterMode(ApicMode nextMode) {
     // guest wrote is not carried over) and the LDR is derived from it.
     reg(Reg::ID) = initialId;
     reg(Reg::LDR) = LdrValue::forX2apicId(initialId).raw();
+    setX2apicIcrHigh(reg(Reg::ICR_HIGH));
   } else if (nextMode == ApicMode::XAPIC && previous == ApicMode::DISABLED) {
     // The SDM says a disabled APIC may lose its state; KVM keeps the
     // registers and re-enabling restores the initial xAPIC ID.
     reg(Reg::ID) = (initialId & 0xFF) << 24;
   }
+  if (previous == ApicMode::X2APIC) words[kIcrUpperHalfWord] = 0;
 }
 
 // ---------------------------------------------------------------------------
@@ -937,7 +950,11 @@ kj::Maybe<kj::String> Lapic::Impl::checkImage(const uint32_t* image, ApicMode im
   for (unsigned slot = 0; slot < kSlots; ++slot) {
     const uint32_t* slotWords = image + slot * kWordsPerSlot;
     for (unsigned i = 1; i < kWordsPerSlot; ++i) {
-      if (slotWords[i] != 0) {
+      // The upper ICR half at 0x304 (64-bit x2APIC ICR layout, which KVM's
+      // KVM_GET_LAPIC also leaves there) may repeat the word at 0x310.
+      bool icrUpperHalf = slot * kWordsPerSlot + i == kIcrUpperHalfWord &&
+                          slotWords[i] == image[slotOf(Reg::ICR_HIGH) * kWordsPerSlot];
+      if (slotWords[i] != 0 && !icrUpperHalf) {
         return kj::str("bytes ", kj::hex(slot * 16 + i * 4), "..", kj::hex(slot * 16 + i * 4 + 3),
                        " lie between registers and must be 0");
       }
@@ -1074,9 +1091,11 @@ kj::Maybe<kj::String> Lapic::Impl::restore(const LapicSnapshot& snapshot) {
   reg(Reg::VERSION) = version;
   reg(Reg::APR) = 0;
   reg(Reg::TIMER_CURRENT_COUNT) = 0;
+  words[kIcrUpperHalfWord] = 0;
   if (mode == ApicMode::X2APIC) {
     reg(Reg::ID) = initialId;
     reg(Reg::LDR) = LdrValue::forX2apicId(initialId).raw();
+    setX2apicIcrHigh(reg(Reg::ICR_HIGH));
   }
   updatePpr();
   timer.restore(hidden.timer);

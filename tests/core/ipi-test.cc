@@ -2,6 +2,8 @@
 // 11.12.9 "ICR Operation in x2APIC Mode", 11.12.11 "SELF IPI Register").
 #include "fixture.h"
 
+#include <string.h>
+
 namespace vlapic::test {
 namespace {
 
@@ -99,8 +101,13 @@ TEST_CASE("SDM 11.12.9: the x2APIC ICR is one 64-bit MSR with a 32-bit destinati
   CHECK(m.destination == 0x123);
   CHECK(m.x2apicFormat);
   CHECK(msrRead(*lapic, 0x830) == 0x0000012300000851ull);
-  // The page keeps ICR[63:32] at 0x310, as KVM's layout does.
+  // The page keeps ICR[63:32] at 0x310, as KVM's layout does, and the whole
+  // 64-bit ICR at 0x300, where a CPU virtualising x2APIC reads it (SDM Vol.
+  // 3C 30.5).
   CHECK(lapic->readRegister(Reg::ICR_HIGH) == 0x123);
+  uint64_t icr64;
+  memcpy(&icr64, lapic->page().bytes().begin() + 0x300, 8);
+  CHECK(icr64 == 0x0000012300000851ull);
   CHECK(lapic->msrRead(0x831).status == AccessStatus::GP);  // no ICR high MSR
   // Broadcast destination.
   m = requireIpi(msrWrite(*lapic, 0x830, 0xFFFFFFFF00000040ull));

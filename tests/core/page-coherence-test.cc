@@ -6,6 +6,7 @@
 #include "fixture.h"
 
 #include <random>
+#include <string.h>
 
 namespace vlapic::test {
 namespace {
@@ -24,6 +25,11 @@ void checkInvariants(Lapic& lapic) {
       CHECK(uint32_t(value >> 32) == lapic.readRegister(Reg::ICR_HIGH));
     }
   }
+  // The 64-bit x2APIC ICR layout at 0x300 (SDM Vol. 3C 30.5): its upper
+  // half mirrors 0x310 in x2APIC mode and is 0 otherwise.
+  uint32_t icrUpper;
+  memcpy(&icrUpper, lapic.page().bytes().begin() + 0x304, 4);
+  CHECK(icrUpper == (x2apic ? lapic.readRegister(Reg::ICR_HIGH) : 0));
   // PPR formula (SDM 11.8.3.1).
   int isrv = -1;
   for (int v = 255; v >= 0 && isrv < 0; --v) {

@@ -120,6 +120,26 @@ TEST_CASE("Save/restore round trip in x2APIC mode with 32-bit IDs and with legac
   CHECK(msrRead(*c, 0x80D) == ((0x10u << 16) | (1u << 5)));
 }
 
+TEST_CASE("Restore accepts KVM's x2APIC image with the 64-bit ICR also at 0x300-0x307") {
+  Env env;
+  auto a = env.make({}, 1);
+  enterX2apic(*a);
+  msrWrite(*a, 0x830, 0x0000000700000400ull);
+  LapicSnapshot snapshot = a->save();
+  CHECK(word(snapshot, 0x304) == 7);
+  auto b = env.make({}, 1);
+  KJ_IF_MAYBE(problem, b->restore(snapshot)) FAIL(problem->cStr());
+  CHECK(msrRead(*b, 0x830) == 0x0000000700000400ull);
+  // Without the copy (KVM's split layout) it restores the same.
+  setWord(snapshot, 0x304, 0);
+  auto c = env.make({}, 1);
+  KJ_IF_MAYBE(problem, c->restore(snapshot)) FAIL(problem->cStr());
+  CHECK(c->page().bytes() == a->page().bytes());
+  // A copy that disagrees with 0x310 is not an ICR.
+  setWord(snapshot, 0x304, 8);
+  CHECK(c->restore(snapshot) != nullptr);
+}
+
 TEST_CASE("KVM's layout alone restores (KVM_GET_LAPIC of a new vCPU 1, measured)") {
   Env env;
   LapicSnapshot kvm;

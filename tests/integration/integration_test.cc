@@ -49,8 +49,12 @@ constexpr uint32_t kTimerPeriodic = 1u << 17;
 // Events a front received, filled on the client thread.
 class EventLog {
 public:
+  // A slow front: each batch takes this long to handle.
+  std::atomic<uint32_t> delayUs{0};
+
   EventCallback callback() {
     return [this](kj::ArrayPtr<const Event> batch) {
+      if (delayUs > 0) std::this_thread::sleep_for(std::chrono::microseconds(delayUs.load()));
       auto lock = events.lockExclusive();
       for (auto& event: batch) lock->add(event);
       ++batches;
@@ -94,6 +98,24 @@ VmOptions vmOptions(uint32_t vcpus, kj::StringPtr name) {
   return options;
 }
 
+// A running vlapicd with one front (a Client) that created one VM, and a
+// vCPU session on the test thread.
+struct Served {
+  explicit Served(VmOptions options, kj::ArrayPtr<const kj::StringPtr> daemonArgs = nullptr)
+      : daemon(VLAPICD_PATH, daemonArgs),
+        front(Client::connect(daemon.socketPath())),
+        vm(front->createVm(kj::mv(options), log.callback())),
+        session(ThreadSession::open(daemon.socketPath())) {}
+
+  kj::Own<VcpuHandle> vcpu(uint32_t index) { return session->attachVcpu(vm->ticket(index)); }
+
+  DaemonProcess daemon;
+  kj::Own<Client> front;
+  EventLog log;
+  kj::Own<client::Vm> vm;
+  kj::Own<ThreadSession> session;
+};
+
 // Software-enables the APIC (SVR bit 8, spurious vector 0xFF).
 void enable(VcpuHandle& vcpu) {
   REQUIRE(vcpu.mmioWrite(kSvr, 4, 0x1FF).status == AccessStatus::OK);
@@ -115,13 +137,10 @@ bool contains(kj::StringPtr haystack, kj::StringPtr needle) {
 }
 
 TEST_CASE("vlapicd serves a front: create a VM, access a register, get an IPI event", "[integration]") {
-  DaemonProcess daemon(VLAPICD_PATH);
-  auto front = Client::connect(daemon.socketPath());
-  EventLog log;
-  auto vm = front->createVm(vmOptions(2, "basic"), log.callback());
-  auto session = ThreadSession::open(daemon.socketPath());
-  auto cpu0 = session->attachVcpu(vm->ticket(0));
-  auto cpu1 = session->attachVcpu(vm->ticket(1));
+  Served served(vmOptions(2, "basic"));
+  auto& log = served.log;
+  auto cpu0 = served.vcpu(0);
+  auto cpu1 = served.vcpu(1);
 
   // SDM "Local APIC ID Register": vCPU i has APIC ID i (default ID map).
   auto id = cpu1->mmioRead(kId, 4);
@@ -138,7 +157,7 @@ TEST_CASE("vlapicd serves a front: create a VM, access a register, get an IPI ev
   auto ack = cpu1->acknowledge();
   CHECK(ack.vector == uint8_t(0x40));
   CHECK(ack.state.pendingVector == nullptr);
-  CHECK(front->echo(42) == 42);
+  CHECK(served.front->echo(42) == 42);
 }
 
 TEST_CASE("two fronts' VMs are isolated from each other", "[integration]") {
@@ -251,13 +270,13 @@ TEST_CASE("a front killed mid-run loses its VM; other fronts are unaffected", "[
 
 TEST_CASE("hostile requests get error replies and the server keeps serving", "[integration]") {
   kj::StringPtr args[] = {"--max-message-kib", "256"};
-  DaemonProcess daemon(VLAPICD_PATH, args);
-  auto front = Client::connect(daemon.socketPath());
-  EventLog log;
-  auto vm = front->createVm(vmOptions(2, "target"), log.callback());
-  auto session = ThreadSession::open(daemon.socketPath());
+  Served served(vmOptions(2, "target"), args);
+  auto& daemon = served.daemon;
+  auto& front = served.front;
+  auto& vm = served.vm;
+  auto& session = served.session;
   auto& ws = session->waitScope();
-  auto vcpu = session->attachVcpu(vm->ticket(0));
+  auto vcpu = served.vcpu(0);
 
   SECTION("invalid VM configurations") {
     auto& conn = session->connection();
@@ -391,13 +410,10 @@ TEST_CASE("hostile requests get error replies and the server keeps serving", "[i
 
 TEST_CASE("events arrive in order per vCPU: INIT, SIPI, NMI", "[integration]") {
   // SDM "MP Initialization Protocol": INIT-SIPI to an AP.
-  DaemonProcess daemon(VLAPICD_PATH);
-  auto front = Client::connect(daemon.socketPath());
-  EventLog log;
-  auto vm = front->createVm(vmOptions(3, "smp"), log.callback());
-  auto session = ThreadSession::open(daemon.socketPath());
-  auto bsp = session->attachVcpu(vm->ticket(0));
-  auto ap = session->attachVcpu(vm->ticket(2));
+  Served served(vmOptions(3, "smp"));
+  auto& log = served.log;
+  auto bsp = served.vcpu(0);
+  auto ap = served.vcpu(2);
   enable(*bsp);
 
   sendIpi(*bsp, 2, kIcrInit | kIcrAssert);
@@ -420,19 +436,13 @@ TEST_CASE("a burst of level-triggered IPIs under flow control loses no EOI event
   // the I/O APICs; the server posts each as an EOI event. With one batch in
   // flight and a slow front, events queue and merge in the server, and the
   // merged counts add up to every EOI.
-  DaemonProcess daemon(VLAPICD_PATH);
-  auto front = Client::connect(daemon.socketPath());
-  EventLog log;
   auto options = vmOptions(2, "burst");
   options.maxBatchesInFlight = 1;
-  auto slowCallback = [&log, inner = log.callback()](kj::ArrayPtr<const Event> batch) mutable {
-    std::this_thread::sleep_for(std::chrono::microseconds(300));
-    inner(batch);
-  };
-  auto vm = front->createVm(kj::mv(options), kj::mv(slowCallback));
-  auto session = ThreadSession::open(daemon.socketPath());
-  auto sender = session->attachVcpu(vm->ticket(0));
-  auto target = session->attachVcpu(vm->ticket(1));
+  Served served(kj::mv(options));
+  auto& log = served.log;
+  log.delayUs = 300;
+  auto sender = served.vcpu(0);
+  auto target = served.vcpu(1);
   enable(*sender);
   enable(*target);
 
@@ -447,7 +457,7 @@ TEST_CASE("a burst of level-triggered IPIs under flow control loses no EOI event
   REQUIRE(log.waitFor([&](auto& e) { return countOf(e, 1, EventKind::EOI) >= kRounds; }));
   auto events = log.snapshot();
   CHECK(countOf(events, 1, EventKind::EOI) == kRounds);
-  auto stats = vm->stats();
+  auto stats = served.vm->stats();
   CHECK(stats.vcpus[1].eois == kRounds);
   CHECK(stats.eventsPosted == events.size());
   CHECK(log.batches.load() == stats.batchesPosted);
@@ -456,14 +466,11 @@ TEST_CASE("a burst of level-triggered IPIs under flow control loses no EOI event
 TEST_CASE("timer expiries are posted without any request from the front", "[integration]") {
   // SDM "APIC Timer": a periodic timer with divide 1 and initial count
   // 1,000,000 at the default 1 GHz timer clock fires every millisecond.
-  DaemonProcess daemon(VLAPICD_PATH);
-  auto front = Client::connect(daemon.socketPath());
-  EventLog log;
-  auto vm = front->createVm(vmOptions(4, "timers"), log.callback());
-  auto session = ThreadSession::open(daemon.socketPath());
+  Served served(vmOptions(4, "timers"));
+  auto& log = served.log;
   kj::Vector<kj::Own<VcpuHandle>> vcpus;
   for (uint32_t v = 0; v < 4; v++) {
-    vcpus.add(session->attachVcpu(vm->ticket(v)));
+    vcpus.add(served.vcpu(v));
     enable(*vcpus[v]);
     REQUIRE(vcpus[v]->mmioWrite(kDivide, 4, 0xB).status == AccessStatus::OK);
   }
@@ -484,7 +491,7 @@ TEST_CASE("timer expiries are posted without any request from the front", "[inte
     REQUIRE(vcpus[v]->mmioWrite(kInitialCount, 4, 0).timerChanged);   // stop
   }
   // Every expiry the server counted reached the front, and nothing more.
-  auto stats = vm->stats();
+  auto stats = served.vm->stats();
   REQUIRE(log.waitFor([&](auto& e) {
     uint64_t total = 0;
     for (uint32_t v = 0; v < 4; v++) total += countOf(e, v, EventKind::TIMER);
@@ -496,18 +503,15 @@ TEST_CASE("timer expiries are posted without any request from the front", "[inte
   bool delivered = false;
   for (auto& e: log.forVcpu(3)) delivered |= e.kind == EventKind::DELIVERABLE && e.vector == 0x40;
   CHECK(delivered);
-  CHECK(front->status().armedTimers == 0);
+  CHECK(served.front->status().armedTimers == 0);
 }
 
 TEST_CASE("shared-memory HAL: the mapped virtual-APIC page shows what MMIO reads return", "[integration]") {
   kj::StringPtr args[] = {"--hal", "shared"};
-  DaemonProcess daemon(VLAPICD_PATH, args);
-  auto front = Client::connect(daemon.socketPath());
-  auto vm = front->createVm(vmOptions(2, "shared"), [](auto) {});
-  auto session = ThreadSession::open(daemon.socketPath());
-  auto vcpu = session->attachVcpu(vm->ticket(1));
+  Served served(vmOptions(2, "shared"), args);
+  auto vcpu = served.vcpu(1);
   auto page = vcpu->mapVirtualApicPage();
-  CHECK(vm->apicAccessPage().shared);
+  CHECK(served.vm->apicAccessPage().shared);
 
   enable(*vcpu);
   REQUIRE(vcpu->mmioWrite(kTpr, 4, 0x70).status == AccessStatus::OK);
@@ -530,16 +534,14 @@ TEST_CASE("shared-memory HAL: the mapped virtual-APIC page shows what MMIO reads
 }
 
 TEST_CASE("vlapicctl: status, list, dump, save, restore, stats", "[integration]") {
-  DaemonProcess daemon(VLAPICD_PATH);
-  auto front = Client::connect(daemon.socketPath());
-  auto vm = front->createVm(vmOptions(2, "operated"), [](auto) {});
-  auto session = ThreadSession::open(daemon.socketPath());
-  auto vcpu = session->attachVcpu(vm->ticket(1));
+  Served served(vmOptions(2, "operated"));
+  auto& daemon = served.daemon;
+  auto vcpu = served.vcpu(1);
   enable(*vcpu);
   REQUIRE(vcpu->mmioWrite(kTpr, 4, 0x20).status == AccessStatus::OK);
   REQUIRE(vcpu->mmioWrite(kLvtTimer, 4, 0x20030).status == AccessStatus::OK);
   REQUIRE(vcpu->msrRead(0x808).status == AccessStatus::GP);   // not in x2APIC mode
-  auto id = kj::str(vm->info().id);
+  auto id = kj::str(served.vm->info().id);
   auto socket = daemon.socketPath();
 
   auto status = runTool(VLAPICCTL_PATH, {"--socket", socket, "status"});

@@ -248,9 +248,9 @@ class ChannelFront {
 public:
   struct Options {
     PollPolicy poll = PollPolicy::adaptivePolicy();
-    // Give up on a reply after this long (DISCONNECTED). Without it, only
+    // Give up on a reply after this long (DISCONNECTED). 0: never; only
     // the server's death ends a wait.
-    kj::Maybe<uint64_t> replyTimeoutNs;
+    uint64_t replyTimeoutNs = 0;
   };
 
   // Takes the fd ChannelServer::create() returned (received over the capnp

@@ -111,7 +111,9 @@ Reply ChannelFront::call(const Request& request) {
   if (shared.serverSleeping.load(std::memory_order_seq_cst) != 0) ringDoorbell(impl->doorbell);
   impl->stats.calls++;
 
-  bool replied = impl->waitFor(impl->replyWindow, impl->options.replyTimeoutNs, [&]() {
+  kj::Maybe<uint64_t> timeout;
+  if (impl->options.replyTimeoutNs != 0) timeout = impl->options.replyTimeoutNs;
+  bool replied = impl->waitFor(impl->replyWindow, timeout, [&]() {
     return shared.replySeq.load(std::memory_order_acquire) == seq;
   });
   if (!replied) {

@@ -231,7 +231,7 @@ TEST_CASE("channel: a reply timeout ends a wait on a stalled server", "[thread]"
       },
       []() {});
   ChannelFront::Options options;
-  options.replyTimeoutNs = uint64_t(20'000'000);
+  options.replyTimeoutNs = 20'000'000;
   auto front = ChannelFront::connect(kj::mv(created.frontFd), options);
   KJ_IF_MAYBE(exception,
               kj::runCatchingExceptions([&]() { front->call(Request::acknowledge()); })) {

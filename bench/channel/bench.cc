@@ -25,6 +25,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdio>
+#include <cstdlib>
 #include <ctime>
 #include <linux/futex.h>
 #include <signal.h>
@@ -178,8 +179,15 @@ int serveChannel(int transport, PollPolicy policy, HandlerStyle style) {
 
 struct ChannelRun {
   Figures rtt;
-  double idleCpuPercent = -1;
+  double idleCpuPercent = -1;       // the server process
+  double parkedFrontCpuPercent = -1;  // a vCPU thread in waitForAttention()
 };
+
+double threadCpuNs() {
+  struct timespec ts;
+  KJ_SYSCALL(clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts));
+  return static_cast<double>(ts.tv_sec) * 1e9 + static_cast<double>(ts.tv_nsec);
+}
 
 enum class Gap { NONE, SPIN_50US, SLEEP_2MS };
 
@@ -220,7 +228,17 @@ ChannelRun measureChannel(PollPolicy policy, HandlerStyle style, Gap gap, size_t
       return static_cast<double>(ts.tv_sec) * 1e9 + static_cast<double>(ts.tv_nsec);
     };
     double cpuBefore = cpuNs(), wallBefore = nowUs();
-    sleepUs(3'000'000);
+    {
+      // Meanwhile a vCPU thread of this front is parked as for HLT.
+      kj::Thread parked([&]() {
+        double before = threadCpuNs(), wallStart = nowUs();
+        bool raised = front->waitForAttention(uint64_t(3'000'000'000));
+        KJ_ASSERT(!raised);
+        run.parkedFrontCpuPercent =
+            (threadCpuNs() - before) / 1000.0 / (nowUs() - wallStart) * 100.0;
+      });
+      sleepUs(3'000'000);
+    }
     double cpuAfter = cpuNs(), wallAfter = nowUs();
     run.idleCpuPercent = (cpuAfter - cpuBefore) / 1000.0 / (wallAfter - wallBefore) * 100.0;
   }
@@ -341,6 +359,13 @@ int run() {
   printRow("busy channel, handler via kj::Executor", executor.rtt, rpc.median);
   printf("idle server process CPU over 3 s with an open channel: %.4f%%\n",
          adaptive.idleCpuPercent);
+  printf("parked front vCPU thread (waitForAttention) CPU over 3 s: %.4f%%\n",
+         adaptive.parkedFrontCpuPercent);
+  double load[3] = {0, 0, 0};
+  getloadavg(load, 3);
+  printf("host: %ld CPUs, load average %.2f while measuring (spinning modes need a free "
+         "core each side)\n",
+         sysconf(_SC_NPROCESSORS_ONLN), load[0]);
 
   printf("RESULT channel rtt_poll_us=%.3f rtt_busy_us=%.3f rtt_gap50_us=%.3f rtt_gap2ms_us=%.3f"
          " rtt_futex_us=%.3f futex_floor_us=%.3f rpc_echo_us=%.3f mutex_us=%.3f"

@@ -111,15 +111,32 @@ bool doorbellHungUp(int fd) {
   return (pfd.revents & (POLLHUP | POLLERR | POLLNVAL)) != 0;
 }
 
-void sendFds(int socket, kj::ArrayPtr<const int> fds) {
-  KJ_REQUIRE(fds.size() >= 1 && fds.size() <= kMaxFdsPerMessage);
-  kj::byte tag = 'M';
-  struct iovec iov = {&tag, 1};
+namespace {
+
+// A 1-byte message with room for kMaxFdsPerMessage fds, as both directions
+// of the fd passing use it.
+struct FdMessage {
+  explicit FdMessage(kj::byte tag) : tag(tag) {
+    iov = {&this->tag, 1};
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control;
+    msg.msg_controllen = sizeof(control);
+  }
+  KJ_DISALLOW_COPY(FdMessage);
+
+  kj::byte tag;
+  struct iovec iov;
   alignas(struct cmsghdr) char control[CMSG_SPACE(sizeof(int) * kMaxFdsPerMessage)] = {};
   struct msghdr msg = {};
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  msg.msg_control = control;
+};
+
+}  // namespace
+
+void sendFds(int socket, kj::ArrayPtr<const int> fds) {
+  KJ_REQUIRE(fds.size() >= 1 && fds.size() <= kMaxFdsPerMessage);
+  FdMessage message('M');
+  struct msghdr& msg = message.msg;
   msg.msg_controllen = CMSG_SPACE(sizeof(int) * fds.size());
   struct cmsghdr* cmsg = CMSG_FIRSTHDR(&msg);
   cmsg->cmsg_level = SOL_SOCKET;
@@ -130,14 +147,8 @@ void sendFds(int socket, kj::ArrayPtr<const int> fds) {
 }
 
 kj::Array<kj::AutoCloseFd> receiveFds(int socket, bool dontWait) {
-  kj::byte tag = 0;
-  struct iovec iov = {&tag, 1};
-  alignas(struct cmsghdr) char control[CMSG_SPACE(sizeof(int) * kMaxFdsPerMessage)] = {};
-  struct msghdr msg = {};
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  msg.msg_control = control;
-  msg.msg_controllen = sizeof(control);
+  FdMessage message(0);
+  struct msghdr& msg = message.msg;
   ssize_t n;
   KJ_SYSCALL(n = recvmsg(socket, &msg, MSG_CMSG_CLOEXEC | (dontWait ? MSG_DONTWAIT : 0)));
 
@@ -154,7 +165,7 @@ kj::Array<kj::AutoCloseFd> receiveFds(int socket, bool dontWait) {
       }
     }
   }
-  KJ_REQUIRE(n == 1 && tag == 'M' && !(msg.msg_flags & MSG_CTRUNC),
+  KJ_REQUIRE(n == 1 && message.tag == 'M' && !(msg.msg_flags & MSG_CTRUNC),
              "no file descriptors on the socket");
   return received.releaseAsArray();
 }

@@ -15,21 +15,12 @@
 namespace vlapic::channel {
 namespace {
 
+using test::eventually;
 using test::expectedReply;
 using test::RawFront;
 using test::receiveFd;
 using test::requestNumber;
 using test::sendFd;
-
-template <typename Condition>
-bool eventually(Condition&& condition) {
-  for (int i = 0; i < 5000; i++) {
-    if (condition()) return true;
-    struct timespec ms = {0, 1'000'000};
-    nanosleep(&ms, nullptr);
-  }
-  return condition();
-}
 
 // A child process running `body` (its return value is the exit status). The
 // test process is single-threaded whenever it forks: every ChannelServer of

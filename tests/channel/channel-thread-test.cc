@@ -11,6 +11,7 @@
 namespace vlapic::channel {
 namespace {
 
+using test::eventually;
 using test::expectedReply;
 using test::requestNumber;
 
@@ -29,17 +30,6 @@ struct Pair {
   kj::Own<ChannelServer> server;
   kj::Own<ChannelFront> front;
 };
-
-// Waits (bounded) for a condition another thread makes true.
-template <typename Condition>
-bool eventually(Condition&& condition) {
-  for (int i = 0; i < 5000; i++) {
-    if (condition()) return true;
-    struct timespec ms = {0, 1'000'000};
-    nanosleep(&ms, nullptr);
-  }
-  return condition();
-}
 
 uint64_t policyCalls(const PollPolicy& policy) {
   // The busy policy spins on both threads; keep it short on a shared

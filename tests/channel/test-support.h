@@ -8,8 +8,21 @@
 #include <kj/debug.h>
 #include <sys/socket.h>
 #include <cstring>
+#include <ctime>
 
 namespace vlapic::channel::test {
+
+// Waits (bounded, 5 s) for a condition another thread or process makes
+// true; for the few tests that must observe real time passing.
+template <typename Condition>
+bool eventually(Condition&& condition) {
+  for (int i = 0; i < 5000; i++) {
+    if (condition()) return true;
+    struct timespec ms = {0, 1'000'000};
+    nanosleep(&ms, nullptr);
+  }
+  return condition();
+}
 
 // The reply the test handler gives: a pure function of the request, with
 // events whose number and content depend on it too.

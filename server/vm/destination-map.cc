@@ -45,7 +45,9 @@ bool destinationMatches(const Lapic& lapic, uint32_t initialApicId,
 void DestinationMap::clear() {
   enabled.clear();
   physicalDense.clear();
-  physicalSparse.clear();
+  // kj 0.9's HashMap::clear() memsets a null bucket array when the map never
+  // held anything (UBSan flags it): only clear a map that has entries.
+  if (physicalSparse.size() > 0) physicalSparse.clear();
   x2apicClusterBlock.clear();
   x2apicClusterSlots.clear();
   for (auto& list : xapicFlat) list.clear();

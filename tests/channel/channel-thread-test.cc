@@ -3,7 +3,9 @@
 // going away on either side, and an idle server costing no CPU.
 #include "tests/channel/test-support.h"
 #include <catch2/catch.hpp>
+#include <kj/mutex.h>
 #include <kj/thread.h>
+#include <kj/vector.h>
 #include <atomic>
 #include <ctime>
 #include <poll.h>
@@ -141,6 +143,44 @@ TEST_CASE("channel: attention wakes a front parked with no timeout (a halted vCP
     pair.server->raiseAttention();
   }
   CHECK(woke);
+}
+
+TEST_CASE("channel: many channels at once each get their own replies, then all sleep",
+          "[thread]") {
+  // One VM's worth of vCPUs, each front on its own thread, all handlers
+  // sharing one mutex-guarded counter as the Vm lock would be shared.
+  constexpr size_t kChannels = 12;
+  constexpr uint64_t kCalls = 300;
+  kj::MutexGuarded<uint64_t> vmLock(0);
+  kj::Vector<kj::Own<Pair>> pairs;
+  for (size_t c = 0; c < kChannels; c++) {
+    pairs.add(kj::heap<Pair>(PollPolicy::adaptivePolicy(), [&vmLock, c](const Request& request) {
+      ++*vmLock.lockExclusive();
+      Reply reply = expectedReply(request);
+      reply.cr8 = static_cast<uint8_t>(c);  // which channel answered
+      return reply;
+    }));
+  }
+  std::atomic<uint64_t> wrong = 0;
+  {
+    kj::Vector<kj::Own<kj::Thread>> vcpus;
+    for (size_t c = 0; c < kChannels; c++) {
+      vcpus.add(kj::heap<kj::Thread>([&, c]() {
+        for (uint64_t i = 0; i < kCalls; i++) {
+          Request request = requestNumber(i * kChannels + c);
+          if (request.operation == Operation::SET_CR8) request = Request::fetchEvents();
+          Reply expected = expectedReply(request);
+          expected.cr8 = static_cast<uint8_t>(c);
+          if (!(pairs[c]->front->call(request) == expected)) wrong++;
+        }
+      }));
+    }
+  }
+  CHECK(wrong == 0);
+  CHECK(*vmLock.lockExclusive() == kChannels * kCalls);
+  for (auto& pair: pairs) {
+    CHECK(eventually([&]() { return pair->server->stats().asleep; }));
+  }
 }
 
 TEST_CASE("channel: a handler that throws yields HANDLER_FAILED and the channel keeps serving",

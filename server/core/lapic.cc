@@ -622,6 +622,11 @@ void Lapic::Impl::enterMode(ApicMode nextMode) {
     // The SDM says a disabled APIC may lose its state; KVM keeps the
     // registers and re-enabling restores the initial xAPIC ID.
     reg(Reg::ID) = (initialId & 0xFF) << 24;
+    // Coming from x2APIC (SDM 11.12.5.1: only the x2APIC ID is preserved),
+    // LDR and ICR high may still hold 32-bit x2APIC values; keep just the
+    // fields that exist in xAPIC mode, so every register holds only its
+    // xAPIC bits again.
+    for (Reg r : {Reg::LDR, Reg::ICR_HIGH}) reg(r) &= xapicMask[slotOf(r)];
   }
   if (previous == ApicMode::X2APIC) words[kIcrUpperHalfWord] = 0;
 }
@@ -1050,6 +1055,16 @@ kj::Maybe<kj::String> Lapic::Impl::restore(const LapicSnapshot& snapshot) {
     return kj::mv(*problem);
   }
   auto imageReg = [&](Reg r) { return image[slotOf(r) * kWordsPerSlot]; };
+  if (!(imageReg(Reg::SVR) & kSvrSoftwareEnable)) {
+    // SDM 11.4.7.2: software-disabled means every LVT is masked. The one
+    // exception a LAPIC produces itself is the boot vCPU's LINT0 ExtINT
+    // after RESET/INIT (KVM does it on every boot vCPU, so accept it there).
+    for (Reg lvt : kLvtRegisters) {
+      if (rows[slotOf(lvt)] == nullptr || (imageReg(lvt) & kLvtMasked)) continue;
+      if (lvt == Reg::LVT_LINT0 && bootVcpu && imageReg(lvt) == kLint0ExtInt) continue;
+      return kj::str(registerInfo(lvt).name, " is unmasked while SVR says software-disabled");
+    }
+  }
   TimerMode timerMode = timerModeOf(imageReg(Reg::LVT_TIMER));
   uint32_t dcr = imageReg(Reg::TIMER_DIVIDE_CONFIG);
   uint32_t initialCount = imageReg(Reg::TIMER_INITIAL_COUNT);

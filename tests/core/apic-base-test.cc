@@ -170,16 +170,25 @@ TEST_CASE("KVM measured: vCPU 1 after EXTD has ID 1, LDR 2, DFR still all-ones i
   CHECK(lapic->readRegister(Reg::DFR) == 0xFFFFFFFF);
 }
 
-TEST_CASE("SDM 11.12.5: x2APIC -> disabled -> xAPIC goes back to the xAPIC ID") {
+TEST_CASE("SDM 11.12.5: x2APIC -> disabled -> xAPIC goes back to the xAPIC ID; only xAPIC "
+          "fields survive in LDR and ICR high") {
   Env env;
-  auto lapic = env.make({}, 5);
+  auto lapic = env.make({}, 0x35);
   enterX2apic(*lapic);
+  msrWrite(*lapic, 0x830, 0x1234567800000400ull);
   msrWrite(*lapic, kMsrApicBase, kDisabled);
   CHECK(lapic->msrRead(0x802).status == AccessStatus::GP);
   msrWrite(*lapic, kMsrApicBase, kEnabled);
   CHECK(lapic->mode() == ApicMode::XAPIC);
-  CHECK(mmioRead(*lapic, Reg::ID) == 0x05000000);
-  CHECK(lapic->apicId() == 5);
+  CHECK(mmioRead(*lapic, Reg::ID) == 0x35000000);
+  CHECK(lapic->apicId() == 0x35);
+  // x2APIC LDR 0x00030020 and ICR[63:32] 0x12345678 keep their bits 31:24.
+  CHECK(mmioRead(*lapic, Reg::LDR) == 0);
+  CHECK(mmioRead(*lapic, Reg::ICR_HIGH) == 0x12000000);
+  // A state the core reaches is one it can save and restore.
+  auto copy = env.make({}, 0x35);
+  KJ_IF_MAYBE(problem, copy->restore(lapic->save())) FAIL(problem->cStr());
+  CHECK(copy->page().bytes() == lapic->page().bytes());
 }
 
 TEST_CASE("SDM 11.12.1.2: x2APIC-only MSRs raise #GP outside x2APIC mode") {

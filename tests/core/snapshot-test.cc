@@ -157,6 +157,24 @@ TEST_CASE("KVM's layout alone restores (KVM_GET_LAPIC of a new vCPU 1, measured)
   CHECK(lapic->apicBase() == 0xFEE00800);
 }
 
+TEST_CASE("Restore accepts the boot vCPU's reset LINT0 ExtINT while software-disabled, "
+          "nothing else unmasked") {
+  Env env;
+  LapicConfig config;
+  config.bspLint0ExtInt = true;
+  auto bsp = env.make(config, 0, true);
+  LapicSnapshot snapshot = bsp->save();
+  CHECK(word(snapshot, 0x350) == 0x700);
+  CHECK(word(snapshot, 0xF0) == 0xFF);
+  // KVM applies the quirk on every boot vCPU, so a plain boot vCPU takes it.
+  auto plainBsp = env.make({}, 0, true);
+  KJ_IF_MAYBE(problem, plainBsp->restore(snapshot)) FAIL(problem->cStr());
+  auto ap = env.make({}, 0, false);
+  CHECK(ap->restore(snapshot) != nullptr);
+  setWord(snapshot, 0x360, 0x400);  // LINT1 NMI unmasked
+  CHECK(plainBsp->restore(snapshot) != nullptr);
+}
+
 TEST_CASE("KVM's layout alone restarts the timer from the saved current count") {
   Env env;
   auto source = env.make();
@@ -234,6 +252,7 @@ TEST_CASE("Restore rejects malformed snapshots with a reason and leaves the vCPU
       {"LVT Timer delivery status", [](auto& s) { setWord(s, 0x320, 0x21031); }},
       {"ICR low reserved bit", [](auto& s) { setWord(s, 0x300, 0x00100440); }},
       {"DCR reserved bit", [](auto& s) { setWord(s, 0x3E0, 0xF); }},
+      {"LVTs unmasked while software-disabled", [](auto& s) { setWord(s, 0xF0, 0xFF); }},
       {"ESR beyond bit 7", [](auto& s) { setWord(s, 0x280, 0x100); }},
       {"x2APIC with a foreign 32-bit ID",
        [](auto& s) {

@@ -110,7 +110,7 @@ TEST_CASE("the listener hears each empty -> non-empty transition once", "[events
   CHECK_FALSE(vm->hasEvents(0));
 }
 
-TEST_CASE("timer: arming notifies timerChanged; expiry queues TIMER_EXPIRED and the vector",
+TEST_CASE("timer: arming notifies timerChanged - expiry queues TIMER_EXPIRED and the vector",
           "[events][timer]") {
   TestVm vm(2);
   vm.enableAll();

@@ -169,7 +169,7 @@ TEST_CASE("x2APIC logical: cluster 31:16, 16-bit mask, LDR derived from the ID (
   CHECK(vm.withIrr(0x82).empty());
 }
 
-TEST_CASE("fixed level-triggered IPI sets TMR; edge clears it (11.6.1)", "[ipi]") {
+TEST_CASE("fixed level-triggered IPI sets TMR - edge clears it (11.6.1)", "[ipi]") {
   TestVm vm(2);
   BOTH_MODES(vm);
   (void)broadcastId;
@@ -284,7 +284,7 @@ TEST_CASE("reserved ICR delivery modes (011, ExtINT 111) deliver nothing (11.6.1
   CHECK(vm.take(1).empty());
 }
 
-TEST_CASE("INIT IPI resets the target keeping ID and base; an AP waits for SIPI (11.4.7.3)",
+TEST_CASE("INIT IPI resets the target keeping ID and base - an AP waits for SIPI (11.4.7.3)",
           "[ipi][init]") {
   TestVm vm(3);
   BOTH_MODES(vm);

@@ -78,7 +78,7 @@ TEST_CASE("lowest priority: rotation only among the lowest-PPR candidates", "[lo
   CHECK(winners == std::vector<uint32_t>{2, 3, 2, 3});
 }
 
-TEST_CASE("lowest priority skips software-disabled LAPICs; none enabled: no target",
+TEST_CASE("lowest priority skips software-disabled LAPICs - none enabled: no target",
           "[lowest]") {
   TestVm vm(4);
   vm.enable(0);

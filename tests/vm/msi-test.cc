@@ -125,7 +125,7 @@ TEST_CASE("MSI redirection hint: one target among the destination (11.11.1)", "[
   CHECK(vm.withIrr(0x3A).size() == 4);
 }
 
-TEST_CASE("MSI delivery modes: NMI, SMI, INIT, ExtINT are events; SIPI and 011 reserved",
+TEST_CASE("MSI delivery modes: NMI, SMI, INIT, ExtINT are events - SIPI and 011 reserved",
           "[msi]") {
   TestVm vm(2);
   vm.enableAll();
@@ -224,7 +224,7 @@ TEST_CASE("SVR bit 12 suppresses the EOI event (11.8.5)", "[eoi]") {
   CHECK(vm.take(1).empty());
 }
 
-TEST_CASE("EOI events of one vector merge with a count; distinct vectors stay apart",
+TEST_CASE("EOI events of one vector merge with a count - distinct vectors stay apart",
           "[eoi][events]") {
   TestVm vm(2);
   vm.enableAll();

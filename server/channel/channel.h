@@ -286,6 +286,7 @@ public:
   // from any thread.
   bool consumeAttentionNotification();
 
+  // Readable from any thread.
   FrontStats stats() const;
 
   struct Impl;

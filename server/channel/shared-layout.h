@@ -152,8 +152,9 @@ constexpr uint64_t kContendedGapNs = 30'000;
 
 template <typename Ready>
 SpinResult spinFor(uint64_t windowNs, uint64_t startNs, int doorbellFd, Ready&& ready) {
-  if (ready()) return SpinResult::READY;
+  // No window, no spin: the caller re-checks after announcing its sleep.
   if (windowNs == 0) return SpinResult::EXPIRED;
+  if (ready()) return SpinResult::READY;
   uint64_t lastHangUpCheck = startNs;
   uint64_t lastRound = startNs;
   for (uint32_t i = 1;; i++) {

@@ -235,9 +235,13 @@ struct Vm::Impl {
         }
         break;
     }
-    events.add(event);
+    append(index, event, wasEmpty);
+  }
+
+  void append(uint32_t index, VcpuEvent event, bool queueWasEmpty) {
+    vcpus[index].events.add(event);
     stats.eventsQueued++;
-    if (wasEmpty) notifyPending(index);
+    if (queueWasEmpty) notifyPending(index);
   }
 
   // VECTOR_DELIVERABLE is state: keep at most one, the latest, and withdraw
@@ -258,9 +262,7 @@ struct Vm::Impl {
     }
     v.reportedVector = pending;
     KJ_IF_MAYBE(vector, pending) {
-      events.add(VcpuEvent{VcpuEvent::Kind::VECTOR_DELIVERABLE, *vector, 1});
-      stats.eventsQueued++;
-      if (wasEmpty) notifyPending(index);
+      append(index, VcpuEvent{VcpuEvent::Kind::VECTOR_DELIVERABLE, *vector, 1}, wasEmpty);
     }
   }
 

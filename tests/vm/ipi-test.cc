@@ -169,6 +169,25 @@ TEST_CASE("x2APIC logical: cluster 31:16, 16-bit mask, LDR derived from the ID (
   CHECK(vm.withIrr(0x82).empty());
 }
 
+TEST_CASE("x2APIC logical NMI multicast reaches every addressed vCPU", "[ipi]") {
+  TestVm vm(20);
+  vm.allToX2apic();
+  vm.enableAll();
+  vm.drainAll();
+  vm.sendIcr(0, icrLow(0, DeliveryMode::NMI, true), (1u << 16) | 0x0005);
+  CHECK(vm.withEvent(Kind::NMI) == ids({16, 18}));
+}
+
+TEST_CASE("a message without a sender cannot use a shorthand", "[ipi]") {
+  TestVm vm(2);
+  vm.enableAll();
+  InterruptMessage m;
+  m.vector = 0x40;
+  m.shorthand = Shorthand::ALL_INCLUDING_SELF;
+  CHECK(vm->deliverMessage(m).status == DeliveryStatus::NOT_AN_INTERRUPT);
+  CHECK(vm.withIrr(0x40).empty());
+}
+
 TEST_CASE("fixed level-triggered IPI sets TMR - edge clears it (11.6.1)", "[ipi]") {
   TestVm vm(2);
   BOTH_MODES(vm);

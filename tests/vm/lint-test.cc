@@ -123,5 +123,34 @@ TEST_CASE("hardware-disabled APIC: LINT0 is INTR (ExtINT) and LINT1 is NMI (11.4
   CHECK(vm.take(1).empty());
 }
 
+TEST_CASE("LINT1 with INIT delivery mode resets the vCPU like an INIT IPI (11.5.1)",
+          "[lint][init]") {
+  TestVm vm(2);
+  vm.enableAll();
+  vm.startAps();
+  vm.write(1, Reg::LVT_LINT1, 0x500);
+  vm->setLint(1, 1, true);
+  CHECK(vm.take(1) == std::vector<VcpuEvent>{event(Kind::INIT)});
+  CHECK(vm->runState(1) == RunState::WAIT_FOR_SIPI);
+  CHECK_FALSE(vm->lapic(1).softwareEnabled());
+}
+
+TEST_CASE("thermal, PMC and CMCI LVT sources: fixed vector, SMI or NMI per entry (11.5.1)",
+          "[lint]") {
+  VmConfig config = makeConfig(1);
+  config.lapic.lvtEntries = 7;
+  TestVm vm(config);
+  vm.enableAll();
+  vm.write(0, Reg::LVT_THERMAL, 0x200);  // SMI
+  vm.write(0, Reg::LVT_PMC, 0x400);      // NMI
+  vm.write(0, Reg::LVT_CMCI, 0x66);      // fixed
+  vm.drainAll();
+  vm->signalLvt(0, LvtSource::THERMAL);
+  vm->signalLvt(0, LvtSource::PMC);
+  vm->signalLvt(0, LvtSource::CMCI);
+  CHECK(vm.take(0) == std::vector<VcpuEvent>{event(Kind::SMI), event(Kind::NMI),
+                                             event(Kind::VECTOR_DELIVERABLE, 0x66)});
+}
+
 }  // namespace
 }  // namespace vlapic::test

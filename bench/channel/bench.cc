@@ -45,6 +45,7 @@ struct Figures {
 };
 
 Figures summarize(std::vector<double> samples) {
+  KJ_REQUIRE(!samples.empty());
   std::sort(samples.begin(), samples.end());
   Figures f;
   f.samples = samples.size();
@@ -177,8 +178,12 @@ int serveChannel(int transport, PollPolicy policy, HandlerStyle style) {
   return 0;
 }
 
+using Samples = std::vector<double>;
+
+void append(Samples& to, const Samples& from) { to.insert(to.end(), from.begin(), from.end()); }
+
 struct ChannelRun {
-  Figures rtt;
+  Samples rtt;
   double idleCpuPercent = -1;       // the server process
   double parkedFrontCpuPercent = -1;  // a vCPU thread in waitForAttention()
 };
@@ -216,7 +221,8 @@ ChannelRun measureChannel(PollPolicy policy, HandlerStyle style, Gap gap, size_t
     perCall.push_back((nowUs() - start) / static_cast<double>(batch));
   }
   ChannelRun run;
-  run.rtt = summarize(kj::mv(perCall));
+  run.rtt = kj::mv(perCall);
+
 
   if (measureIdle) {
     // The channel stays open and idle: CPU of the whole server process.
@@ -261,7 +267,7 @@ void futexWaitFor(std::atomic<uint32_t>* word, uint32_t expected) {
 
 // Two processes waking each other through futexes on shared memory, never
 // spinning: the floor of any sleeping wake-up on this machine.
-Figures measureFutexPingPong(size_t samples) {
+Samples measureFutexPingPong(size_t samples) {
   void* mapped = mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
   KJ_ASSERT(mapped != MAP_FAILED);
   KJ_DEFER(munmap(mapped, 4096));
@@ -284,7 +290,7 @@ Figures measureFutexPingPong(size_t samples) {
     futexWaitFor(pong, i);
     if (i > 200) rtt.push_back(nowUs() - start);
   }
-  return summarize(kj::mv(rtt));
+  return rtt;
 }
 
 class EchoServer final : public Echo::Server {
@@ -296,7 +302,7 @@ protected:
 };
 
 // A two-party Cap'n Proto call between two processes on a Unix socket pair.
-Figures measureRpcEcho(size_t samples) {
+Samples measureRpcEcho(size_t samples) {
   SocketPair transport;
   Child server([&]() {
     transport.a = nullptr;
@@ -319,7 +325,7 @@ Figures measureRpcEcho(size_t samples) {
     KJ_ASSERT(request.send().wait(io.waitScope).getValue() == i);
     if (i >= 200) rtt.push_back(nowUs() - start);
   }
-  return summarize(kj::mv(rtt));
+  return rtt;
 }
 
 void printRow(const char* mode, const Figures& f, double rpcMedian) {
@@ -332,35 +338,52 @@ int run() {
   printf("%-40s %10s %9s %9s %8s %10s\n", "mode", "median", "p10", "p90", "samples",
          "vs_rpc");
 
-  Figures rpc = measureRpcEcho(3000);
-  Figures futexFloor = measureFutexPingPong(3000);
-  auto busy = measureChannel(PollPolicy::busyPolicy(), HandlerStyle::INLINE, Gap::NONE, 100, 300);
-  auto adaptive = measureChannel(PollPolicy::adaptivePolicy(), HandlerStyle::INLINE, Gap::NONE,
-                                 100, 300, true);
-  auto gap50 = measureChannel(PollPolicy::adaptivePolicy(), HandlerStyle::INLINE, Gap::SPIN_50US,
-                              1, 3000);
-  auto gap2ms = measureChannel(PollPolicy::adaptivePolicy(), HandlerStyle::INLINE,
-                               Gap::SLEEP_2MS, 1, 500);
-  auto sleepOnly = measureChannel(PollPolicy::sleepPolicy(), HandlerStyle::INLINE, Gap::NONE, 1,
-                                  3000);
-  auto mutex = measureChannel(PollPolicy::busyPolicy(), HandlerStyle::MUTEX, Gap::NONE, 100, 300);
-  auto executor = measureChannel(PollPolicy::busyPolicy(), HandlerStyle::EXECUTOR, Gap::NONE, 1,
-                                 3000);
+  // The host is shared and its load changes by the second: every mode runs
+  // in each of several rounds, interleaved, and the samples are pooled.
+  constexpr int kRounds = 3;
+  Samples rpcSamples, futexSamples, busySamples, adaptiveSamples, gap50Samples, gap2msSamples,
+      sleepSamples, mutexSamples, executorSamples;
+  for (int round = 0; round < kRounds; round++) {
+    append(rpcSamples, measureRpcEcho(1000));
+    append(futexSamples, measureFutexPingPong(1000));
+    auto inlineRun = [](PollPolicy policy, Gap gap, size_t batch, size_t samples) {
+      return measureChannel(policy, HandlerStyle::INLINE, gap, batch, samples).rtt;
+    };
+    append(busySamples, inlineRun(PollPolicy::busyPolicy(), Gap::NONE, 100, 100));
+    append(adaptiveSamples, inlineRun(PollPolicy::adaptivePolicy(), Gap::NONE, 100, 100));
+    append(gap50Samples, inlineRun(PollPolicy::adaptivePolicy(), Gap::SPIN_50US, 1, 1000));
+    append(gap2msSamples, inlineRun(PollPolicy::adaptivePolicy(), Gap::SLEEP_2MS, 1, 200));
+    append(sleepSamples, inlineRun(PollPolicy::sleepPolicy(), Gap::NONE, 1, 1000));
+    append(mutexSamples, measureChannel(PollPolicy::busyPolicy(), HandlerStyle::MUTEX, Gap::NONE,
+                                        100, 100).rtt);
+    append(executorSamples, measureChannel(PollPolicy::busyPolicy(), HandlerStyle::EXECUTOR,
+                                           Gap::NONE, 1, 1000).rtt);
+  }
+  // Idleness once, after a burst that grew the windows.
+  auto idle = measureChannel(PollPolicy::adaptivePolicy(), HandlerStyle::INLINE, Gap::NONE, 100,
+                             50, true);
 
-  printRow("channel busy-poll", busy.rtt, rpc.median);
-  printRow("channel adaptive, back to back", adaptive.rtt, rpc.median);
-  printRow("channel adaptive, 50 us between calls", gap50.rtt, rpc.median);
-  printRow("channel adaptive, 2 ms between calls", gap2ms.rtt, rpc.median);
-  printRow("channel sleep-only (doorbell wake-ups)", sleepOnly.rtt, rpc.median);
+  Figures rpc = summarize(rpcSamples);
+  Figures futexFloor = summarize(futexSamples);
+  Figures busy = summarize(busySamples), adaptive = summarize(adaptiveSamples);
+  Figures gap50 = summarize(gap50Samples), gap2ms = summarize(gap2msSamples);
+  Figures sleepOnly = summarize(sleepSamples), mutex = summarize(mutexSamples);
+  Figures executor = summarize(executorSamples);
+
+  printRow("channel busy-poll", busy, rpc.median);
+  printRow("channel adaptive, back to back", adaptive, rpc.median);
+  printRow("channel adaptive, 50 us between calls", gap50, rpc.median);
+  printRow("channel adaptive, 2 ms between calls", gap2ms, rpc.median);
+  printRow("channel sleep-only (doorbell wake-ups)", sleepOnly, rpc.median);
   printRow("raw futex ping-pong (no channel)", futexFloor, rpc.median);
   printRow("capnp rpc echo, socketpair", rpc, rpc.median);
-  printRow("busy channel, handler inline", busy.rtt, rpc.median);
-  printRow("busy channel, handler under a mutex", mutex.rtt, rpc.median);
-  printRow("busy channel, handler via kj::Executor", executor.rtt, rpc.median);
+  printRow("busy channel, handler inline", busy, rpc.median);
+  printRow("busy channel, handler under a mutex", mutex, rpc.median);
+  printRow("busy channel, handler via kj::Executor", executor, rpc.median);
   printf("idle server process CPU over 3 s with an open channel: %.4f%%\n",
-         adaptive.idleCpuPercent);
+         idle.idleCpuPercent);
   printf("parked front vCPU thread (waitForAttention) CPU over 3 s: %.4f%%\n",
-         adaptive.parkedFrontCpuPercent);
+         idle.parkedFrontCpuPercent);
   double load[3] = {0, 0, 0};
   getloadavg(load, 3);
   printf("host: %ld CPUs, load average %.2f while measuring (spinning modes need a free "
@@ -370,9 +393,9 @@ int run() {
   printf("RESULT channel rtt_poll_us=%.3f rtt_busy_us=%.3f rtt_gap50_us=%.3f rtt_gap2ms_us=%.3f"
          " rtt_futex_us=%.3f futex_floor_us=%.3f rpc_echo_us=%.3f mutex_us=%.3f"
          " executor_us=%.3f ratio_poll_vs_rpc=%.4f idle_cpu_percent=%.4f\n",
-         adaptive.rtt.median, busy.rtt.median, gap50.rtt.median, gap2ms.rtt.median,
-         sleepOnly.rtt.median, futexFloor.median, rpc.median, mutex.rtt.median,
-         executor.rtt.median, adaptive.rtt.median / rpc.median, adaptive.idleCpuPercent);
+         adaptive.median, busy.median, gap50.median, gap2ms.median, sleepOnly.median,
+         futexFloor.median, rpc.median, mutex.median, executor.median,
+         adaptive.median / rpc.median, idle.idleCpuPercent);
   return 0;
 }
 

@@ -150,23 +150,29 @@ class PollWindow {
 public:
   explicit PollWindow(PollPolicy policy) : policy(policy), window(policy.initialNs) {}
   uint64_t currentNs() const { return window; }
-  void onPollHit() {}
+  // A spin caught what it waited for: the CPU is free, so a later
+  // contention starts from the shortest hold-off again.
+  void onPollHit() { nextHoldoff = kMinContendedHoldoff; }
   void onSlept(uint64_t waitedNs);
   // The spin saw other work run on its CPU: spinning is counterproductive
-  // now. Stop spinning, and do not grow again for the next
-  // kContendedHoldoff waits, so that probing for a quiet CPU (which costs a
-  // switch away when it fails) is rare.
-  static constexpr uint32_t kContendedHoldoff = 64;
+  // now. Stop spinning, and do not grow again for the next `holdoff` waits.
+  // A failed probe costs a switch away (possibly a whole time slice of the
+  // other task), so each contention in a row doubles the hold-off, from 64
+  // up to 8192 waits: on a host that stays busy, probing becomes rare.
+  static constexpr uint32_t kMinContendedHoldoff = 64;
+  static constexpr uint32_t kMaxContendedHoldoff = 8192;
   void onContended() {
     if (!policy.adaptive) return;
     window = 0;
-    holdoff = kContendedHoldoff;
+    holdoff = nextHoldoff;
+    if (nextHoldoff < kMaxContendedHoldoff) nextHoldoff *= 2;
   }
 
 private:
   PollPolicy policy;
   uint64_t window;
   uint32_t holdoff = 0;
+  uint32_t nextHoldoff = kMinContendedHoldoff;
 };
 
 // ---------------------------------------------------------------------------

@@ -213,14 +213,33 @@ TEST_CASE("channel: poll window: shrinks to zero while waits outlast max", "[pol
 TEST_CASE("channel: poll window: a contended CPU stops the spin and holds growth off",
           "[poll]") {
   PollWindow window(PollPolicy{0, 10'000, 200'000, true});
-  for (int i = 0; i < 6; i++) window.onSlept(50'000);
+  auto growToMax = [&]() {
+    for (int i = 0; i < 6; i++) window.onSlept(50'000);
+  };
+  auto heldOffFor = [&](uint32_t waits) {
+    for (uint32_t i = 0; i < waits; i++) window.onSlept(50'000);
+    if (window.currentNs() != 0) return false;  // still held off until the last
+    window.onSlept(50'000);
+    return window.currentNs() == 10'000;        // then it probes again
+  };
+  growToMax();
   REQUIRE(window.currentNs() == 200'000);
   window.onContended();
   CHECK(window.currentNs() == 0);
-  for (uint32_t i = 0; i < PollWindow::kContendedHoldoff; i++) window.onSlept(50'000);
-  CHECK(window.currentNs() == 0);  // held off
-  window.onSlept(50'000);
-  CHECK(window.currentNs() == 10'000);  // then it probes again
+  CHECK(heldOffFor(PollWindow::kMinContendedHoldoff));
+  // Contended again straight after the probe: twice as long, and so on.
+  window.onContended();
+  CHECK(heldOffFor(2 * PollWindow::kMinContendedHoldoff));
+  for (int i = 0; i < 20; i++) {
+    window.onContended();
+    heldOffFor(0);
+  }
+  window.onContended();
+  CHECK(heldOffFor(PollWindow::kMaxContendedHoldoff));
+  // A spin that hits means the CPU is free: back to the shortest hold-off.
+  window.onPollHit();
+  window.onContended();
+  CHECK(heldOffFor(PollWindow::kMinContendedHoldoff));
 }
 
 TEST_CASE("channel: poll window: fixed policies never adapt", "[poll]") {

@@ -625,11 +625,14 @@ int run(const Options& options) {
   vm = nullptr;
   connection = nullptr;
 
-  kj::Vector<int64_t> all;
-  all.addAll(oneShot);
-  all.addAll(tscDeadline);
-  all.addAll(periodic.latenessNs);
-  Summary summaryAll = summarize(all);
+  // The headline is the timers armed at random deadlines: the periodic ones
+  // are reported beside them, not pooled in (their sample count is only a
+  // matter of how many periods run).
+  kj::Vector<int64_t> armed;
+  armed.addAll(oneShot);
+  armed.addAll(tscDeadline);
+  Summary summaryArmed = summarize(armed);
+  Summary summaryPeriodic = summarize(periodic.latenessNs);
 
   double worstDrift = 0;
   for (double d: periodic.driftPpm) {
@@ -642,14 +645,15 @@ int run(const Options& options) {
   printRow("timerfd in a 2nd process + pipe", summarize(twoProcessFloor));
   printRow("one-shot via vlapicd", summarize(oneShot));
   printRow("TSC-deadline via vlapicd", summarize(tscDeadline));
-  printRow("periodic 1 ms via vlapicd", summarize(periodic.latenessNs));
-  printRow("all expiries via vlapicd", summaryAll);
+  printRow("one-shot + TSC-deadline", summaryArmed);
+  printRow("periodic 1 ms via vlapicd", summaryPeriodic);
   Summary floorSummary = summarize(floor);
   Summary twoProcessSummary = summarize(twoProcessFloor);
   if (floorSummary.medianUs > 0 && twoProcessSummary.medianUs > 0) {
-    printf("  median ratio vlapicd / in-process timerfd: %.2fx, / two-process timerfd: %.2fx\n",
-           summaryAll.medianUs / floorSummary.medianUs,
-           summaryAll.medianUs / twoProcessSummary.medianUs);
+    printf("  median ratio, one-shot + TSC-deadline via vlapicd / in-process timerfd: %.2fx,"
+           " / two-process timerfd: %.2fx\n",
+           summaryArmed.medianUs / floorSummary.medianUs,
+           summaryArmed.medianUs / twoProcessSummary.medianUs);
   }
   printf("\n  periodic: %llu periods on %u vCPUs over %.1f s\n",
          (unsigned long long)periodic.periods, kVcpus, 10.0 * options.seconds);
@@ -679,9 +683,11 @@ int run(const Options& options) {
   }
 
   printf("RESULT timer lateness_median_us=%.1f lateness_p99_us=%.1f lateness_max_us=%.1f "
-         "drift_ppm=%.3f floor_median_us=%.1f two_process_floor_median_us=%.1f samples=%zu\n",
-         summaryAll.medianUs, summaryAll.p99Us, summaryAll.maxUs, worstDrift,
-         floorSummary.medianUs, twoProcessSummary.medianUs, summaryAll.samples);
+         "periodic_lateness_median_us=%.1f periodic_lateness_p99_us=%.1f drift_ppm=%.3f "
+         "floor_median_us=%.1f two_process_floor_median_us=%.1f samples=%zu\n",
+         summaryArmed.medianUs, summaryArmed.p99Us, summaryArmed.maxUs, summaryPeriodic.medianUs,
+         summaryPeriodic.p99Us, worstDrift, floorSummary.medianUs, twoProcessSummary.medianUs,
+         summaryArmed.samples + summaryPeriodic.samples);
   return 0;
 }
 

@@ -23,6 +23,8 @@
 #include <kj/mutex.h>
 #include <kj/thread.h>
 #include <algorithm>
+#include <sched.h>
+#include <cstring>
 #include <atomic>
 #include <cstdio>
 #include <cstdlib>
@@ -68,12 +70,29 @@ void sleepUs(long us) {
 }
 
 // A forked child running `body`; killed and reaped if still alive at the end.
+// Where the two processes run: by default wherever the scheduler puts them;
+// with --pin, the front on one CPU and the server process on another, as a
+// deployment with a core per vCPU thread and per channel thread would.
+struct Placement {
+  int frontCpu = -1;
+  int serverCpu = -1;
+};
+
+void pinTo(int cpu) {
+  if (cpu < 0) return;
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  CPU_SET(cpu, &set);
+  KJ_SYSCALL(sched_setaffinity(0, sizeof(set), &set));
+}
+
 class Child {
 public:
   template <typename Body>
-  explicit Child(Body&& body) {
+  Child(const Placement& placement, Body&& body) {
     KJ_SYSCALL(pid = fork());
     if (pid == 0) {
+      pinTo(placement.serverCpu);
       int status = 1;
       KJ_IF_MAYBE(e, kj::runCatchingExceptions([&]() { status = body(); })) {
         KJ_LOG(ERROR, "bench child failed", *e);
@@ -197,10 +216,10 @@ double threadCpuNs() {
 enum class Gap { NONE, SPIN_50US, SLEEP_2MS };
 
 // One mode: a fresh server process, then `samples` samples of `batch` calls.
-ChannelRun measureChannel(PollPolicy policy, HandlerStyle style, Gap gap, size_t batch,
-                          size_t samples, bool measureIdle = false) {
+ChannelRun measureChannel(const Placement& placement, PollPolicy policy, HandlerStyle style,
+                          Gap gap, size_t batch, size_t samples, bool measureIdle = false) {
   SocketPair transport;
-  Child server([&]() {
+  Child server(placement, [&]() {
     transport.a = nullptr;
     return serveChannel(transport.b, policy, style);
   });
@@ -267,14 +286,14 @@ void futexWaitFor(std::atomic<uint32_t>* word, uint32_t expected) {
 
 // Two processes waking each other through futexes on shared memory, never
 // spinning: the floor of any sleeping wake-up on this machine.
-Samples measureFutexPingPong(size_t samples) {
+Samples measureFutexPingPong(const Placement& placement, size_t samples) {
   void* mapped = mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
   KJ_ASSERT(mapped != MAP_FAILED);
   KJ_DEFER(munmap(mapped, 4096));
   auto* ping = new (mapped) std::atomic<uint32_t>(0);
   auto* pong = new (static_cast<char*>(mapped) + 64) std::atomic<uint32_t>(0);
   uint32_t total = static_cast<uint32_t>(samples + 200);
-  Child peer([&]() {
+  Child peer(placement, [&]() {
     for (uint32_t i = 1; i <= total; i++) {
       futexWaitFor(ping, i);
       pong->store(i, std::memory_order_release);
@@ -302,9 +321,9 @@ protected:
 };
 
 // A two-party Cap'n Proto call between two processes on a Unix socket pair.
-Samples measureRpcEcho(size_t samples) {
+Samples measureRpcEcho(const Placement& placement, size_t samples) {
   SocketPair transport;
-  Child server([&]() {
+  Child server(placement, [&]() {
     transport.a = nullptr;
     auto io = kj::setupAsyncIo();
     auto stream = io.lowLevelProvider->wrapSocketFd(transport.b.get());
@@ -333,8 +352,10 @@ void printRow(const char* mode, const Figures& f, double rpcMedian) {
          rpcMedian > 0 ? f.median / rpcMedian : 0.0);
 }
 
-int run() {
-  printf("bench-channel: one call = request + reply between two processes (us)\n");
+int run(const Placement& placement) {
+  pinTo(placement.frontCpu);
+  printf("bench-channel: one call = request + reply between two processes (us)%s\n",
+         placement.frontCpu >= 0 ? ", front pinned to CPU 0, server to CPU 1" : "");
   printf("%-40s %10s %9s %9s %8s %10s\n", "mode", "median", "p10", "p90", "samples",
          "vs_rpc");
 
@@ -344,24 +365,24 @@ int run() {
   Samples rpcSamples, futexSamples, busySamples, adaptiveSamples, gap50Samples, gap2msSamples,
       sleepSamples, mutexSamples, executorSamples;
   for (int round = 0; round < kRounds; round++) {
-    append(rpcSamples, measureRpcEcho(1000));
-    append(futexSamples, measureFutexPingPong(1000));
-    auto inlineRun = [](PollPolicy policy, Gap gap, size_t batch, size_t samples) {
-      return measureChannel(policy, HandlerStyle::INLINE, gap, batch, samples).rtt;
+    append(rpcSamples, measureRpcEcho(placement, 1000));
+    append(futexSamples, measureFutexPingPong(placement, 1000));
+    auto inlineRun = [&](PollPolicy policy, Gap gap, size_t batch, size_t samples) {
+      return measureChannel(placement, policy, HandlerStyle::INLINE, gap, batch, samples).rtt;
     };
     append(busySamples, inlineRun(PollPolicy::busyPolicy(), Gap::NONE, 100, 100));
     append(adaptiveSamples, inlineRun(PollPolicy::adaptivePolicy(), Gap::NONE, 100, 100));
     append(gap50Samples, inlineRun(PollPolicy::adaptivePolicy(), Gap::SPIN_50US, 1, 1000));
     append(gap2msSamples, inlineRun(PollPolicy::adaptivePolicy(), Gap::SLEEP_2MS, 1, 200));
     append(sleepSamples, inlineRun(PollPolicy::sleepPolicy(), Gap::NONE, 1, 1000));
-    append(mutexSamples, measureChannel(PollPolicy::busyPolicy(), HandlerStyle::MUTEX, Gap::NONE,
-                                        100, 100).rtt);
-    append(executorSamples, measureChannel(PollPolicy::busyPolicy(), HandlerStyle::EXECUTOR,
-                                           Gap::NONE, 1, 1000).rtt);
+    append(mutexSamples, measureChannel(placement, PollPolicy::busyPolicy(), HandlerStyle::MUTEX,
+                                        Gap::NONE, 100, 100).rtt);
+    append(executorSamples, measureChannel(placement, PollPolicy::busyPolicy(),
+                                           HandlerStyle::EXECUTOR, Gap::NONE, 1, 1000).rtt);
   }
   // Idleness once, after a burst that grew the windows.
-  auto idle = measureChannel(PollPolicy::adaptivePolicy(), HandlerStyle::INLINE, Gap::NONE, 100,
-                             50, true);
+  auto idle = measureChannel(placement, PollPolicy::adaptivePolicy(), HandlerStyle::INLINE,
+                             Gap::NONE, 100, 50, true);
 
   Figures rpc = summarize(rpcSamples);
   Figures futexFloor = summarize(futexSamples);
@@ -402,7 +423,17 @@ int run() {
 }  // namespace
 }  // namespace vlapic::channel::bench
 
-int main() {
+int main(int argc, char** argv) {
   signal(SIGPIPE, SIG_IGN);
-  return vlapic::channel::bench::run();
+  vlapic::channel::bench::Placement placement;
+  for (int i = 1; i < argc; i++) {
+    if (strcmp(argv[i], "--pin") == 0 && sysconf(_SC_NPROCESSORS_ONLN) >= 2) {
+      placement = {0, 1};
+    } else {
+      fprintf(stderr, "usage: %s [--pin]\n  --pin  front on CPU 0, server process on CPU 1\n",
+              argv[0]);
+      return 2;
+    }
+  }
+  return vlapic::channel::bench::run(placement);
 }

@@ -41,6 +41,18 @@ VlapicdBackend::VlapicdBackend(kj::StringPtr socketPath, const VlapicdVmSettings
     onEvents(events);
   });
   handles = kj::heapArray<kj::Own<client::VcpuHandle>>(settings.vcpuCount);
+  // Tickets are fetched here, one at a time, rather than concurrently from
+  // the vCPU threads: the library's Vm::ticket() reads its temporary vCPU
+  // object after releasing it, which concurrent callers turn into a crash.
+  auto builder = kj::heapArrayBuilder<client::VcpuTicket>(settings.vcpuCount);
+  for (uint32_t i = 0; i < settings.vcpuCount; i++) {
+    auto ticket = vm->ticket(i);
+    // The token names the vCPU; the socket and index are ours anyway.
+    ticket.socketPath = kj::str(socketPath);
+    ticket.index = i;
+    builder.add(kj::mv(ticket));
+  }
+  tickets = builder.finish();
 }
 
 VlapicdBackend::~VlapicdBackend() noexcept(false) {}
@@ -70,12 +82,7 @@ void VlapicdBackend::onEvents(kj::ArrayPtr<const client::Event> events) {
 
 void VlapicdBackend::openOnThisThread(uint32_t vcpu) {
   KJ_REQUIRE(vcpu < handles.size());
-  auto ticket = vm->ticket(vcpu);
-  // The ticket's token is what names the vCPU; take the socket and index
-  // from what we know rather than from the library's copy.
-  ticket.socketPath = kj::str(socketPath);
-  ticket.index = vcpu;
-  handles[vcpu] = client::openVcpu(ticket);
+  handles[vcpu] = client::openVcpu(tickets[vcpu]);
 }
 
 void VlapicdBackend::closeOnThisThread(uint32_t vcpu) {

@@ -45,6 +45,7 @@ private:
   kj::String socketPath;
   kj::Own<client::Client> control;
   kj::Own<client::Vm> vm;
+  kj::Array<client::VcpuTicket> tickets;
   // Per-vCPU handles, each created and used only on its vCPU's thread.
   kj::Array<kj::Own<client::VcpuHandle>> handles;
 

@@ -211,11 +211,13 @@ struct Vm::Impl {
         break;
       case VcpuEvent::Kind::INIT: {
         // INIT resets the processor: an INIT or SIPI still queued before it
-        // has no effect left.
+        // has no effect left, and the reset discards a pending NMI or SMI
+        // (as KVM's vCPU reset does). Later NMIs and SMIs queue after it.
         size_t kept = 0;
         for (size_t i = 0; i < events.size(); i++) {
           auto kind = events[i].kind;
-          if (kind == VcpuEvent::Kind::INIT || kind == VcpuEvent::Kind::SIPI) {
+          if (kind == VcpuEvent::Kind::INIT || kind == VcpuEvent::Kind::SIPI ||
+              kind == VcpuEvent::Kind::NMI || kind == VcpuEvent::Kind::SMI) {
             stats.eventsCoalesced++;
           } else {
             events[kept++] = events[i];

@@ -81,7 +81,8 @@ struct VcpuEvent {
     SMI,       // enter SMM (one pending SMI latched: coalesced)
     // INIT: the LAPIC has been reset already (keeping ID and base); reset
     // the vCPU's registers. An AP then waits for SIPI, the boot vCPU runs
-    // from the reset vector. Supersedes queued INIT and SIPI events.
+    // from the reset vector. Supersedes queued INIT, SIPI, NMI and SMI
+    // events (the reset discards a pending NMI/SMI, as KVM's does).
     INIT,
     SIPI,      // start the waiting AP at CS = vector << 8, IP = 0
     EXTINT,    // the legacy PIC has an interrupt: run its acknowledge cycle

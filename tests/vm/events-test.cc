@@ -69,19 +69,26 @@ TEST_CASE("NMI and SMI latch one pending each", "[events]") {
   CHECK(vm.take(1) == std::vector<VcpuEvent>{event(Kind::NMI)});
 }
 
-TEST_CASE("INIT supersedes queued INIT and SIPI events (MP protocol)", "[events][init]") {
+TEST_CASE("INIT supersedes queued INIT, SIPI, NMI and SMI events (MP protocol, KVM reset)",
+          "[events][init]") {
   TestVm vm(2);
   vm.enableAll();
   vm.drainAll();
+  vm.sendIcr(0, icrLow(0x40, DeliveryMode::FIXED), 1);
   vm.sendIcr(0, icrLow(0, DeliveryMode::NMI), 1);
+  vm->deliverMsi(0xFEE01000, 0x700);  // ExtINT: a level, kept
   vm.sendIcr(0, icrLow(0, DeliveryMode::INIT), 1);
   vm.sendIcr(0, icrLow(0x11, DeliveryMode::STARTUP), 1);
+  vm.sendIcr(0, icrLow(0, DeliveryMode::SMI), 1);
   vm.sendIcr(0, icrLow(0, DeliveryMode::INIT), 1);
   CHECK(vm->runState(1) == RunState::WAIT_FOR_SIPI);
   CHECK(vm->peekEvents(1).size() == 2);
+  // Events after the INIT queue after it; one NMI latches again.
+  vm.sendIcr(0, icrLow(0, DeliveryMode::NMI), 1);
   vm.sendIcr(0, icrLow(0x22, DeliveryMode::STARTUP), 1);
-  CHECK(vm.take(1) ==
-        std::vector<VcpuEvent>{event(Kind::NMI), event(Kind::INIT), event(Kind::SIPI, 0x22)});
+  vm.sendIcr(0, icrLow(0, DeliveryMode::NMI), 1);
+  CHECK(vm.take(1) == std::vector<VcpuEvent>{event(Kind::EXTINT), event(Kind::INIT),
+                                             event(Kind::NMI), event(Kind::SIPI, 0x22)});
 }
 
 TEST_CASE("INIT withdraws a vector-deliverable event: IRR is cleared", "[events][init]") {

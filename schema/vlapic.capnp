@@ -229,6 +229,7 @@ struct VcpuInfo {
   runState @5 :RunState;
   timerArmed @6 :Bool;
   timerDeadlineNs @7 :UInt64;  # host CLOCK_MONOTONIC ns, when armed
+  channelOpen @8 :Bool;        # a shared-memory channel serves this vCPU
 }
 
 interface Vcpu {
@@ -283,6 +284,23 @@ interface Vcpu {
   # An unguessable bearer token (a sturdy ref) for this vCPU alone, which
   # another connection redeems with Service.attachVcpu: how a front gives
   # each vCPU thread its own connection. Valid while the VM lives.
+
+  openChannel @15 () -> (channel :VcpuChannel);
+  # The exit fast path (server/channel/README.md): a shared-memory call/reply
+  # channel for this vCPU, carrying the same requests as the methods above
+  # (MMIO/MSR read/write, acknowledge, set CR8) plus this vCPU's events.
+  # While it is open, this vCPU's events go through the channel only (never
+  # also through the EventSink), so they keep their single order; when the
+  # front closes its end, they go to the EventSink again. One channel per
+  # vCPU at a time: a second open is an error reply.
+}
+
+interface VcpuChannel {
+  # Carries one fd (Capability getFd()): the front's end of the channel's
+  # doorbell socket; the shared memory and the attention eventfd arrive
+  # through that socket (vlapic::channel::ChannelFront::connect). The front
+  # keeps its own duplicate and may drop this capability at once; the
+  # channel lives until the front closes its fd.
 }
 
 # ---------------------------------------------------------------------------

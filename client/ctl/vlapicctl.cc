@@ -173,14 +173,15 @@ private:
                               vm.owner, ", ", vm.eventsQueued, " events queued, ", vm.batchesInFlight,
                               " batches in flight"));
             lines.add(kj::str("  ", pad("vCPU", 6), pad("APIC ID", 10), pad("initial", 9), pad("BSP", 5),
-                              pad("mode", 10), pad("run state", 15), "timer"));
+                              pad("mode", 10), pad("run state", 15), pad("channel", 9), "timer"));
             auto handle = admin.openVm(vm.id, vm.vcpuCount);
             for (auto& v: handle->listVcpus().wait(ws)) {
               kj::String timer = kj::str("idle");
               KJ_IF_MAYBE(d, v.timerDeadlineNs) timer = kj::str("armed (deadline ", *d, " ns)");
               lines.add(kj::str("  ", pad(kj::str(v.index), 6), pad(hex(v.apicId), 10),
                                 pad(hex(v.initialApicId), 9), pad(v.bsp ? "yes" : "no", 5),
-                                pad(apicModeName(v.apicMode), 10), pad(runStateName(v.runState), 15), timer));
+                                pad(apicModeName(v.apicMode), 10), pad(runStateName(v.runState), 15),
+                                pad(v.channelOpen ? "open" : "-", 9), timer));
             }
           }
           context.exitInfo(kj::strArray(lines, "\n"));

@@ -253,6 +253,7 @@ VcpuInfo fromProto(proto::VcpuInfo::Reader in) {
   out.apicMode = fromProto(in.getApicMode());
   out.runState = fromProto(in.getRunState());
   if (in.getTimerArmed()) out.timerDeadlineNs = in.getTimerDeadlineNs();
+  out.channelOpen = in.getChannelOpen();
   return out;
 }
 
@@ -419,6 +420,18 @@ public:
       out.index = vcpuIndex;
       out.token = kj::heapArray<kj::byte>(response.getTicket());
       return out;
+    });
+  }
+
+  kj::Promise<kj::AutoCloseFd> openChannel() override {
+    auto channel = cap.openChannelRequest().send().getChannel();
+    return channel.getFd().then([channel](kj::Maybe<int> fd) mutable {
+      int received = KJ_REQUIRE_NONNULL(fd, "vlapicd sent the channel without its fd");
+      // The capability owns the received fd; the channel needs a copy that
+      // outlives it (the server sees the front hang up when it is closed).
+      int mine;
+      KJ_SYSCALL(mine = fcntl(received, F_DUPFD_CLOEXEC, 0));
+      return kj::AutoCloseFd(mine);
     });
   }
 
@@ -652,6 +665,7 @@ public:
   kj::Own<MappedPage> mapVirtualApicPage() override { return wait(vcpu->mapVirtualApicPage()); }
   VcpuStats stats() override { return wait(vcpu->stats()); }
   VcpuInfo info() override { return wait(vcpu->info()); }
+  kj::AutoCloseFd openChannel() override { return wait(vcpu->openChannel()); }
   AsyncVcpu& async() override { return *vcpu; }
   kj::WaitScope& waitScope() override { return session.waitScope(); }
 

@@ -37,6 +37,7 @@
 #include <kj/async-io.h>
 #include <kj/array.h>
 #include <kj/function.h>
+#include <kj/io.h>
 #include <kj/memory.h>
 #include <kj/string.h>
 #include <cstdint>
@@ -187,6 +188,7 @@ struct VcpuInfo {
   ApicMode apicMode = ApicMode::XAPIC;
   RunState runState = RunState::RUNNING;
   kj::Maybe<uint64_t> timerDeadlineNs;
+  bool channelOpen = false;         // its events go through its channel
 };
 
 struct VmInfo {
@@ -249,6 +251,11 @@ public:
   virtual kj::Promise<VcpuStats> stats() = 0;
   virtual kj::Promise<VcpuInfo> info() = 0;
   virtual kj::Promise<VcpuTicket> ticket() = 0;
+  // Opens this vCPU's shared-memory channel (the exit fast path): returns the
+  // fd to hand to vlapic::channel::ChannelFront::connect (server/channel).
+  // From then on this vCPU's events arrive through the channel, not through
+  // the VM's event callback, until the front closes the channel.
+  virtual kj::Promise<kj::AutoCloseFd> openChannel() = 0;
 };
 
 class AsyncVm {
@@ -321,6 +328,7 @@ public:
   virtual kj::Own<MappedPage> mapVirtualApicPage() = 0;
   virtual VcpuStats stats() = 0;
   virtual VcpuInfo info() = 0;
+  virtual kj::AutoCloseFd openChannel() = 0;   // see AsyncVcpu::openChannel
 
   // The promise-based handle on the same connection, for a thread that
   // wants to pipeline (e.g. many writes, then wait for all).

@@ -1,6 +1,7 @@
 #include "server.h"
 
 #include "deadline_scheduler.h"
+#include "server/channel/channel.h"
 #include "schema/vlapic.capnp.h"
 #include "server/vm/vm.h"
 #include "hal/hal.h"
@@ -16,7 +17,10 @@
 #include <deque>
 #include <map>
 #include <set>
+#include <mutex>
+#include <sys/eventfd.h>
 #include <sys/random.h>
+#include <thread>
 #include <unistd.h>
 
 #ifndef VLAPIC_VERSION
@@ -33,6 +37,9 @@ namespace {
 // The enums of the schema mirror the core's one for one (same order).
 static_assert(uint16_t(proto::AccessReason::TIMER_MODE) == uint16_t(AccessReason::TIMER_MODE));
 static_assert(uint16_t(proto::ApicMode::X2APIC) == uint16_t(ApicMode::X2APIC));
+// The channel's event kinds are the Vm layer's, one for one.
+static_assert(uint8_t(channel::EventKind::TIMER) == uint8_t(VcpuEvent::Kind::TIMER_EXPIRED));
+static_assert(uint8_t(channel::EventKind::DELIVERABLE) == uint8_t(VcpuEvent::Kind::VECTOR_DELIVERABLE));
 
 proto::AccessReason toProto(AccessReason reason) { return proto::AccessReason(uint16_t(reason)); }
 proto::ApicMode toProto(ApicMode mode) { return proto::ApicMode(uint16_t(mode)); }
@@ -132,7 +139,23 @@ struct Server::Impl final: private kj::TaskSet::ErrorHandler {
   // gone (it defers some teardown), so leases must know whether it is.
   std::set<VmLease*> leases;
 
+  // Work channel threads hand to the loop: VMs with noted work, and
+  // channels whose front hung up. Any thread adds and then writes `wakeFd`;
+  // the loop drains.
+  struct ClosedChannel { uint64_t vmId; uint32_t vcpu; uint64_t generation; };
+  struct CrossThreadQueue {
+    std::set<uint64_t> vms;
+    kj::Vector<ClosedChannel> closedChannels;
+  };
+  kj::MutexGuarded<CrossThreadQueue> crossThread;
+  kj::AutoCloseFd wakeFd;   // eventfd; closed after `wakeObserver` unregisters it
+  kj::UnixEventPort::FdObserver wakeObserver;
+
   kj::TaskSet tasks;
+
+  void wakeLoop(uint64_t vmId);          // any thread
+  void channelClosed(uint64_t vmId, uint32_t vcpu, uint64_t generation);   // any thread
+  kj::Promise<void> takeCrossThreadWork();
 
   kj::Maybe<VmHost&> findVm(uint64_t id);
   VmHost& requireVm(uint64_t id);
@@ -171,7 +194,18 @@ private:
   uint64_t vmId;
 };
 
-// One hosted VM: the Vm, its real timers, and its event pump to the front.
+// One hosted VM: the Vm, its real timers, its event pump to the front, and
+// the shared-memory channels of its vCPUs.
+//
+// Threads: everything runs on the event loop except channel requests, which
+// each vCPU's channel thread serves (server/channel/README.md). The Vm layer
+// is single-threaded, so every Vm operation holds `vmMutex`, on the loop as
+// on a channel thread. Listener callbacks run inside Vm operations (under
+// the lock) on whichever thread made them: on the loop they act directly; on
+// a channel thread they only note the work and wake the loop (ServerState's
+// LoopWaker), which takes it up under the lock. Lock order: vmMutex, then
+// `crossThread`'s mutex; the loop never waits for a channel thread while it
+// holds vmMutex (channels are destroyed outside the lock).
 class VmHost final: public VmEventListener, private kj::TaskSet::ErrorHandler {
 public:
   VmHost(ServerState& server, uint64_t id, uint64_t owner, kj::String name,
@@ -180,30 +214,49 @@ public:
       : server(server), id(id), owner(owner), name(kj::mv(name)),
         createdNs(monotonicNowNs()), vm(*server.hal, config), sink(kj::mv(sink)),
         maxBatchesInFlight(maxBatchesInFlight), maxEventsPerBatch(maxEventsPerBatch),
+        loopThread(std::this_thread::get_id()),
         dirty(kj::heapArray<bool>(config.vcpuCount)),
         eventsPostedPerVcpu(kj::heapArray<uint64_t>(config.vcpuCount)),
         ticketKeys(kj::heapArray<kj::Maybe<kj::String>>(config.vcpuCount)),
+        channels(kj::heapArray<kj::Maybe<kj::Own<channel::ChannelServer>>>(config.vcpuCount)),
+        channelGenerations(kj::heapArray<uint64_t>(config.vcpuCount)),
         tasks(*this) {
     for (auto& d: dirty) d = false;
     for (auto& n: eventsPostedPerVcpu) n = 0;
+    for (auto& g: channelGenerations) g = 0;
     auto builder = kj::heapArrayBuilder<kj::Own<DeadlineScheduler::Slot>>(config.vcpuCount);
     for (uint32_t v = 0; v < config.vcpuCount; v++) {
       builder.add(kj::heap<DeadlineScheduler::Slot>(server.scheduler, [this, v]() { timerFired(v); }));
     }
     timers = builder.finish();
+    auto guard = lock();
     vm.setListener(*this);
     resyncAll();
   }
 
   ~VmHost() noexcept(false) {
+    // Channel threads first (each finishes its request and joins), without
+    // the lock: a request in progress needs it to finish.
+    for (auto& channel: channels) {
+      kj::Maybe<kj::Own<channel::ChannelServer>> closing;
+      {
+        auto guard = lock();
+        closing = kj::mv(channel);
+        channel = nullptr;
+      }
+    }
     vm.setListener(nullptr);
     for (auto& key: ticketKeys) {
       KJ_IF_MAYBE(k, key) server.tickets.erase(*k);
     }
   }
 
+  // Every Vm operation holds this.
+  [[nodiscard]] std::unique_lock<std::mutex> lock() { return std::unique_lock<std::mutex>(vmMutex); }
+
   // After operations that may move any vCPU's timer or queue events without
   // going through the listener (restore): bring timers and the pump in line.
+  // On the loop, with the lock held.
   void resyncAll() {
     for (uint32_t v = 0; v < vm.vcpuCount(); v++) {
       timers[v]->set(vm.timerDeadlineNs(v));
@@ -211,17 +264,85 @@ public:
     }
   }
 
+  // ---- VmEventListener: inside a Vm operation, with the lock held ----
+
   void eventsPending(uint32_t vcpu) override {
-    if (!dirty[vcpu]) {
-      dirty[vcpu] = true;
-      dirtyOrder.push_back(vcpu);
+    KJ_IF_MAYBE(channel, channels[vcpu]) {
+      // The vCPU's events go through its channel only: one order.
+      (*channel)->raiseAttention();
+    } else if (onLoopThread()) {
+      markDirty(vcpu);
+    } else {
+      crossThread.lockExclusive()->events.insert(vcpu);
+      server.wakeLoop(id);
     }
-    scheduleFlush();
   }
 
   void timerChanged(uint32_t vcpu) override {
-    timers[vcpu]->set(vm.timerDeadlineNs(vcpu));
+    if (onLoopThread()) {
+      timers[vcpu]->set(vm.timerDeadlineNs(vcpu));
+    } else {
+      crossThread.lockExclusive()->timers.insert(vcpu);
+      server.wakeLoop(id);
+    }
   }
+
+  // ---- Work noted by channel threads, taken up on the loop ----
+
+  void takeCrossThreadWork() {
+    CrossThreadWork work;
+    {
+      auto locked = crossThread.lockExclusive();
+      work = kj::mv(*locked);
+      *locked = CrossThreadWork();
+    }
+    if (work.events.empty() && work.timers.empty()) return;
+    {
+      auto guard = lock();
+      for (uint32_t v: work.timers) timers[v]->set(vm.timerDeadlineNs(v));
+      for (uint32_t v: work.events) {
+        if (channels[v] == nullptr && vm.hasEvents(v)) markDirty(v);
+      }
+    }
+  }
+
+  // ---- Channels ----
+
+  kj::AutoCloseFd openChannel(uint32_t vcpu) {
+    uint64_t generation;
+    {
+      auto guard = lock();
+      KJ_REQUIRE(channels[vcpu] == nullptr, "this vCPU already has an open channel", vcpu);
+      generation = ++channelGenerations[vcpu];
+    }
+    auto created = channel::ChannelServer::create(
+        [this, vcpu](const channel::Request& request) { return serveChannel(vcpu, request); },
+        [&server = server, vmId = id, vcpu, generation]() {
+          server.channelClosed(vmId, vcpu, generation);
+        });
+    auto guard = lock();
+    auto& channel = *created.server;
+    channels[vcpu] = kj::mv(created.server);
+    // Events queued before the channel existed travel through it now.
+    if (vm.hasEvents(vcpu)) channel.raiseAttention();
+    return kj::mv(created.frontFd);
+  }
+
+  // On the loop: the front closed the channel `generation` of `vcpu`.
+  void closeChannel(uint32_t vcpu, uint64_t generation) {
+    kj::Maybe<kj::Own<channel::ChannelServer>> closing;
+    {
+      auto guard = lock();
+      if (channelGenerations[vcpu] != generation) return;
+      closing = kj::mv(channels[vcpu]);
+      channels[vcpu] = nullptr;
+      // What the front did not fetch goes to the EventSink again.
+      if (vm.hasEvents(vcpu)) markDirty(vcpu);
+    }
+    closing = nullptr;   // joins the channel thread, outside the lock
+  }
+
+  // ---- Introspection (callers hold the lock) ----
 
   kj::StringPtr ticketFor(uint32_t vcpu) {
     KJ_IF_MAYBE(k, ticketKeys[vcpu]) return *k;
@@ -241,6 +362,15 @@ public:
     return KJ_ASSERT_NONNULL(ticketKeys[vcpu]);
   }
 
+  uint64_t eventsQueued() const {
+    uint64_t n = 0;
+    for (uint32_t v = 0; v < vm.vcpuCount(); v++) n += vm.peekEvents(v).size();
+    return n;
+  }
+  uint64_t eventsPostedFor(uint32_t vcpu) const { return eventsPostedPerVcpu[vcpu]; }
+  bool hasChannel(uint32_t vcpu) const { return channels[vcpu] != nullptr; }
+  const DeadlineScheduler::Slot& timer(uint32_t vcpu) const { return *timers[vcpu]; }
+
   ServerState& server;
   const uint64_t id;
   const uint64_t owner;
@@ -259,30 +389,85 @@ public:
   uint64_t msisDelivered = 0;
   bool sinkGone = false;
 
-  uint64_t eventsQueued() const {
-    uint64_t n = 0;
-    for (uint32_t v: dirtyOrder) n += vm.peekEvents(v).size();
-    return n;
-  }
-  uint64_t eventsPostedFor(uint32_t vcpu) const { return eventsPostedPerVcpu[vcpu]; }
-  const DeadlineScheduler::Slot& timer(uint32_t vcpu) const { return *timers[vcpu]; }
-
 private:
+  struct CrossThreadWork {
+    std::set<uint32_t> events;   // vCPUs whose queue became non-empty
+    std::set<uint32_t> timers;   // vCPUs whose deadline moved
+  };
+
+  std::mutex vmMutex;
+  const std::thread::id loopThread;
+  kj::MutexGuarded<CrossThreadWork> crossThread;
   kj::Array<bool> dirty;                 // vCPU is in dirtyOrder
   std::deque<uint32_t> dirtyOrder;       // vCPUs with queued events, oldest first
   kj::Array<uint64_t> eventsPostedPerVcpu;
   kj::Array<kj::Maybe<kj::String>> ticketKeys;
+  kj::Array<kj::Maybe<kj::Own<channel::ChannelServer>>> channels;
+  kj::Array<uint64_t> channelGenerations;
   kj::Array<kj::Own<DeadlineScheduler::Slot>> timers;
   bool flushScheduled = false;
   kj::TaskSet tasks;   // last: cancelled first on destruction
 
+  bool onLoopThread() const { return std::this_thread::get_id() == loopThread; }
+
+  void markDirty(uint32_t vcpu) {
+    if (!dirty[vcpu]) {
+      dirty[vcpu] = true;
+      dirtyOrder.push_back(vcpu);
+    }
+    scheduleFlush();
+  }
+
+  // A channel request, on the channel's thread (README's handler).
+  channel::Reply serveChannel(uint32_t vcpu, const channel::Request& request) {
+    auto guard = lock();
+    channel::Reply reply;
+    switch (request.operation) {
+      case channel::Operation::MMIO_READ:
+        reply = channel::Reply::access(vm.mmioRead(vcpu, request.gpa, request.size));
+        break;
+      case channel::Operation::MMIO_WRITE:
+        reply = channel::Reply::access(vm.mmioWrite(vcpu, request.gpa, request.size, request.value));
+        break;
+      case channel::Operation::MSR_READ:
+        reply = channel::Reply::access(vm.msrRead(vcpu, request.msr));
+        break;
+      case channel::Operation::MSR_WRITE:
+        reply = channel::Reply::access(vm.msrWrite(vcpu, request.msr, request.value));
+        break;
+      case channel::Operation::ACKNOWLEDGE:
+        reply.inject = vm.acknowledge(vcpu);
+        break;
+      case channel::Operation::SET_CR8:
+        vm.setCr8(vcpu, request.cr8);
+        break;
+      case channel::Operation::FETCH_EVENTS:
+        break;
+    }
+    // The exit's reply carries the injection: no second round trip.
+    if (request.injectIfPending && request.operation != channel::Operation::ACKNOWLEDGE) {
+      reply.inject = vm.acknowledge(vcpu);
+    }
+    reply.cr8 = vm.lapic(vcpu).cr8();
+    // Acknowledge first, then take the events: a whole queue always fits.
+    auto events = vm.takeEvents(vcpu);
+    for (auto& event: events) {
+      KJ_ASSERT(reply.addEvent({channel::EventKind(uint8_t(event.kind)), event.vector, event.count}));
+    }
+    eventsPostedPerVcpu[vcpu] += events.size();
+    return reply;
+  }
+
   void timerFired(uint32_t vcpu) {
-    uint32_t expiries = vm.onTimer(vcpu);
-    timerExpiries += expiries;
-    server.totalTimerExpiries += expiries;
-    // onTimer re-arms periodic timers; keep the slot in step even if the
-    // deadline did not move.
-    timers[vcpu]->set(vm.timerDeadlineNs(vcpu));
+    {
+      auto guard = lock();
+      uint32_t expiries = vm.onTimer(vcpu);
+      timerExpiries += expiries;
+      server.totalTimerExpiries += expiries;
+      // onTimer re-arms periodic timers; keep the slot in step even if the
+      // deadline did not move.
+      timers[vcpu]->set(vm.timerDeadlineNs(vcpu));
+    }
     // Post now rather than on a later turn: timer lateness is what the
     // front measures.
     if (!flushScheduled && batchesInFlight < maxBatchesInFlight) flush();
@@ -305,16 +490,20 @@ private:
     // Collect whole per-vCPU queues, oldest vCPU first, up to the batch size.
     kj::Vector<std::pair<uint32_t, kj::Vector<VcpuEvent>>> taken;
     size_t total = 0;
-    while (!dirtyOrder.empty()) {
-      uint32_t v = dirtyOrder.front();
-      size_t n = vm.peekEvents(v).size();
-      if (total > 0 && total + n > maxEventsPerBatch) break;
-      dirtyOrder.pop_front();
-      dirty[v] = false;
-      if (n == 0) continue;   // a withdrawn "deliverable" left the queue empty
-      auto events = vm.takeEvents(v);
-      total += events.size();
-      taken.add(v, kj::mv(events));
+    {
+      auto guard = lock();
+      while (!dirtyOrder.empty()) {
+        uint32_t v = dirtyOrder.front();
+        size_t n = channels[v] == nullptr ? vm.peekEvents(v).size() : 0;
+        if (total > 0 && total + n > maxEventsPerBatch) break;
+        dirtyOrder.pop_front();
+        dirty[v] = false;
+        if (n == 0) continue;   // withdrawn "deliverable", or the vCPU has a channel
+        auto events = vm.takeEvents(v);
+        total += events.size();
+        eventsPostedPerVcpu[v] += events.size();
+        taken.add(v, kj::mv(events));
+      }
     }
     if (total == 0) return;
 
@@ -323,9 +512,11 @@ private:
     size_t i = 0;
     for (auto& entry: taken) {
       for (auto& event: entry.second) fillEvent(list[i++], entry.first, event);
-      eventsPostedPerVcpu[entry.first] += entry.second.size();
     }
-    request.setDroppedCoalesced(vm.stats().eventsCoalesced);
+    {
+      auto guard = lock();
+      request.setDroppedCoalesced(vm.stats().eventsCoalesced);
+    }
     eventsPosted += total;
     server.totalEventsPosted += total;
     ++batchesPosted;
@@ -436,6 +627,7 @@ void fillVcpuInfo(proto::VcpuInfo::Builder out, const VmHost& host, uint32_t vcp
     out.setTimerArmed(true);
     out.setTimerDeadlineNs(*deadline);
   }
+  out.setChannelOpen(host.hasChannel(vcpu));
 }
 
 // A mappable page: the fd travels with the capability (SCM_RIGHTS).
@@ -472,6 +664,18 @@ private:
   }
 };
 
+// Carries the front's end of a channel's doorbell socket. Once the front has
+// its own duplicate and drops this capability, ours closes, so the channel
+// thread sees the front hang up when the front closes its end.
+class VcpuChannelImpl final: public proto::VcpuChannel::Server {
+public:
+  explicit VcpuChannelImpl(kj::AutoCloseFd fd): fd(kj::mv(fd)) {}
+  kj::Maybe<int> getFd() override { return fd.get(); }
+
+private:
+  kj::AutoCloseFd fd;
+};
+
 class VcpuImpl final: public proto::Vcpu::Server {
 public:
   VcpuImpl(ServerState& server, uint64_t vmId, uint32_t index, kj::Maybe<kj::Own<VmLease>> lease)
@@ -481,6 +685,7 @@ public:
     auto params = context.getParams();
     uint8_t size = requireSize(params.getSize());
     auto& host = server.requireVm(vmId);
+    auto guard = host.lock();
     auto result = host.vm.mmioRead(index, params.getAddress(), size);
     fillAccess(context.getResults(kResultSize).initResult(), result, host.vm, index);
     return kj::READY_NOW;
@@ -490,6 +695,7 @@ public:
     auto params = context.getParams();
     uint8_t size = requireSize(params.getSize());
     auto& host = server.requireVm(vmId);
+    auto guard = host.lock();
     auto result = host.vm.mmioWrite(index, params.getAddress(), size, params.getValue());
     fillAccess(context.getResults(kResultSize).initResult(), result, host.vm, index);
     return kj::READY_NOW;
@@ -497,6 +703,7 @@ public:
 
   kj::Promise<void> msrRead(MsrReadContext context) override {
     auto& host = server.requireVm(vmId);
+    auto guard = host.lock();
     auto result = host.vm.msrRead(index, context.getParams().getMsr());
     fillAccess(context.getResults(kResultSize).initResult(), result, host.vm, index);
     return kj::READY_NOW;
@@ -505,6 +712,7 @@ public:
   kj::Promise<void> msrWrite(MsrWriteContext context) override {
     auto params = context.getParams();
     auto& host = server.requireVm(vmId);
+    auto guard = host.lock();
     auto result = host.vm.msrWrite(index, params.getMsr(), params.getValue());
     fillAccess(context.getResults(kResultSize).initResult(), result, host.vm, index);
     return kj::READY_NOW;
@@ -512,6 +720,7 @@ public:
 
   kj::Promise<void> acknowledge(AcknowledgeContext context) override {
     auto& host = server.requireVm(vmId);
+    auto guard = host.lock();
     auto results = context.getResults(kResultSize);
     KJ_IF_MAYBE(vector, host.vm.acknowledge(index)) {
       results.setDelivered(true);
@@ -523,6 +732,7 @@ public:
 
   kj::Promise<void> interruptState(InterruptStateContext context) override {
     auto& host = server.requireVm(vmId);
+    auto guard = host.lock();
     fillInterruptState(context.getResults(kResultSize).initState(), host.vm, index);
     return kj::READY_NOW;
   }
@@ -531,6 +741,7 @@ public:
     uint8_t cr8 = context.getParams().getCr8();
     KJ_REQUIRE(cr8 <= 0xF, "CR8 holds 4 bits", cr8);
     auto& host = server.requireVm(vmId);
+    auto guard = host.lock();
     host.vm.setCr8(index, cr8);
     fillInterruptState(context.getResults(kResultSize).initState(), host.vm, index);
     return kj::READY_NOW;
@@ -538,6 +749,7 @@ public:
 
   kj::Promise<void> startup(StartupContext context) override {
     auto& host = server.requireVm(vmId);
+    auto guard = host.lock();
     bool waiting = host.vm.runState(index) == RunState::WAIT_FOR_SIPI;
     host.vm.startup(index, context.getParams().getVector());
     auto results = context.getResults(kResultSize);
@@ -548,6 +760,7 @@ public:
 
   kj::Promise<void> save(SaveContext context) override {
     auto& host = server.requireVm(vmId);
+    auto guard = host.lock();
     fillSnapshot(context.getResults().initState(), index, host.vm.saveVcpu(index));
     return kj::READY_NOW;
   }
@@ -555,6 +768,7 @@ public:
   kj::Promise<void> restore(RestoreContext context) override {
     auto snapshot = snapshotFromProto(context.getParams().getState());
     auto& host = server.requireVm(vmId);
+    auto guard = host.lock();
     KJ_IF_MAYBE(reason, host.vm.restoreVcpu(index, snapshot)) {
       KJ_FAIL_REQUIRE("invalid vCPU state", *reason);
     }
@@ -564,6 +778,7 @@ public:
 
   kj::Promise<void> pages(PagesContext context) override {
     auto& host = server.requireVm(vmId);
+    auto guard = host.lock();
     auto results = context.getResults();
     fillPageInfo(results.initVirtualApic(), host.vm.lapic(index).page());
     fillPageInfo(results.initApicAccess(), *server.apicAccessPage);
@@ -577,20 +792,31 @@ public:
   }
 
   kj::Promise<void> stats(StatsContext context) override {
-    fillVcpuStats(context.getResults().initStats(), server.requireVm(vmId), index);
+    auto& host = server.requireVm(vmId);
+    auto guard = host.lock();
+    fillVcpuStats(context.getResults().initStats(), host, index);
     return kj::READY_NOW;
   }
 
   kj::Promise<void> info(InfoContext context) override {
-    fillVcpuInfo(context.getResults().initInfo(), server.requireVm(vmId), index);
+    auto& host = server.requireVm(vmId);
+    auto guard = host.lock();
+    fillVcpuInfo(context.getResults().initInfo(), host, index);
     return kj::READY_NOW;
   }
 
   kj::Promise<void> ticket(TicketContext context) override {
     auto& host = server.requireVm(vmId);
+    auto guard = host.lock();
     KJ_REQUIRE(lease != nullptr, "only the VM's creator can issue tickets");
     auto key = host.ticketFor(index);
     context.getResults().setTicket(kj::decodeHex(key));
+    return kj::READY_NOW;
+  }
+
+  kj::Promise<void> openChannel(OpenChannelContext context) override {
+    auto& host = server.requireVm(vmId);
+    context.getResults().setChannel(kj::heap<VcpuChannelImpl>(host.openChannel(index)));
     return kj::READY_NOW;
   }
 
@@ -617,6 +843,7 @@ public:
 
   kj::Promise<void> vcpu(VcpuContext context) override {
     auto& host = server.requireVm(vmId);
+    auto guard = host.lock();
     uint32_t index = context.getParams().getIndex();
     KJ_REQUIRE(index < host.vm.vcpuCount(), "vCPU index out of range", index, host.vm.vcpuCount());
     context.getResults().setVcpu(kj::heap<VcpuImpl>(server, vmId, index, addLease()));
@@ -625,6 +852,7 @@ public:
 
   kj::Promise<void> listVcpus(ListVcpusContext context) override {
     auto& host = server.requireVm(vmId);
+    auto guard = host.lock();
     auto list = context.getResults().initVcpus(host.vm.vcpuCount());
     for (uint32_t v = 0; v < host.vm.vcpuCount(); v++) fillVcpuInfo(list[v], host, v);
     return kj::READY_NOW;
@@ -632,6 +860,7 @@ public:
 
   kj::Promise<void> deliverMsi(DeliverMsiContext context) override {
     auto& host = server.requireVm(vmId);
+    auto guard = host.lock();
     auto msi = context.getParams().getMsi();
     auto result = host.vm.deliverMsi(msi.getAddress(), msi.getData());
     if (result.status == DeliveryStatus::DELIVERED) ++host.msisDelivered;
@@ -639,13 +868,16 @@ public:
   }
 
   kj::Promise<void> deliverIoApic(DeliverIoApicContext context) override {
-    server.requireVm(vmId).vm.deliverIoApic(context.getParams().getEntry());
+    auto& host = server.requireVm(vmId);
+    auto guard = host.lock();
+    host.vm.deliverIoApic(context.getParams().getEntry());
     return kj::READY_NOW;
   }
 
   kj::Promise<void> setLint(SetLintContext context) override {
     auto params = context.getParams();
     auto& host = server.requireVm(vmId);
+    auto guard = host.lock();
     KJ_REQUIRE(params.getPin() <= 1, "LINT pin must be 0 or 1", params.getPin());
     if (params.getVcpu() == 0xFFFFFFFF) {
       host.vm.setLintAll(params.getPin(), params.getLevel());
@@ -658,6 +890,7 @@ public:
 
   kj::Promise<void> save(SaveContext context) override {
     auto& host = server.requireVm(vmId);
+    auto guard = host.lock();
     VmSnapshot snapshot = host.vm.saveVm();
     auto out = context.getResults().initState();
     auto vcpus = out.initVcpus(snapshot.vcpus.size());
@@ -677,6 +910,7 @@ public:
     auto params = context.getParams();
     auto in = params.getState();
     auto& host = server.requireVm(vmId);
+    auto guard = host.lock();
     auto vcpus = in.getVcpus();
     KJ_REQUIRE(vcpus.size() == host.vm.vcpuCount(), "VmState has a different vCPU count",
                vcpus.size(), host.vm.vcpuCount());
@@ -713,6 +947,7 @@ public:
 
   kj::Promise<void> stats(StatsContext context) override {
     auto& host = server.requireVm(vmId);
+    auto guard = host.lock();
     auto out = context.getResults().initStats();
     auto list = out.initVcpus(host.vm.vcpuCount());
     for (uint32_t v = 0; v < host.vm.vcpuCount(); v++) fillVcpuStats(list[v], host, v);
@@ -725,7 +960,9 @@ public:
   }
 
   kj::Promise<void> info(InfoContext context) override {
-    server.fillVmInfo(context.getResults().initInfo(), server.requireVm(vmId));
+    auto& host = server.requireVm(vmId);
+    auto guard = host.lock();
+    server.fillVmInfo(context.getResults().initInfo(), host);
     return kj::READY_NOW;
   }
 
@@ -766,7 +1003,10 @@ public:
   kj::Promise<void> listVms(ListVmsContext context) override {
     auto list = context.getResults().initVms(server.vms.size());
     uint32_t i = 0;
-    for (auto& entry: server.vms) server.fillVmInfo(list[i++], *entry.second);
+    for (auto& entry: server.vms) {
+      auto guard = entry.second->lock();
+      server.fillVmInfo(list[i++], *entry.second);
+    }
     return kj::READY_NOW;
   }
 
@@ -894,6 +1134,14 @@ struct Server::Impl::Connection {
   capnp::RpcSystem<capnp::rpc::twoparty::VatId> rpc;
 };
 
+namespace {
+kj::AutoCloseFd newEventFd() {
+  int fd;
+  KJ_SYSCALL(fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
+  return kj::AutoCloseFd(fd);
+}
+}  // namespace
+
 Server::Impl::Impl(kj::UnixEventPort& eventPort, ServerOptions options)
     : options(options),
       hal(options.hal == HalKind::SHARED ? hal::newSharedMemoryHal(clock)
@@ -901,7 +1149,44 @@ Server::Impl::Impl(kj::UnixEventPort& eventPort, ServerOptions options)
       apicAccessPage(hal->allocatePage()),
       scheduler(eventPort),
       startNs(clock.nowNs()),
-      tasks(*this) {}
+      wakeFd(newEventFd()),
+      wakeObserver(eventPort, wakeFd, kj::UnixEventPort::FdObserver::OBSERVE_READ),
+      tasks(*this) {
+  tasks.add(takeCrossThreadWork());
+}
+
+void Server::Impl::wakeLoop(uint64_t vmId) {
+  crossThread.lockExclusive()->vms.insert(vmId);
+  uint64_t one = 1;
+  // Non-blocking; a full counter means a wake-up is pending anyway.
+  (void)!write(wakeFd, &one, sizeof(one));
+}
+
+void Server::Impl::channelClosed(uint64_t vmId, uint32_t vcpu, uint64_t generation) {
+  crossThread.lockExclusive()->closedChannels.add(ClosedChannel{vmId, vcpu, generation});
+  uint64_t one = 1;
+  (void)!write(wakeFd, &one, sizeof(one));
+}
+
+kj::Promise<void> Server::Impl::takeCrossThreadWork() {
+  return wakeObserver.whenBecomesReadable().then([this]() {
+    uint64_t count;
+    while (read(wakeFd, &count, sizeof(count)) > 0) {}   // edge-triggered: drain
+    CrossThreadQueue queue;
+    {
+      auto locked = crossThread.lockExclusive();
+      queue = kj::mv(*locked);
+      *locked = CrossThreadQueue();
+    }
+    for (uint64_t id: queue.vms) {
+      KJ_IF_MAYBE(host, findVm(id)) host->takeCrossThreadWork();
+    }
+    for (auto& closed: queue.closedChannels) {
+      KJ_IF_MAYBE(host, findVm(closed.vmId)) host->closeChannel(closed.vcpu, closed.generation);
+    }
+    return takeCrossThreadWork();
+  });
+}
 
 Server::Impl::~Impl() noexcept(false) {
   // Connections first (they drop the leases, releasing every VM), then

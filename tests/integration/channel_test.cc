@@ -1,0 +1,200 @@
+// The exit fast path wired into vlapicd: a vCPU's shared-memory channel,
+// opened through its capability (Vcpu.openChannel), serves the same Vm as
+// the RPC methods and carries that vCPU's events instead of the EventSink.
+// The channel itself (protocol, polling, hostile bytes) is tested in
+// tests/channel; here: the daemon's side of it.
+#include "client/lib/vlapic_client.h"
+#include "server/channel/channel.h"
+#include "tests/integration/daemon_process.h"
+
+#include <catch2/catch.hpp>
+#include <kj/debug.h>
+#include <kj/mutex.h>
+
+#include <chrono>
+#include <thread>
+
+namespace vlapic {
+namespace {
+
+using namespace client;
+using channel::ChannelFront;
+using channel::Request;
+
+constexpr uint64_t kBase = 0xFEE00000;
+constexpr uint64_t kTpr = kBase + 0x080;
+constexpr uint64_t kEoi = kBase + 0x0B0;
+constexpr uint64_t kSvr = kBase + 0x0F0;
+constexpr uint64_t kIcrLow = kBase + 0x300;
+constexpr uint64_t kIcrHigh = kBase + 0x310;
+constexpr uint64_t kLvtTimer = kBase + 0x320;
+constexpr uint64_t kInitialCount = kBase + 0x380;
+constexpr uint64_t kDivide = kBase + 0x3E0;
+
+// Events the VM's EventSink received (on the client thread).
+struct SinkLog {
+  kj::MutexGuarded<kj::Vector<Event>> events;
+
+  EventCallback callback() {
+    return [this](kj::ArrayPtr<const Event> batch) {
+      auto lock = events.lockExclusive();
+      for (auto& e: batch) lock->add(e);
+    };
+  }
+  bool waitForVcpu(uint32_t vcpu) {
+    return events.when(
+        [vcpu](const kj::Vector<Event>& e) {
+          for (auto& event: e) if (event.vcpu == vcpu) return true;
+          return false;
+        },
+        [vcpu](kj::Vector<Event>& e) {
+          for (auto& event: e) if (event.vcpu == vcpu) return true;
+          return false;
+        },
+        10 * kj::SECONDS);
+  }
+  size_t countFor(uint32_t vcpu) {
+    size_t n = 0;
+    for (auto& e: *events.lockShared()) n += e.vcpu == vcpu;
+    return n;
+  }
+};
+
+// Fetches events through the channel until one of `kind` arrives (10 s).
+kj::Maybe<channel::Event> awaitChannelEvent(ChannelFront& front, channel::EventKind kind,
+                                            bool injectIfPending, kj::Maybe<uint8_t>& injected) {
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (std::chrono::steady_clock::now() < deadline) {
+    front.waitForAttention(uint64_t(100'000'000));
+    auto request = Request::fetchEvents();
+    request.injectIfPending = injectIfPending;
+    auto reply = front.call(request);
+    KJ_IF_MAYBE(v, reply.inject) injected = *v;
+    for (auto& event: reply.events()) {
+      if (event.kind == kind) return event;
+    }
+  }
+  return nullptr;
+}
+
+TEST_CASE("a vCPU's channel serves the same LAPIC as its RPC methods", "[integration][channel]") {
+  testing::DaemonProcess daemon(VLAPICD_PATH);
+  auto front = Client::connect(daemon.socketPath());
+  SinkLog sink;
+  VmOptions options;
+  options.vcpuCount = 2;
+  auto vm = front->createVm(kj::mv(options), sink.callback());
+  auto session = ThreadSession::open(daemon.socketPath());
+  auto vcpu = session->attachVcpu(vm->ticket(1));
+  auto channel = ChannelFront::connect(vcpu->openChannel());
+
+  REQUIRE(vcpu->mmioWrite(kTpr, 4, 0x30).status == AccessStatus::OK);
+  auto read = channel->call(Request::mmioRead(kTpr, 4));
+  CHECK(read.kind == channel::Reply::Kind::ACCESS);
+  CHECK(read.status == AccessStatus::OK);
+  CHECK(read.value == 0x30);
+  CHECK(read.cr8 == 3);   // CR8 = TPR[7:4]
+
+  CHECK(channel->call(Request::mmioWrite(kTpr, 4, 0x50)).status == AccessStatus::OK);
+  CHECK(vcpu->mmioRead(kTpr, 4).value == 0x50);
+  // SDM "x2APIC Register Address Space": x2APIC MSRs outside x2APIC mode #GP.
+  CHECK(channel->call(Request::msrRead(0x808)).status == AccessStatus::GP);
+  CHECK(channel->call(Request::setCr8(2)).cr8 == 2);
+  CHECK(vcpu->mmioRead(kTpr, 4).value == 0x20);
+
+  // One channel per vCPU at a time.
+  KJ_IF_MAYBE(e, kj::runCatchingExceptions([&]() { vcpu->openChannel(); })) {
+    CHECK(strstr(e->getDescription().cStr(), "already has an open channel") != nullptr);
+  } else {
+    FAIL("a second channel was opened");
+  }
+}
+
+TEST_CASE("a channel carries its vCPU's events instead of the EventSink, until it closes",
+          "[integration][channel]") {
+  testing::DaemonProcess daemon(VLAPICD_PATH);
+  auto front = Client::connect(daemon.socketPath());
+  SinkLog sink;
+  VmOptions options;
+  options.vcpuCount = 3;
+  auto vm = front->createVm(kj::mv(options), sink.callback());
+  auto session = ThreadSession::open(daemon.socketPath());
+  auto sender = session->attachVcpu(vm->ticket(0));
+  auto target = session->attachVcpu(vm->ticket(1));
+  auto observer = session->attachVcpu(vm->ticket(2));
+  REQUIRE(sender->mmioWrite(kSvr, 4, 0x1FF).status == AccessStatus::OK);
+  REQUIRE(target->mmioWrite(kSvr, 4, 0x1FF).status == AccessStatus::OK);
+  REQUIRE(observer->mmioWrite(kSvr, 4, 0x1FF).status == AccessStatus::OK);
+  REQUIRE(sender->mmioWrite(kIcrHigh, 4, 1u << 24).status == AccessStatus::OK);
+
+  auto channel = ChannelFront::connect(target->openChannel());
+
+  // A fixed IPI from vCPU 0 (RPC) to vCPU 1: the event is on the channel;
+  // with injectIfPending the reply already acknowledged the vector.
+  REQUIRE(sender->mmioWrite(kIcrLow, 4, 0x61 | (1u << 14)).ipiSent);
+  kj::Maybe<uint8_t> injected;
+  auto deliverable = awaitChannelEvent(*channel, channel::EventKind::DELIVERABLE, true, injected);
+  REQUIRE(deliverable != nullptr);
+  CHECK(KJ_ASSERT_NONNULL(deliverable).vector == 0x61);
+  CHECK(injected == uint8_t(0x61));
+  CHECK(channel->call(Request::mmioWrite(kEoi, 4, 0)).status == AccessStatus::OK);
+
+  // vCPU 1's periodic timer, programmed through the channel (its deadline
+  // reaches the event loop from the channel thread): expiries arrive on the
+  // channel, without any request from the front but the wait.
+  CHECK(channel->call(Request::mmioWrite(kDivide, 4, 0xB)).status == AccessStatus::OK);
+  CHECK(channel->call(Request::mmioWrite(kLvtTimer, 4, 0x40 | (1u << 17))).status == AccessStatus::OK);
+  CHECK(channel->call(Request::mmioWrite(kInitialCount, 4, 1'000'000)).status == AccessStatus::OK);
+  injected = nullptr;
+  auto timer = awaitChannelEvent(*channel, channel::EventKind::TIMER, false, injected);
+  REQUIRE(timer != nullptr);
+  CHECK(channel->call(Request::mmioWrite(kInitialCount, 4, 0)).status == AccessStatus::OK);
+
+  // vCPU 1 (channel thread) sends an IPI to vCPU 2: its event reaches the
+  // EventSink from the channel thread's operation.
+  CHECK(channel->call(Request::mmioWrite(kIcrHigh, 4, 2u << 24)).status == AccessStatus::OK);
+  CHECK(channel->call(Request::mmioWrite(kIcrLow, 4, 0x72 | (1u << 14))).status == AccessStatus::OK);
+  REQUIRE(sink.waitForVcpu(2));
+
+  // Nothing of vCPU 1 went to the EventSink while its channel was open.
+  CHECK(sink.countFor(1) == 0);
+
+  // The front closes the channel; once vlapicd has seen it (asynchronously,
+  // through the doorbell's hang-up), vCPU 1's events go to the EventSink.
+  CHECK(target->info().channelOpen);
+  channel = nullptr;
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (target->info().channelOpen && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  REQUIRE(!target->info().channelOpen);
+  REQUIRE(sender->mmioWrite(kIcrLow, 4, 0x62 | (1u << 14)).ipiSent);
+  REQUIRE(sink.waitForVcpu(1));
+  // And the vCPU can have a channel again.
+  auto again = ChannelFront::connect(target->openChannel());
+  CHECK(again->call(Request::mmioRead(kTpr, 4)).status == AccessStatus::OK);
+}
+
+TEST_CASE("releasing a VM with open channels ends them; the front sees DISCONNECTED",
+          "[integration][channel]") {
+  testing::DaemonProcess daemon(VLAPICD_PATH);
+  auto front = Client::connect(daemon.socketPath());
+  VmOptions options;
+  options.vcpuCount = 2;
+  auto vm = front->createVm(kj::mv(options), [](auto) {});
+  auto session = ThreadSession::open(daemon.socketPath());
+  auto vcpu = session->attachVcpu(vm->ticket(0));
+  auto channel = ChannelFront::connect(vcpu->openChannel());
+  CHECK(channel->call(Request::mmioRead(kTpr, 4)).status == AccessStatus::OK);
+  vm->release();
+  KJ_IF_MAYBE(e, kj::runCatchingExceptions([&]() { channel->call(Request::mmioRead(kTpr, 4)); })) {
+    CHECK(e->getType() == kj::Exception::Type::DISCONNECTED);
+  } else {
+    FAIL("a released VM's channel answered");
+  }
+  CHECK(front->status().vms == 0);
+  CHECK(daemon.running());
+}
+
+}  // namespace
+}  // namespace vlapic

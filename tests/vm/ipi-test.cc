@@ -81,6 +81,18 @@ TEST_CASE("shorthands: self, all including self, all excluding self (11.6.1)", "
   }
 }
 
+TEST_CASE("x2APIC SELF IPI register (0x83F) delivers to the writer and announces it (11.12.11)",
+          "[ipi]") {
+  TestVm vm(2);
+  vm.allToX2apic();
+  vm.enableAll();
+  vm.drainAll();
+  CHECK(vm->msrWrite(1, regMsr(Reg::SELF_IPI), 0x57).status == AccessStatus::OK);
+  CHECK(vm.withIrr(0x57) == ids({1}));
+  CHECK(vm.take(1) == std::vector<VcpuEvent>{event(Kind::VECTOR_DELIVERABLE, 0x57)});
+  CHECK(vm->stats().ipisRouted == 0);  // handled inside the core
+}
+
 TEST_CASE("broadcast destination in physical and logical mode (11.6.2, KVM)", "[ipi]") {
   TestVm vm(4);
   BOTH_MODES(vm);

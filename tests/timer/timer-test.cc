@@ -720,6 +720,36 @@ TEST_CASE("APIC Timer: a TSC deadline follows a later change of the guest TSC of
   CHECK(rig.timer.expire() == 1);
 }
 
+TEST_CASE("APIC Timer (SDM 11.5.4.1): the DCR has no effect in TSC-deadline mode",
+          "[timer][tsc-deadline][dcr]") {
+  Rig rig;
+  rig.timer.setMode(TimerMode::TSC_DEADLINE);
+  uint64_t deadline = rig.tsc.now() + 6'000;
+  rig.timer.writeTscDeadline(deadline);
+  rig.timer.writeDivideConfig(kDcrDivideBy128);
+  CHECK(rig.timer.divideConfig() == kDcrDivideBy128);  // stored for later
+  CHECK(rig.timer.readTscDeadline() == deadline);
+  CHECK(deadlineOf(rig.timer) == kStart + 3'000);
+  rig.clock.advance(3'000);
+  CHECK(rig.timer.expire() == 1);
+}
+
+TEST_CASE("APIC Timer (SDM 11.5.4.1): a TSC deadline beyond host time stays armed, never fires",
+          "[timer][tsc-deadline][overflow]") {
+  // At 1 kHz the TSC needs 2^64 / 1000 s to reach 2^64 - 1: more ns than a
+  // uint64_t holds. The deadline saturates rather than wrapping into the past.
+  hal::ManualClock clock(kStart);
+  GuestTsc slowTsc(clock, 1'000);
+  ApicTimer timer(slowTsc, TimerConfig());
+  timer.setMode(TimerMode::TSC_DEADLINE);
+  timer.writeTscDeadline(~uint64_t(0));
+  CHECK(timer.armed());
+  CHECK(timer.readTscDeadline() == ~uint64_t(0));
+  CHECK(deadlineOf(timer) == ~uint64_t(0));
+  clock.set(uint64_t(1) << 63);
+  CHECK(timer.expire() == 0);
+}
+
 // ---------------------------------------------------------------------------
 // Large counts: 128-bit arithmetic
 

@@ -12,6 +12,20 @@
 //
 // Hot path rules: no allocation per access, bitmaps scanned a 32-bit word at
 // a time, per-VM adjustments of the table's masks precomputed per vCPU.
+//
+// Where the SDM leaves a choice we follow KVM; where KVM departs from the
+// SDM in ways a guest can see only by doing something unusual, we follow the
+// SDM and say so here:
+// - ESR is implemented (KVM's reads 0): illegal vectors set bits 5/6, and an
+//   xAPIC access to a reserved register offset sets bit 7 "illegal register
+//   address"; each new error raises LVT Error if unmasked.
+// - Read-only bits stay read-only: LVT delivery status, LINT remote IRR and
+//   the reserved bits of xAPIC ICR low are not stored from a guest write.
+// - LVT Timer mode 11 (reserved) is stored as written and runs as one-shot.
+// - With IA32_APIC_BASE.EN = 0 the LINT pins act as INTR and NMI.
+// - After x2APIC -> disabled -> xAPIC, LDR and ICR high keep only their
+//   xAPIC fields (the SDM preserves nothing but the x2APIC ID; KVM keeps the
+//   32-bit values in registers that have no such bits in xAPIC mode).
 
 #include "lapic.h"
 #include "regview.h"

@@ -3,9 +3,11 @@
 #include <kj/debug.h>
 #include <cerrno>
 #include <csignal>
+#include <cstdio>
 #include <cstring>
 #include <ctime>
 #include <sys/ioctl.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 
 namespace vlapic::kvm {
@@ -167,6 +169,7 @@ private:
   ApicBackend& backend() { return KJ_ASSERT_NONNULL(machine.backend); }
 
   void threadMain() {
+    KJ_DEFER(KJ_IF_MAYBE(timer, windowPollTimer) timer_delete(*timer));
     KJ_IF_MAYBE(exception, kj::runCatchingExceptions([&]() {
       if (serverApic()) {
         backend().openOnThisThread(index);
@@ -177,10 +180,13 @@ private:
       }
       while (!machine.stopping.load()) {
         if (serverApic() && !prepareEntry()) break;
-        if (!enterGuest()) continue;
+        auto entry = enterGuest();
+        if (entry == Entry::SKIPPED) continue;
         machine.stats.exits++;
+        // kvm_run's cr8, if_flag and ready_for_interrupt_injection are
+        // current after any return from KVM_RUN, signals included.
         if (serverApic()) syncCr8FromGuest();
-        handleExit();
+        if (entry == Entry::EXITED) handleExit();
       }
       if (serverApic()) backend().closeOnThisThread(index);
     })) {
@@ -295,28 +301,72 @@ private:
         run.ready_for_interrupt_injection = 0;
       }
       interruptWanted = ack.after.interruptPending;
+      if (machine.machineConfig.trace) {
+        KJ_IF_MAYBE(vector, ack.vector) {
+          fprintf(stderr, "[vcpu %u] inject 0x%x, more=%u\n", index, *vector, interruptWanted);
+        } else {
+          fprintf(stderr, "[vcpu %u] acknowledge: nothing\n", index);
+        }
+      }
     }
     run.request_interrupt_window = interruptWanted ? 1 : 0;
     return true;
   }
 
   // Returns true when KVM_RUN returned with an exit to handle.
-  bool enterGuest() {
+  enum class Entry { SKIPPED, INTERRUPTED, EXITED };
+
+  Entry enterGuest() {
     auto& run = fd.run();
     run.immediate_exit = 0;
     inGuest.store(true);
     if (kicked.exchange(false)) {
       inGuest.store(false);
-      return false;
+      return Entry::SKIPPED;
     }
+    // An interrupt waits but the guest had IF=0 at the last exit. KVM is
+    // asked for an interrupt-window exit, but the nested KVM this project
+    // runs on never delivers one to a user-space irqchip; so the vCPU is
+    // also kicked at a short interval until an exit finds IF=1.
+    bool poll = run.request_interrupt_window != 0;
+    if (poll) armWindowPoll();
     int result = ioctl(fd.fd(), KVM_RUN, 0);
     int error = errno;
     inGuest.store(false);
+    if (poll) disarmWindowPoll();
     if (result < 0) {
-      if (error == EINTR || error == EAGAIN) return false;
+      if (error == EINTR || error == EAGAIN) return Entry::INTERRUPTED;
       KJ_FAIL_SYSCALL("KVM_RUN", error);
     }
-    return true;
+    return Entry::EXITED;
+  }
+
+  // A per-thread POSIX timer delivering the kick signal to this thread.
+  kj::Maybe<timer_t> windowPollTimer;
+  static constexpr long kWindowPollNs = 200'000;
+
+  void armWindowPoll() {
+    if (windowPollTimer == nullptr) {
+      sigevent event;
+      memset(&event, 0, sizeof(event));
+      event.sigev_notify = SIGEV_THREAD_ID;
+      event.sigev_signo = kickSignal();
+      event._sigev_un._tid = gettid();
+      timer_t timer;
+      KJ_SYSCALL(timer_create(CLOCK_MONOTONIC, &event, &timer));
+      windowPollTimer = timer;
+    }
+    itimerspec spec;
+    memset(&spec, 0, sizeof(spec));
+    spec.it_value.tv_nsec = kWindowPollNs;
+    spec.it_interval.tv_nsec = kWindowPollNs;
+    KJ_SYSCALL(timer_settime(KJ_ASSERT_NONNULL(windowPollTimer), 0, &spec, nullptr));
+  }
+
+  void disarmWindowPoll() {
+    itimerspec spec;
+    memset(&spec, 0, sizeof(spec));
+    KJ_SYSCALL(timer_settime(KJ_ASSERT_NONNULL(windowPollTimer), 0, &spec, nullptr));
   }
 
   void syncCr8FromGuest() {
@@ -357,6 +407,10 @@ private:
 
   void handleExit() {
     auto& run = fd.run();
+    if (machine.machineConfig.trace) {
+      fprintf(stderr, "[vcpu %u] exit %u if=%u ready=%u want=%u cr8=%u\n", index, run.exit_reason,
+              run.if_flag, run.ready_for_interrupt_injection, interruptWanted, (unsigned)run.cr8);
+    }
     switch (run.exit_reason) {
       case KVM_EXIT_IO: handleIo(); break;
       case KVM_EXIT_MMIO: handleMmio(); break;
@@ -576,15 +630,25 @@ void Machine::setUpVm() {
   for (uint32_t i = 0; i < machineConfig.vcpuCount; i++) {
     vcpus[i]->kvmVcpu().setCpuid(cpuidFor(i));
   }
-  alignGuestTsc(0);
 }
 
-void Machine::alignGuestTsc(int64_t offset) {
-  for (auto& vcpu : vcpus) {
-    uint64_t now = monotonicNs();
-    uint64_t tsc = uint64_t((unsigned __int128)now * guestTscHz / 1'000'000'000u) + offset;
-    vcpu->kvmVcpu().setMsr(kMsrTsc, tsc);
+int64_t Machine::measureGuestTscOffset() {
+  // KVM_GET_MSRS(IA32_TSC) bracketed by CLOCK_MONOTONIC; the tightest of a
+  // few samples bounds the error to a few microseconds of TSC.
+  auto& vcpu = vcpus[0]->kvmVcpu();
+  int64_t best = 0;
+  uint64_t bestWindow = ~0ull;
+  for (int sample = 0; sample < 8; sample++) {
+    uint64_t before = monotonicNs();
+    uint64_t tsc = vcpu.getMsr(kMsrTsc);
+    uint64_t after = monotonicNs();
+    if (after - before < bestWindow) {
+      bestWindow = after - before;
+      uint64_t middle = before + (after - before) / 2;
+      best = int64_t(tsc - uint64_t((unsigned __int128)middle * guestTscHz / 1'000'000'000u));
+    }
   }
+  return best;
 }
 
 kj::Array<kvm_cpuid_entry2> Machine::cpuidFor(uint32_t index) const {

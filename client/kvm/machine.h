@@ -29,6 +29,7 @@ struct MachineConfig {
   uint64_t memoryBytes = 256ull << 20;
   bool x2apic = true;  // CPUID.1:ECX.x2APIC
   ApicLocation apic = ApicLocation::SERVER;
+  bool trace = false;  // every exit and injection on stderr (--trace)
 };
 
 // How a run ended. Process exit statuses: the guest's own status
@@ -80,10 +81,13 @@ public:
   // with the same, and every vCPU's TSC reads CLOCK_MONOTONIC ns scaled by
   // it (offset 0), which is vlapicd's view of the guest TSC as well.
   uint64_t tscHz() const { return guestTscHz; }
-  // Program every vCPU's TSC to read CLOCK_MONOTONIC ns * tscHz / 1e9 +
-  // offset, the guest TSC as vlapicd computes it (server/core/timer.h
-  // GuestTsc), so TSC-deadline and the guest's own clock agree.
-  void alignGuestTsc(int64_t offset);
+  // The guest TSC as an offset from CLOCK_MONOTONIC: guest TSC = host ns *
+  // tscHz / 1e9 + offset, the form vlapicd computes its guest TSC in
+  // (server/core/timer.h GuestTsc), so TSC-deadline and the guest's own
+  // clock agree once vlapicd is given this offset. Measured rather than
+  // programmed: this project's nested KVM ignores guest TSC writes (the
+  // guest reads the L1 TSC, ~84 ms off CLOCK_MONOTONIC's scale).
+  int64_t measureGuestTscOffset();
 
   // Required before run() with ApicLocation::SERVER.
   void attachApic(ApicBackend& backend);

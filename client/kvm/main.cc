@@ -35,6 +35,7 @@ constexpr const char* kUsage =
     "  --spawn-vlapicd      start a private vlapicd for this run ($VLAPICD or\n"
     "                       the one next to this binary)\n"
     "  --timeout SECONDS    stop the guest after this long (status 12)\n"
+    "  --trace              log every exit and injected vector on stderr\n"
     "\n"
     "Exit status: the guest's (v << 1) | 1 after it writes v to port 0xF4;\n"
     "2 usage, 4 no /dev/kvm, 6 vlapicd unavailable or gone, 8 triple fault,\n"
@@ -116,6 +117,8 @@ Options parseOptions(int argc, char** argv) {
       options.socket = kj::str(value());
     } else if (arg == "--spawn-vlapicd") {
       options.spawn = true;
+    } else if (arg == "--trace") {
+      options.machine.trace = true;
     } else if (arg == "--timeout") {
       options.timeoutMs = parseNumber(value(), arg) * 1000;
     } else {
@@ -207,7 +210,7 @@ int runVlapicKvm(int argc, char** argv) {
     return kStatusBackendLost;
   }
   auto& backend = *KJ_ASSERT_NONNULL(backendHolder);
-  machine.alignGuestTsc(backend.tscOffset());
+  backend.setGuestTscOffset(machine.measureGuestTscOffset());
   machine.attachApic(backend);
 
   auto exit = machine.run(options.timeoutMs);

@@ -57,7 +57,13 @@ VlapicdBackend::VlapicdBackend(kj::StringPtr socketPath, const VlapicdVmSettings
 
 VlapicdBackend::~VlapicdBackend() noexcept(false) {}
 
-int64_t VlapicdBackend::tscOffset() { return vm->save().tscOffset; }
+void VlapicdBackend::setGuestTscOffset(int64_t offset) {
+  // VmConfig has no offset field; a VM-wide save/restore that keeps the
+  // saved offset (resumeTscAtSaved = false) sets it.
+  auto state = vm->save();
+  state.tscOffset = offset;
+  vm->restore(state, false);
+}
 
 bool VlapicdBackend::connected() const { return control->connected(); }
 

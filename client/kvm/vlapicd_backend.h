@@ -25,9 +25,9 @@ public:
   VlapicdBackend(kj::StringPtr socketPath, const VlapicdVmSettings& settings, ApicEventSink& sink);
   ~VlapicdBackend() noexcept(false);
 
-  // The guest TSC offset vlapicd uses (guest TSC = host ns * tscHz / 1e9 +
-  // offset); the front programs KVM's TSC to match.
-  int64_t tscOffset();
+  // Make vlapicd's guest TSC (host ns * tscHz / 1e9 + offset) the one KVM
+  // runs the vCPUs with.
+  void setGuestTscOffset(int64_t offset);
   bool connected() const override;
 
   void openOnThisThread(uint32_t vcpu) override;

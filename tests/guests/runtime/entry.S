@@ -265,3 +265,5 @@ wrmsr_safe:
         xorl %eax, %eax
 1:      movq $0, (%r8)
         ret
+
+        .section .note.GNU-stack, "", @progbits

@@ -158,9 +158,15 @@ static inline uint64_t read_cr8(void) {
 static inline void sti(void) { __asm__ volatile("sti" ::: "memory"); }
 static inline void cli(void) { __asm__ volatile("cli" ::: "memory"); }
 static inline void pause(void) { __asm__ volatile("pause" ::: "memory"); }
-/* Open an interrupt window: STI; NOP; CLI (the STI shadow covers the NOP,
- * pending interrupts are taken right after it). */
-static inline void interrupt_window(void) { __asm__ volatile("sti; nop; cli" ::: "memory"); }
+/* Open an interrupt window: pending interrupts are taken after STI's
+ * one-instruction shadow. The OUT to the unused port 0x80 exits to the VMM
+ * with IF=1 outside the shadow: on hosts whose KVM never reports an open
+ * interrupt window to a user-space irqchip (this project's nested KVM, see
+ * toolchain-facts.md), that exit is where the VMM can inject. On hardware
+ * and with an in-kernel LAPIC it is just a slow no-op. */
+static inline void interrupt_window(void) {
+  __asm__ volatile("sti; nop; outb %%al, $0x80; cli" ::: "memory", "eax");
+}
 
 /* ---- Time ---- */
 uint64_t tsc_khz(void);          /* 0 when the hypervisor does not say */

@@ -173,15 +173,7 @@ bool ChannelFront::waitForAttention(kj::Maybe<uint64_t> timeoutNs) {
 
 int ChannelFront::attentionFd() const { return impl->attentionFd; }
 
-bool ChannelFront::consumeAttentionNotification() {
-  uint64_t count;
-  ssize_t n;
-  do {
-    n = read(impl->attentionFd, &count, sizeof(count));
-  } while (n < 0 && errno == EINTR);
-  if (n < 0 && errno != EAGAIN) KJ_FAIL_SYSCALL("read(attention eventfd)", errno);
-  return n == sizeof(count);
-}
+bool ChannelFront::consumeAttentionNotification() { return drainEventFd(impl->attentionFd); }
 
 FrontStats ChannelFront::stats() const {
   FrontStats stats;

@@ -221,8 +221,7 @@ ChannelServer::ChannelServer(kj::Own<Impl> impl) : impl(kj::mv(impl)) {}
 
 ChannelServer::~ChannelServer() noexcept(false) {
   impl->stopping = true;
-  uint64_t one = 1;
-  KJ_SYSCALL(write(impl->stopFd, &one, sizeof(one)));
+  signalEventFd(impl->stopFd);
   impl->thread = nullptr;  // joins
 }
 
@@ -231,13 +230,7 @@ void ChannelServer::raiseAttention() {
   // Only the 0 -> 1 edge notifies the eventfd: until the front's next call
   // clears the flag, it already knows.
   if (shared.attention.exchange(1, std::memory_order_seq_cst) == 0) {
-    uint64_t one = 1;
-    ssize_t n;
-    do {
-      n = write(impl->attentionFd, &one, sizeof(one));
-    } while (n < 0 && errno == EINTR);
-    // EAGAIN: the counter is saturated, i.e. readable already.
-    if (n < 0 && errno != EAGAIN) KJ_FAIL_SYSCALL("write(attention eventfd)", errno);
+    signalEventFd(impl->attentionFd);
   }
   if (shared.frontSleeping.load(std::memory_order_seq_cst) != 0) ringDoorbell(impl->doorbell);
 }

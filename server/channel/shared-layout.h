@@ -91,6 +91,12 @@ DoorbellWait sleepOnDoorbell(int fd, int stopFd, int timeoutMs);
 // Whether the peer hung up, without blocking.
 bool doorbellHungUp(int fd);
 
+// Non-blocking eventfds (the attention notification, the stop signal).
+// signalEventFd adds 1 (a saturated counter is readable already);
+// drainEventFd reads it back to zero and says whether it was signalled.
+void signalEventFd(int fd);
+bool drainEventFd(int fd);
+
 // File descriptors over a Unix socket (SCM_RIGHTS), one 1-byte message.
 constexpr size_t kMaxFdsPerMessage = 4;
 void sendFds(int socket, kj::ArrayPtr<const int> fds);

@@ -7,6 +7,7 @@
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <unistd.h>
 #include <cerrno>
 #include <cstring>
 #include <ctime>
@@ -109,6 +110,25 @@ bool doorbellHungUp(int fd) {
   } while (n < 0 && errno == EINTR);
   if (n < 0) KJ_FAIL_SYSCALL("poll(doorbell)", errno);
   return (pfd.revents & (POLLHUP | POLLERR | POLLNVAL)) != 0;
+}
+
+void signalEventFd(int fd) {
+  uint64_t one = 1;
+  ssize_t n;
+  do {
+    n = write(fd, &one, sizeof(one));
+  } while (n < 0 && errno == EINTR);
+  if (n < 0 && errno != EAGAIN) KJ_FAIL_SYSCALL("write(eventfd)", errno);
+}
+
+bool drainEventFd(int fd) {
+  uint64_t count;
+  ssize_t n;
+  do {
+    n = read(fd, &count, sizeof(count));
+  } while (n < 0 && errno == EINTR);
+  if (n < 0 && errno != EAGAIN) KJ_FAIL_SYSCALL("read(eventfd)", errno);
+  return n == sizeof(count);
 }
 
 namespace {

@@ -58,13 +58,13 @@ using client::EventKind;
 using client::VcpuInfo;
 using client::VmOptions;
 
-constexpr uint64_t kXapicBase = 0xFEE00000;
-constexpr uint64_t kEoi = kXapicBase + 0x0B0;
-constexpr uint64_t kSvr = kXapicBase + 0x0F0;
-constexpr uint64_t kLvtTimer = kXapicBase + 0x320;
-constexpr uint64_t kInitialCount = kXapicBase + 0x380;
-constexpr uint64_t kDivideConfig = kXapicBase + 0x3E0;
-constexpr uint32_t kMsrTscDeadline = 0x6E0;
+// xAPIC MMIO addresses at the default base (the register table's offsets).
+constexpr uint64_t mmio(Reg reg) { return kDefaultApicBase + regOffset(reg); }
+constexpr uint64_t kEoi = mmio(Reg::EOI);
+constexpr uint64_t kSvr = mmio(Reg::SVR);
+constexpr uint64_t kLvtTimer = mmio(Reg::LVT_TIMER);
+constexpr uint64_t kInitialCount = mmio(Reg::TIMER_INITIAL_COUNT);
+constexpr uint64_t kDivideConfig = mmio(Reg::TIMER_DIVIDE_CONFIG);
 constexpr uint32_t kDivideBy1 = 0xB;
 constexpr uint8_t kTimerVector = 0xEC;
 constexpr uint32_t kModeOneShot = 0u << 17, kModePeriodic = 1u << 17,
@@ -341,6 +341,15 @@ struct Run {
     kj::joinPromises(writes.finish()).wait(waitScope);
   }
 
+  // Run `loop(vcpu, endNs)` on every vCPU at once for `durationNs`.
+  template <typename Loop>
+  void onEveryVcpu(uint64_t durationNs, Loop&& loop) {
+    uint64_t endNs = nowNs() + durationNs;
+    auto loops = kj::heapArrayBuilder<kj::Promise<void>>(vcpus.size());
+    for (uint32_t i = 0; i < vcpus.size(); ++i) loops.add(loop(i, endNs));
+    kj::joinPromises(loops.finish()).wait(waitScope);
+  }
+
   // One-shot: initial count = delay; the deadline is what vlapicd reports.
   kj::Promise<void> oneShotLoop(uint32_t index, uint64_t endNs, kj::Vector<int64_t>& out,
                                 size_t& estimated) {
@@ -593,25 +602,17 @@ int run(const Options& options) {
   runner.setUp(kModeOneShot);
   kj::Vector<int64_t> oneShot;
   size_t estimated = 0;
-  {
-    uint64_t end = nowNs() + uint64_t(5e9 * options.seconds);
-    auto loops = kj::heapArrayBuilder<kj::Promise<void>>(kVcpus);
-    for (uint32_t i = 0; i < kVcpus; ++i) loops.add(runner.oneShotLoop(i, end, oneShot, estimated));
-    kj::joinPromises(loops.finish()).wait(io.waitScope);
-  }
+  runner.onEveryVcpu(uint64_t(5e9 * options.seconds), [&](uint32_t i, uint64_t endNs) {
+    return runner.oneShotLoop(i, endNs, oneShot, estimated);
+  });
 
   // TSC-deadline.
   runner.setUp(kModeTscDeadline);
   kj::Vector<int64_t> tscDeadline;
   size_t pastOnArrival = 0;
-  {
-    uint64_t end = nowNs() + uint64_t(5e9 * options.seconds);
-    auto loops = kj::heapArrayBuilder<kj::Promise<void>>(kVcpus);
-    for (uint32_t i = 0; i < kVcpus; ++i) {
-      loops.add(runner.tscDeadlineLoop(i, end, tscDeadline, pastOnArrival));
-    }
-    kj::joinPromises(loops.finish()).wait(io.waitScope);
-  }
+  runner.onEveryVcpu(uint64_t(5e9 * options.seconds), [&](uint32_t i, uint64_t endNs) {
+    return runner.tscDeadlineLoop(i, endNs, tscDeadline, pastOnArrival);
+  });
 
   // Periodic.
   runner.setUp(kModePeriodic);

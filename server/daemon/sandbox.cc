@@ -139,7 +139,7 @@ private:
 // tracing the daemon through the test suites (strace -f) and reading the
 // code paths of kj's event loop, Cap'n Proto's two-party transport, the
 // timers, the HAL and the shared-memory channel.
-void addServingSyscalls(SeccompFilter& filter, const SandboxOptions& options) {
+void addServingSyscalls(SeccompFilter& filter) {
   // Byte streams on descriptors already open (sockets, eventfds, timerfds,
   // stdout/stderr for logs).
   for (int sc : {SCMP_SYS(read), SCMP_SYS(write), SCMP_SYS(readv), SCMP_SYS(writev),
@@ -205,11 +205,11 @@ void addServingSyscalls(SeccompFilter& filter, const SandboxOptions& options) {
   // Signals only to our own threads (abort() raises SIGABRT this way).
   filter.allowIf(SCMP_SYS(tgkill), {SCMP_A0_64(SCMP_CMP_EQ, uint64_t(getpid()))});
 
-  if (options.sharedMemoryHal) {
-    // Each new vCPU page is a sealed memfd (hal.cc) whose fd a front maps.
-    filter.allow(SCMP_SYS(memfd_create));
-    filter.allow(SCMP_SYS(ftruncate));
-  }
+  // Anonymous shared memory, never a file: the shared-memory channel of
+  // every vCPU (server/channel) and, with --hal shared, each vCPU page is a
+  // sealed memfd whose fd a front maps.
+  filter.allow(SCMP_SYS(memfd_create));
+  filter.allow(SCMP_SYS(ftruncate));
 
   // The daemon removes its socket file at shutdown as a best effort; the
   // filesystem is otherwise off limits, so this one path operation answers
@@ -225,8 +225,7 @@ void addServingSyscalls(SeccompFilter& filter, const SandboxOptions& options) {
     for (int sc : {SCMP_SYS(clone), SCMP_SYS(ptrace), SCMP_SYS(wait4), SCMP_SYS(prctl),
                    SCMP_SYS(getppid), SCMP_SYS(kill), SCMP_SYS(tgkill), SCMP_SYS(getdents64),
                    SCMP_SYS(readlink), SCMP_SYS(readlinkat), SCMP_SYS(lseek), SCMP_SYS(pread64),
-                   SCMP_SYS(sched_getaffinity), SCMP_SYS(newfstatat), SCMP_SYS(stat),
-                   SCMP_SYS(mmap), SCMP_SYS(mprotect)}) {
+                   SCMP_SYS(sched_getaffinity), SCMP_SYS(newfstatat), SCMP_SYS(stat)}) {
       filter.allow(sc);
     }
     filter.allowIf(SCMP_SYS(openat), {SCMP_A2_32(SCMP_CMP_MASKED_EQ, O_ACCMODE, O_RDONLY)});
@@ -261,7 +260,7 @@ void applySandbox(const SandboxOptions& options) {
   SeccompFilter filter(SCMP_ACT_KILL_PROCESS);
   // Every thread that already exists gets the filter too, not just this one.
   filter.setAttribute(SCMP_FLTATR_CTL_TSYNC, 1);
-  addServingSyscalls(filter, options);
+  addServingSyscalls(filter);
   filter.load();
 
   KJ_LOG(INFO, "confined: seccomp allow-list loaded (others kill the process), no new privileges",

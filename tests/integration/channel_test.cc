@@ -180,7 +180,7 @@ TEST_CASE("a channel carries its vCPU's events instead of the EventSink, until i
   CHECK(again->call(Request::mmioRead(kTpr, 4)).status == AccessStatus::OK);
 }
 
-TEST_CASE("releasing a VM with open channels ends them; the front sees DISCONNECTED",
+TEST_CASE("releasing a VM with open channels ends them, the front sees DISCONNECTED",
           "[integration][channel]") {
   testing::DaemonProcess daemon(VLAPICD_PATH, kUnconfined);
   auto front = Client::connect(daemon.socketPath());

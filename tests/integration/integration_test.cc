@@ -209,7 +209,7 @@ TEST_CASE("two fronts' VMs are isolated from each other", "[integration]") {
   CHECK(frontA->status().vms == 1);
 }
 
-TEST_CASE("a front killed mid-run loses its VM; other fronts are unaffected", "[integration]") {
+TEST_CASE("a front killed mid-run loses its VM, other fronts are unaffected", "[integration]") {
   DaemonProcess daemon(VLAPICD_PATH);
   int ready[2];
   REQUIRE(pipe(ready) == 0);
@@ -610,7 +610,7 @@ TEST_CASE("clear errors when vlapicd is absent", "[integration]") {
   }
 }
 
-TEST_CASE("vlapicd: bad flags exit non-zero with a message; SIGTERM stops it cleanly", "[integration]") {
+TEST_CASE("vlapicd: bad flags exit non-zero with a message, SIGTERM stops it cleanly", "[integration]") {
   auto bad = runTool(VLAPICD_PATH, {"--hal", "nonsense"});
   CHECK(bad.exitCode != 0);
   CHECK(contains(bad.output, "--hal must be 'host' or 'shared'"));

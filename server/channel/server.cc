@@ -167,7 +167,12 @@ void ChannelServer::Impl::serve(SharedChannel& shared, uint32_t seq,
 
 Reply ChannelServer::Impl::runHandler(const Request& request) {
   Reply reply;
-  KJ_IF_MAYBE(exception, kj::runCatchingExceptions([&]() { reply = handler(request); })) {
+  KJ_IF_MAYBE(exception, kj::runCatchingExceptions([&]() {
+    reply = handler(request);
+    // The front rejects a reply that breaks these; catch it here, where the
+    // bug is, rather than as a "malformed reply" over there.
+    KJ_REQUIRE(reply.cr8 <= 15, "handler returned a CR8 above 15", reply.cr8);
+  })) {
     uint64_t failures = handlerFailures.fetch_add(1, std::memory_order_relaxed) + 1;
     // Log the 1st, 2nd, 4th, 8th... failure: visible, yet a front that keeps
     // provoking one cannot flood the log.

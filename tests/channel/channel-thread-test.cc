@@ -198,6 +198,18 @@ TEST_CASE("channel: a handler that throws yields HANDLER_FAILED and the channel 
   CHECK(pair.server->stats().handlerFailures == 1);
 }
 
+TEST_CASE("channel: a handler reply the front would reject is a HANDLER_FAILED instead",
+          "[thread]") {
+  Pair pair(PollPolicy::adaptivePolicy(), [](const Request&) {
+    Reply reply = Reply::done();
+    reply.cr8 = 16;  // CR8 is 4 bits (SDM 10.8.6.1)
+    return reply;
+  });
+  Reply reply = pair.front->call(Request::fetchEvents());
+  CHECK(reply.kind == Reply::Kind::REJECTED);
+  CHECK(reply.rejection == Rejection::HANDLER_FAILED);
+}
+
 TEST_CASE("channel: the server learns of the front hanging up and calls onClosed once", "[thread]") {
   Pair pair(PollPolicy::adaptivePolicy());
   pair.front->call(Request::fetchEvents());

@@ -2,6 +2,7 @@
 #include "server/channel/shared-layout.h"
 #include <kj/debug.h>
 #include <atomic>
+#include <climits>
 #include <unistd.h>
 #include <cerrno>
 
@@ -86,7 +87,8 @@ bool ChannelFront::Impl::waitFor(PollWindow& window, kj::Maybe<uint64_t> timeout
     KJ_IF_MAYBE(timeout, timeoutNs) {
       uint64_t waited = monotonicNowNs() - start;
       if (waited >= *timeout) return false;
-      timeoutMs = static_cast<int>((*timeout - waited + 999'999) / 1'000'000);
+      uint64_t remainingMs = (*timeout - waited + 999'999) / 1'000'000;
+      timeoutMs = static_cast<int>(kj::min(remainingMs, uint64_t(INT_MAX)));
     }
     shared.frontSleeping.store(1, std::memory_order_seq_cst);
     if (ready()) {

@@ -38,8 +38,8 @@ constexpr const char* kUsage =
     "  --trace              log every exit and injected vector on stderr\n"
     "\n"
     "Exit status: the guest's (v << 1) | 1 after it writes v to port 0xF4;\n"
-    "2 usage, 4 no /dev/kvm, 6 vlapicd unavailable or gone, 8 triple fault,\n"
-    "10 unhandled exit, 12 timeout, 14 internal error.\n";
+    "2 usage or unloadable kernel, 4 no /dev/kvm, 6 vlapicd unavailable or\n"
+    "gone, 8 triple fault, 10 unhandled exit, 12 timeout, 14 internal error.\n";
 
 struct Options {
   MachineConfig machine;
@@ -160,6 +160,20 @@ private:
 int runVlapicKvm(int argc, char** argv) {
   Options options = parseOptions(argc, argv);
 
+  // Files first: a bad path is the user's mistake whether or not KVM works.
+  kj::Array<kj::byte> kernel;
+  kj::Vector<BootModule> modules;
+  KJ_IF_MAYBE(exception, kj::runCatchingExceptions([&]() {
+    kernel = readWholeFile(options.kernel);
+    KJ_IF_MAYBE(initrd, options.initrd) {
+      modules.add(BootModule{readWholeFile(*initrd), kj::str(*initrd)});
+    }
+  })) {
+    fprintf(stderr, "vlapic-kvm: cannot load the kernel: %s\n", exception->getDescription().cStr());
+    return kStatusUsage;
+  }
+  auto commandLine = kj::str(options.kernel, options.append.size() > 0 ? " " : "", options.append);
+
   kj::Maybe<KvmSystem> kvmSystem;
   KJ_IF_MAYBE(exception, kj::runCatchingExceptions([&]() { kvmSystem.emplace(); })) {
     fprintf(stderr, "vlapic-kvm: KVM is not available: %s\n",
@@ -171,13 +185,12 @@ int runVlapicKvm(int argc, char** argv) {
   SerialOutput serial;
   Machine machine(kvm, options.machine, [&serial](char c) { serial.put(c); });
 
-  auto kernel = readWholeFile(options.kernel);
-  kj::Vector<BootModule> modules;
-  KJ_IF_MAYBE(initrd, options.initrd) {
-    modules.add(BootModule{readWholeFile(*initrd), kj::str(*initrd)});
+  KJ_IF_MAYBE(exception, kj::runCatchingExceptions([&]() {
+    machine.setBootState(loadMultiboot(machine.memory(), kernel, commandLine, modules));
+  })) {
+    fprintf(stderr, "vlapic-kvm: cannot load the kernel: %s\n", exception->getDescription().cStr());
+    return kStatusUsage;
   }
-  auto commandLine = kj::str(options.kernel, options.append.size() > 0 ? " " : "", options.append);
-  machine.setBootState(loadMultiboot(machine.memory(), kernel, commandLine, modules));
 
   kj::Maybe<kj::Own<SpawnedVlapicd>> spawned;
   kj::Maybe<kj::Own<VlapicdBackend>> backendHolder;

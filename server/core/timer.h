@@ -72,11 +72,16 @@ public:
   void writeTscDeadline(uint64_t tsc);   // ignored outside TSC-deadline mode
 
   // Outputs.
-  uint32_t currentCount() const;         // computed from the clock now
+  // Computed from the clock now: the initial count during the first tick,
+  // 0 exactly at expiry (as a hardware down-counter), 0 when stopped.
+  uint32_t currentCount() const;
   uint64_t readTscDeadline() const;      // 0 outside TSC-deadline mode / once fired
   TimerMode mode() const;
   bool armed() const;
-  // Host ns of the next expiry, or nullptr when nothing is armed.
+  // Host ns of the next expiry, or nullptr when nothing is armed. Rounded up
+  // to whole ns, so a host timer set to it never fires before the count is
+  // 0. An expiry that fell due while the timer was reprogrammed (and that
+  // expire() has not collected yet) makes this the past time it fell due.
   kj::Maybe<uint64_t> deadlineNs() const;
 
   // Called whenever the clock may have passed deadlineNs(). Returns the

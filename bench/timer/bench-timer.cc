@@ -341,6 +341,18 @@ struct Run {
     kj::joinPromises(writes.finish()).wait(waitScope);
   }
 
+  // An expiry that never becomes deliverable is counted as lost instead of
+  // stalling the run: give up a second after the longest delay.
+  size_t lost = 0;
+  kj::Promise<kj::Maybe<Arrival>> awaitExpiry(kj::Promise<Arrival> expiry) {
+    return timer.timeoutAfter((kMaxDelayNs + 1'000'000'000) * kj::NANOSECONDS, kj::mv(expiry))
+        .then([](Arrival a) -> kj::Maybe<Arrival> { return a; },
+              [this](kj::Exception&&) -> kj::Maybe<Arrival> {
+                ++lost;
+                return nullptr;
+              });
+  }
+
   // Run `loop(vcpu, endNs)` on every vCPU at once for `durationNs`.
   template <typename Loop>
   void onEveryVcpu(uint64_t durationNs, Loop&& loop) {
@@ -363,7 +375,7 @@ struct Run {
     return write.then([info = kj::mv(info)](AccessOutcome o) mutable {
       requireOk(o, "initial count");
       return kj::mv(info);
-    }).then([expiry = kj::mv(expiry), sentNs, count, &estimated](VcpuInfo info) mutable {
+    }).then([this, expiry = kj::mv(expiry), sentNs, count, &estimated](VcpuInfo info) mutable {
       uint64_t deadline;
       KJ_IF_MAYBE(d, info.timerDeadlineNs) {
         deadline = *d;
@@ -373,9 +385,11 @@ struct Run {
         deadline = sentNs + count;
         ++estimated;
       }
-      return expiry.then([deadline](Arrival a) { return int64_t(a.receivedNs - deadline); });
-    }).then([this, &vcpu, &out](int64_t lateness) {
-      out.add(lateness);
+      return awaitExpiry(kj::mv(expiry)).then([deadline](kj::Maybe<Arrival> arrival) {
+        return arrival.map([deadline](Arrival a) { return int64_t(a.receivedNs - deadline); });
+      });
+    }).then([this, &vcpu, &out](kj::Maybe<int64_t> lateness) {
+      KJ_IF_MAYBE(l, lateness) out.add(*l);
       return handleInterrupts(vcpu);
     }).then([this, index, endNs, &out, &estimated]() {
       return oneShotLoop(index, endNs, out, estimated);
@@ -393,14 +407,14 @@ struct Run {
     // host ns `deadline`.
     uint64_t tsc = deadline + uint64_t(tscOffset);
     return vcpu.msrWrite(kMsrTscDeadline, tsc)
-        .then([expiry = kj::mv(expiry), &pastOnArrival](AccessOutcome o) mutable {
+        .then([this, expiry = kj::mv(expiry), &pastOnArrival](AccessOutcome o) mutable {
           requireOk(o, "IA32_TSC_DEADLINE");
           // The deadline had passed when the write reached vlapicd: the
           // interrupt is pending in the reply already (SDM 11.5.4.1).
           if (o.pendingVector == kj::Maybe<uint8_t>(kTimerVector)) ++pastOnArrival;
-          return kj::mv(expiry);
-        }).then([this, &vcpu, deadline, &out](Arrival a) {
-          out.add(int64_t(a.receivedNs - deadline));
+          return awaitExpiry(kj::mv(expiry));
+        }).then([this, &vcpu, deadline, &out](kj::Maybe<Arrival> arrival) {
+          KJ_IF_MAYBE(a, arrival) out.add(int64_t(a->receivedNs - deadline));
           return handleInterrupts(vcpu);
         }).then([this, index, endNs, &out, &pastOnArrival]() {
           return tscDeadlineLoop(index, endNs, out, pastOnArrival);
@@ -672,6 +686,7 @@ int run(const Options& options) {
          expiriesCounted == reported ? "" : " (the rest raised their vector without a TIMER event)");
   printf("  TSC deadlines already past when the WRMSR reached vlapicd: %zu of %zu\n",
          pastOnArrival, tscDeadline.size());
+  printf("  armed timers whose vector never became deliverable (lost): %zu\n", runner.lost);
   if (estimated != 0) {
     printf("  one-shot timers that fired before their deadline could be queried: %zu\n"
            "  (their deadline taken as send time + count: lateness under-counted)\n",

@@ -24,34 +24,46 @@ static void write_expect(uint32_t offset, uint32_t value, uint32_t want, const c
   check_eq(apic_read(offset), want, name);
 }
 
-static void check_reset_values(const char *mode) {
-  uint32_t version = apic_read(APIC_VERSION);
+/* Reset values (SDM "Local APIC State After Power-Up or Reset" and "After
+ * an INIT Reset"): read on an AP right after INIT-SIPI, since firmware may
+ * have programmed the boot CPU's APIC before the kernel runs (QEMU runs
+ * SeaBIOS); on a single-vCPU VM, on the boot CPU. */
+static uint32_t reset_value(uint32_t offset) {
+  if (cpus_online() > 1) return cpu_at(1)->reset_regs[offset >> 4];
+  return apic_read(offset);
+}
+
+static void check_reset_values(void) {
+  uint32_t version = reset_value(APIC_VERSION);
   uint32_t max_lvt = (version >> 16) & 0xFF;
-  printf("NOTE %s version 0x%x\n", mode, version);
+  printf("NOTE reset values read on %s; version 0x%x\n", cpus_online() > 1 ? "AP 1 after INIT" : "the boot CPU", version);
   check_eq(version & 0xFF, 0x14, "version: integrated APIC 0x14");
   check(max_lvt == 5 || max_lvt == 6, "version: max LVT entry 5 or 6");
-  check_eq(apic_read(APIC_TPR), 0, "reset: TPR 0");
-  check_eq(apic_read(APIC_PPR), 0, "reset: PPR 0");
-  check_eq(apic_read(APIC_SVR), 0xFF, "reset: SVR 0xFF (software disabled)");
+  check_eq(reset_value(APIC_TPR), 0, "reset: TPR 0");
+  check_eq(reset_value(APIC_PPR), 0, "reset: PPR 0");
+  check_eq(reset_value(APIC_SVR), 0xFF, "reset: SVR 0xFF (software disabled)");
   bool clean = true;
   for (uint32_t i = 0; i < 8; i++) {
-    clean &= apic_read(APIC_ISR + i * 0x10) == 0;
-    clean &= apic_read(APIC_TMR + i * 0x10) == 0;
-    clean &= apic_read(APIC_IRR + i * 0x10) == 0;
+    clean &= reset_value(APIC_ISR + i * 0x10) == 0;
+    clean &= reset_value(APIC_TMR + i * 0x10) == 0;
+    clean &= reset_value(APIC_IRR + i * 0x10) == 0;
   }
   check(clean, "reset: ISR, TMR, IRR all 0");
-  check_eq(apic_read(APIC_ESR), 0, "reset: ESR 0");
-  check_eq(apic_read(APIC_LVT_TIMER), LVT_MASKED, "reset: LVT Timer masked");
-  check_eq(apic_read(APIC_LVT_THERMAL), LVT_MASKED, "reset: LVT Thermal masked");
-  check_eq(apic_read(APIC_LVT_PMC), LVT_MASKED, "reset: LVT PMC masked");
-  uint32_t lint0 = apic_read(APIC_LVT_LINT0);
+  check_eq(reset_value(APIC_ESR), 0, "reset: ESR 0");
+  check_eq(reset_value(APIC_LVT_TIMER), LVT_MASKED, "reset: LVT Timer masked");
+  check_eq(reset_value(APIC_LVT_THERMAL), LVT_MASKED, "reset: LVT Thermal masked");
+  check_eq(reset_value(APIC_LVT_PMC), LVT_MASKED, "reset: LVT PMC masked");
+  uint32_t lint0 = reset_value(APIC_LVT_LINT0);
   /* PC firmware (and KVM) leave the BSP's LINT0 as ExtINT: accept both. */
   check(lint0 == LVT_MASKED || lint0 == 0x700, "reset: LVT LINT0 masked (or ExtINT on the BSP)");
-  check_eq(apic_read(APIC_LVT_LINT1), LVT_MASKED, "reset: LVT LINT1 masked");
-  check_eq(apic_read(APIC_LVT_ERROR), LVT_MASKED, "reset: LVT Error masked");
-  check_eq(apic_read(APIC_TIMER_INITIAL), 0, "reset: timer initial count 0");
-  check_eq(apic_read(APIC_TIMER_CURRENT), 0, "reset: timer current count 0");
-  check_eq(apic_read(APIC_TIMER_DIVIDE), 0, "reset: divide configuration 0");
+  check_eq(reset_value(APIC_LVT_LINT1), LVT_MASKED, "reset: LVT LINT1 masked");
+  check_eq(reset_value(APIC_LVT_ERROR), LVT_MASKED, "reset: LVT Error masked");
+  check_eq(reset_value(APIC_TIMER_INITIAL), 0, "reset: timer initial count 0");
+  check_eq(reset_value(APIC_TIMER_CURRENT), 0, "reset: timer current count 0");
+  check_eq(reset_value(APIC_TIMER_DIVIDE), 0, "reset: divide configuration 0");
+  check_eq(reset_value(APIC_LDR), 0, "xAPIC reset: LDR 0");
+  check_eq(reset_value(APIC_DFR), 0xFFFFFFFF, "xAPIC reset: DFR flat (all ones)");
+  if (cpus_online() > 1) check_eq(reset_value(APIC_ID) >> 24, cpu_at(1)->apic_id, "AP reset: ID = its initial APIC ID");
 }
 
 static void check_writable_masks(void) {
@@ -60,10 +72,10 @@ static void check_writable_masks(void) {
   write_expect(APIC_TPR, 0, 0, "TPR: back to 0");
   write_expect(APIC_SVR, 0x1FF, 0x1FF, "SVR: vector and enable writable");
   /* Reserved bits of LVT entries are dropped; delivery status reads 0. */
-  write_expect(APIC_LVT_TIMER, 0x801310EF, 0x000300EF, "LVT Timer: vector, mask, periodic mode");
+  write_expect(APIC_LVT_TIMER, 0x801300EF, 0x000300EF, "LVT Timer: vector, mask, periodic mode");
   write_expect(APIC_LVT_TIMER, LVT_MASKED, LVT_MASKED, "LVT Timer: one-shot masked");
-  write_expect(APIC_LVT_THERMAL, 0x801114EF, 0x000104EF, "LVT Thermal: vector, NMI mode, mask");
-  write_expect(APIC_LVT_PMC, 0x801114EF, 0x000104EF, "LVT PMC: vector, NMI mode, mask");
+  write_expect(APIC_LVT_THERMAL, 0x801104EF, 0x000104EF, "LVT Thermal: vector, NMI mode, mask");
+  write_expect(APIC_LVT_PMC, 0x801104EF, 0x000104EF, "LVT PMC: vector, NMI mode, mask");
   write_expect(APIC_LVT_LINT0, 0x8011A0EF, 0x0001A0EF, "LVT LINT0: vector, polarity, trigger, mask");
   write_expect(APIC_LVT_LINT1, 0x8011A0EF, 0x0001A0EF, "LVT LINT1: vector, polarity, trigger, mask");
   write_expect(APIC_LVT_ERROR, 0x801107EF, 0x000100EF, "LVT Error: vector and mask only");
@@ -90,9 +102,7 @@ static void check_writable_masks(void) {
 static void xapic_phase(void) {
   uint32_t id = initial_apic_id();
   check_eq(apic_read(APIC_ID) >> 24, id, "xAPIC ID[31:24] = CPUID initial APIC ID");
-  check_reset_values("xAPIC");
-  check_eq(apic_read(APIC_LDR), 0, "xAPIC reset: LDR 0");
-  check_eq(apic_read(APIC_DFR), 0xFFFFFFFF, "xAPIC reset: DFR flat (all ones)");
+  check_reset_values();
   write_expect(APIC_LDR, 0xFFFFFFFF, 0xFF000000, "xAPIC LDR: bits 31:24 writable");
   write_expect(APIC_LDR, 0, 0, "xAPIC LDR: back to 0");
   write_expect(APIC_DFR, 0x0FFFFFFF, 0x0FFFFFFF, "xAPIC DFR: cluster model");
@@ -166,6 +176,10 @@ static void x2apic_phase(void) {
 }
 
 void test_main(void) {
+  if (cpu_count() > 1) {
+    capture_ap_reset_state = true;
+    check_eq(start_aps(2000), cpu_count() - 1, "APs started for the reset-state checks");
+  }
   xapic_phase();
   if (cpu_has_x2apic()) {
     x2apic_phase();

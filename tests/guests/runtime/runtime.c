@@ -13,6 +13,7 @@ extern uint32_t multiboot_info_address, multiboot_magic;
 #define FW_CFG_DATA 0x511
 
 volatile uint64_t apic_mmio_base = APIC_DEFAULT_BASE;
+volatile bool capture_ap_reset_state;
 
 static volatile uint32_t print_lock;
 static volatile uint32_t passed_count, failed_count;
@@ -359,6 +360,15 @@ void runtime_ap_main(unsigned index) {
   load_idt();
   init_cpu(index);
   struct cpu *c = this_cpu();
+  if (capture_ap_reset_state) {
+    /* Every register a read is defined for (not EOI, RRD, reserved). */
+    for (uint32_t offset = 0x20; offset <= 0x3E0; offset += 0x10) {
+      bool readable = (offset >= 0x20 && offset <= 0x30) || (offset >= 0x80 && offset <= 0xA0) ||
+                      (offset >= 0xD0 && offset <= 0x280) || (offset >= 0x2F0 && offset <= 0x390) ||
+                      offset == 0x3E0;
+      if (readable && offset != APIC_LVT_CMCI) c->reset_regs[offset >> 4] = mmio_read(apic_mmio_base + offset);
+    }
+  }
   apic_software_enable();
   __atomic_fetch_add(&online_cpus, 1, __ATOMIC_RELEASE);
   /* Idle: run queued work, otherwise halt until an interrupt. CLI before
@@ -403,6 +413,11 @@ bool run_on(unsigned index, void (*fn)(void), unsigned timeout_ms) {
 }
 
 void runtime_main(void) {
+  /* Firmware (QEMU runs SeaBIOS before -kernel) may leave the legacy PIC
+   * unmasked behind LINT0 in ExtINT mode; mask it so that its timer does
+   * not arrive as vector 8. */
+  outb(0x21, 0xFF);
+  outb(0xA1, 0xFF);
   setup_idt();
   init_cpu(0);
   set_handler(VECTOR_WAKE, wake_handler);

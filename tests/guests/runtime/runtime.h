@@ -98,7 +98,13 @@ struct cpu {
   volatile uint32_t work_done;
   volatile uint32_t interrupts[256];
   volatile uint32_t nmis;
+  /* The xAPIC registers as the AP found them after INIT-SIPI, before the
+   * runtime touched them (when capture_ap_reset_state is set), indexed by
+   * offset >> 4. */
+  uint32_t reset_regs[64];
 };
+/* Set before start_aps() to fill cpu->reset_regs on each AP. */
+extern volatile bool capture_ap_reset_state;
 struct cpu *this_cpu(void);
 struct cpu *cpu_at(unsigned index);
 unsigned cpu_count(void);        /* CPUs announced by fw_cfg */

@@ -1,5 +1,7 @@
 #include "client/kvm/machine.h"
 
+#include "server/core/types.h"
+
 #include <kj/debug.h>
 #include <cerrno>
 #include <csignal>
@@ -26,14 +28,11 @@ int MachineExit::processStatus() const {
 
 namespace {
 
+// The APIC MSR numbers and IA32_APIC_BASE bits come from the core's
+// server/core/types.h (kMsrApicBase, kMsrTscDeadline, kMsrX2apicFirst/Last,
+// kApicBaseEnable, kApicBaseExtd).
 constexpr uint32_t kMsrTsc = 0x10;
-constexpr uint32_t kMsrApicBase = 0x1B;
-constexpr uint32_t kMsrTscDeadline = 0x6E0;
-constexpr uint32_t kMsrX2apicFirst = 0x800;
-constexpr uint32_t kMsrX2apicLast = 0x8FF;
 constexpr uint32_t kMsrX2apicTpr = 0x808;
-constexpr uint64_t kApicBaseEnable = 1u << 11;
-constexpr uint64_t kApicBaseExtd = 1u << 10;
 constexpr uint64_t kApicBaseAddressMask = 0x000FFFFFFFFFF000ull;
 constexpr uint64_t kApicWindowSize = 4096;
 constexpr uint32_t kApicTprOffset = 0x80;

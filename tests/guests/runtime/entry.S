@@ -80,10 +80,11 @@ _start32:
         movl $(pd + 0x3003), pdpt + 24
         movl $(pdpt + 3), pml4
 
-        call enter_long_mode32
-        ljmp $0x08, $start64
+        movl $start64, %esi
+        jmp enter_long_mode32
 
-/* PAE, CR3, EFER.LME, CR0.PG: shared by the BSP and the APs. */
+/* PAE, CR3, EFER.LME, CR0.PG, then 64-bit code at %esi with flat data
+ * segments: shared by the BSP and the APs, and needs no stack. */
 enter_long_mode32:
         movl %cr4, %eax
         orl $0x20, %eax
@@ -97,10 +98,10 @@ enter_long_mode32:
         movl %cr0, %eax
         orl $0x80000000, %eax
         movl %eax, %cr0
-        ret
+        ljmp $0x08, $long_mode64
 
         .code64
-start64:
+long_mode64:
         movw $0x18, %ax
         movw %ax, %ds
         movw %ax, %es
@@ -108,6 +109,10 @@ start64:
         xorw %ax, %ax
         movw %ax, %fs
         movw %ax, %gs
+        movl %esi, %esi                 /* upper half undefined after the switch */
+        jmp *%rsi
+
+start64:
         movq $(cpu_stacks + CPU_STACK_SIZE), %rsp
         xorl %edi, %edi
         call runtime_main
@@ -117,13 +122,6 @@ start64:
 
 /* APs arrive here from the trampoline, in long mode. */
 ap_start64:
-        movw $0x18, %ax
-        movw %ax, %ds
-        movw %ax, %es
-        movw %ax, %ss
-        xorw %ax, %ax
-        movw %ax, %fs
-        movw %ax, %gs
         lgdt gdt_descriptor
         movl $1, %eax
         lock xaddl %eax, next_cpu_index
@@ -158,19 +156,9 @@ trampoline32:
         movw %ax, %ds
         movw %ax, %es
         movw %ax, %ss
-        movl %cr4, %eax
-        orl $0x20, %eax
-        movl %eax, %cr4
-        movl $pml4, %eax
-        movl %eax, %cr3
-        movl $0xC0000080, %ecx
-        rdmsr
-        orl $0x100, %eax
-        wrmsr
-        movl %cr0, %eax
-        orl $0x80000000, %eax
-        movl %eax, %cr0
-        ljmp $0x08, $ap_start64
+        movl $ap_start64, %esi
+        movl $enter_long_mode32, %eax
+        jmp *%eax
         .align 4
 trampoline_gdt:
         .word gdt_end - gdt - 1

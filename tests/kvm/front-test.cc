@@ -184,7 +184,7 @@ TEST_CASE("16550: THR prints, LSR says idle (0x60), the divisor latch hides divi
   CHECK(serial.read(0x3FF) == 0x5A);  // scratch
 }
 
-TEST_CASE("fw_cfg: signature, interface ID, RAM size, CPU count; unknown items read 0") {
+TEST_CASE("fw_cfg: signature, interface ID, RAM size, CPU count, unknown items read 0") {
   FwCfg fwCfg(256ull << 20, 4);
   fwCfg.select(FwCfg::kSignature);
   char signature[4];
@@ -206,7 +206,7 @@ TEST_CASE("fw_cfg: signature, interface ID, RAM size, CPU count; unknown items r
   CHECK(fwCfg.readData() == 'Q');
 }
 
-TEST_CASE("IoBus: debug exit takes the 32-bit value; nothing-decoded ports float high") {
+TEST_CASE("IoBus: debug exit takes the 32-bit value, nothing-decoded ports float high") {
   kj::Vector<char> out;
   kj::Maybe<uint32_t> exited;
   IoBus bus(64 << 20, 2, [&out](char c) { out.add(c); }, [&exited](uint32_t v) { exited = v; });

@@ -5,6 +5,7 @@
 #include <kj/debug.h>
 #include <cerrno>
 #include <csignal>
+#include <pthread.h>
 #include <cstdio>
 #include <cstring>
 #include <ctime>
@@ -134,12 +135,12 @@ public:
 
   void kick() {
     kicked.store(true);
-    fd.run().immediate_exit = 1;
+    __atomic_store_n(&fd.run().immediate_exit, 1, __ATOMIC_SEQ_CST);
+    // inGuest is only ever true on the running vCPU thread, after it set
+    // selfThread, so the signal never targets a thread that is gone.
     if (inGuest.load()) {
-      KJ_IF_MAYBE(t, thread) {
-        machine.stats.kicks++;
-        (*t)->sendSignal(kickSignal());
-      }
+      machine.stats.kicks++;
+      pthread_kill(selfThread, kickSignal());
     }
   }
 
@@ -155,6 +156,7 @@ private:
   kj::MutexGuarded<Pending> pending;
   std::atomic<bool> kicked{false};
   std::atomic<bool> inGuest{false};
+  pthread_t selfThread{};
 
   // vCPU-thread state.
   bool waitingForSipi = false;
@@ -168,6 +170,7 @@ private:
   ApicBackend& backend() { return KJ_ASSERT_NONNULL(machine.backend); }
 
   void threadMain() {
+    selfThread = pthread_self();
     KJ_DEFER(KJ_IF_MAYBE(timer, windowPollTimer) timer_delete(*timer));
     KJ_IF_MAYBE(exception, kj::runCatchingExceptions([&]() {
       if (serverApic()) {

@@ -6,12 +6,12 @@
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 build_dir=${1:-$here/../../build-fuzz}
-[ -x "$build_dir/fuzz-core" ] || { echo "SKIP: fuzz harnesses not built in $build_dir (run.sh --build-only)"; exit 77; }
+[ -x "$build_dir/tests/fuzz/fuzz-core" ] || { echo "SKIP: fuzz harnesses not built in $build_dir (run.sh --build-only)"; exit 77; }
 status=0
 for input in "$here"/repro/*; do
   [ -f "$input" ] || continue
   name=$(basename "$input")
-  exe="$build_dir/fuzz-${name%%-*}"
+  exe="$build_dir/tests/fuzz/fuzz-${name%%-*}"
   if FUZZ_STRICT=1 "$exe" "$input" >/dev/null 2>&1; then
     echo "fixed: $name"
   else

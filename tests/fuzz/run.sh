@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Builds the libFuzzer harnesses with clang (tests/fuzz/standalone, its own
-# build directory, separate from the main g++ build) and runs each for a
-# bounded time over the committed corpus under tests/fuzz/corpus/<name>.
+# Builds the libFuzzer harnesses with clang (a configuration of the whole
+# project in its own build directory, separate from the main g++ build) and
+# runs each for a bounded time over the committed corpus under
+# tests/fuzz/corpus/<name>.
 #
 # Usage: tests/fuzz/run.sh [--seconds N] [--build-dir DIR] [--build-only]
 #                          [--grow] [harness...]
-#   harness: core (default: every harness that was built)
+#   harness: core, server (default: every harness that was built)
 #   --grow: add the new interesting inputs to the committed corpus (after
 #           merging, so it stays minimal) instead of a scratch directory.
 # Exit status: 0 no crash, 1 a crash or invariant violation (the reproducer
@@ -41,28 +42,32 @@ if ! echo 'extern "C" int LLVMFuzzerTestOneInput(const char*, unsigned long) { r
   exit 77
 fi
 
-# The build is serialised with a lock so that the per-harness ctest entries
-# can share one build directory.
+# The harnesses are built in a clang configuration of the whole project
+# (tests/fuzz/CMakeLists.txt defines them when VLAPIC_FUZZ is on): every
+# library gets libFuzzer's coverage instrumentation and ASan/UBSan. The build
+# is serialised with a lock so the per-harness ctest entries can share it.
 mkdir -p "$build_dir"
 (
   flock 9
   if [ ! -f "$build_dir/CMakeCache.txt" ]; then
-    cmake -S "$here/standalone" -B "$build_dir" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
-      -DCMAKE_C_COMPILER=clang -DCMAKE_CXX_COMPILER=clang++ >/dev/null
+    cmake -S "$repo" -B "$build_dir" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+      -DCMAKE_C_COMPILER=clang -DCMAKE_CXX_COMPILER=clang++ -DVLAPIC_FUZZ=ON \
+      "-DCMAKE_CXX_FLAGS=-fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer" \
+      "-DCMAKE_EXE_LINKER_FLAGS=-fsanitize=address,undefined" >/dev/null
   fi
-  cmake --build "$build_dir" -j"$(nproc)"
+  cmake --build "$build_dir" -j"$(nproc)" --target fuzz-harnesses
 ) 9>"$build_dir/.build-lock"
 [ "$build_only" -eq 1 ] && exit 0
 
 if [ ${#harnesses[@]} -eq 0 ]; then
-  for exe in "$build_dir"/fuzz-*; do
+  for exe in "$build_dir"/tests/fuzz/fuzz-*; do
     [ -x "$exe" ] && harnesses+=("${exe##*/fuzz-}")
   done
 fi
 
 status=0
 for name in "${harnesses[@]}"; do
-  exe="$build_dir/fuzz-$name"
+  exe="$build_dir/tests/fuzz/fuzz-$name"
   corpus="$here/corpus/$name"
   mkdir -p "$corpus" "$build_dir/artifacts"
   scratch=$(mktemp -d)

@@ -16,7 +16,11 @@ install_packages
 build_dir=${1:-build-asan}
 jobs=$(nproc)
 start=$(date +%s)
-cmake -S . -B "$build_dir" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DVLAPIC_SANITIZE=ON
+# g++ 12 reports -Wmaybe-uninitialized false positives inside kj::Maybe's
+# placement new once ASan instruments the code; the release build (the one
+# that must be warning-free) keeps the warning.
+cmake -S . -B "$build_dir" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DVLAPIC_SANITIZE=ON \
+  -DCMAKE_CXX_FLAGS=-Wno-maybe-uninitialized
 cmake --build "$build_dir" -j"$jobs"
 built=$(date +%s)
 # halt_on_error: the first report ends the process with a failing status.

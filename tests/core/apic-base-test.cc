@@ -170,7 +170,7 @@ TEST_CASE("KVM measured: vCPU 1 after EXTD has ID 1, LDR 2, DFR still all-ones i
   CHECK(lapic->readRegister(Reg::DFR) == 0xFFFFFFFF);
 }
 
-TEST_CASE("SDM 11.12.5: x2APIC -> disabled -> xAPIC goes back to the xAPIC ID; only xAPIC "
+TEST_CASE("SDM 11.12.5: x2APIC -> disabled -> xAPIC goes back to the xAPIC ID, only xAPIC "
           "fields survive in LDR and ICR high") {
   Env env;
   auto lapic = env.make({}, 0x35);

@@ -69,7 +69,7 @@ TEST_CASE("SDM 11.4.7.3: INIT resets registers but keeps APIC ID and IA32_APIC_B
   CHECK(maybeVector(lapic->startup(0x10)) == 0x10);
 }
 
-TEST_CASE("SDM 11.4.7.3: INIT in x2APIC mode keeps the x2APIC ID and LDR; the BSP keeps running") {
+TEST_CASE("SDM 11.4.7.3: INIT in x2APIC mode keeps the x2APIC ID and LDR, the BSP keeps running") {
   Env env;
   auto lapic = env.make({}, 0x21, true);
   enterX2apic(*lapic);

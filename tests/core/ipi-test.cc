@@ -114,7 +114,7 @@ TEST_CASE("SDM 11.12.9: the x2APIC ICR is one 64-bit MSR with a 32-bit destinati
   CHECK(m.destination == 0xFFFFFFFF);
 }
 
-TEST_CASE("SDM 11.12.9 (KVM): x2APIC ICR reserved bits 31:20, 17:16 and 13 raise #GP; "
+TEST_CASE("SDM 11.12.9 (KVM): x2APIC ICR reserved bits 31:20, 17:16 and 13 raise #GP, "
           "delivery status is masked") {
   Env env;
   auto lapic = enabledLapic(env);
@@ -133,7 +133,7 @@ TEST_CASE("SDM 11.12.9 (KVM): x2APIC ICR reserved bits 31:20, 17:16 and 13 raise
   CHECK(msrRead(*lapic, 0x830) == 0x40);
 }
 
-TEST_CASE("SDM 11.12.11: SELF IPI delivers a fixed edge interrupt locally; bits 31:8 fault") {
+TEST_CASE("SDM 11.12.11: SELF IPI delivers a fixed edge interrupt locally, bits 31:8 fault") {
   Env env;
   auto lapic = enabledLapic(env);
   enterX2apic(*lapic);

@@ -104,7 +104,7 @@ TEST_CASE("SDM 11.4.8: 6 LVT entries, or 7 with LVT CMCI") {
   CHECK(inIrr(*seven, 0x4A));
 }
 
-TEST_CASE("SDM 11.5.1: thermal and PMC entries deliver fixed, NMI and SMI; PMC masks itself") {
+TEST_CASE("SDM 11.5.1: thermal and PMC entries deliver fixed, NMI and SMI, PMC masks itself") {
   Env env;
   auto lapic = enabledLapic(env);
   CHECK(lapic->signalLvt(LvtSource::THERMAL).kind == Kind::NONE);  // masked at reset

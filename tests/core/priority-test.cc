@@ -51,7 +51,7 @@ TEST_CASE("SDM 11.8.3.1: a vector is deliverable only when its class is above PP
   CHECK(maybeVector(lapic->pendingVector()) == 0x46);  // highest IRR bit first
 }
 
-TEST_CASE("SDM 11.8.4: acceptance sets IRR; TMR records the trigger mode") {
+TEST_CASE("SDM 11.8.4: acceptance sets IRR, TMR records the trigger mode") {
   Env env;
   auto lapic = enabledLapic(env);
   CHECK(lapic->acceptInterrupt(0x80, TriggerMode::LEVEL));

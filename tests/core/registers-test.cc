@@ -92,7 +92,7 @@ TEST_CASE("SDM 11.12.1.2: decoding of every x2APIC MSR 0x800-0x8FF") {
   CHECK(registerAtMsr(0x900) == nullptr);
 }
 
-TEST_CASE("Seed examples: 0xFEE00020 -> ID, 0xFEE00100 -> ISR[0], 0xFEE00320 -> LVT Timer; "
+TEST_CASE("Seed examples: 0xFEE00020 -> ID, 0xFEE00100 -> ISR[0], 0xFEE00320 -> LVT Timer, "
           "MSR 0x802, 0x810, 0x832") {
   Env env;
   auto lapic = env.make({}, 7);

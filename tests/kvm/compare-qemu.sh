@@ -31,6 +31,8 @@ done
 
 qemu-system-x86_64 --version | head -1
 failed=0
+# SMP runs use 2 vCPUs: this host's KVM recommends no more (it has 2 CPUs),
+# and QEMU with 4 busy-waiting vCPUs on it sometimes stalls past the timeout.
 run() {  # run LABEL KERNEL SMP CPU
   local label=$1 kernel=$2 smp=$3 cpu=$4 output status
   # -nodefaults: no devices at the addresses apic-base relocates the window
@@ -55,8 +57,8 @@ run "apic-regs (x2APIC)" "$guests/apic-regs.elf" 2 host,+invtsc,-arch-capabiliti
 run "apic-regs (no x2APIC)" "$guests/apic-regs.elf" 2 host,+invtsc,-arch-capabilities,-x2apic
 run "apic-base (x2APIC)" "$guests/apic-base.elf" 1 host,+invtsc,-arch-capabilities
 run "apic-base (no x2APIC)" "$guests/apic-base.elf" 1 host,+invtsc,-arch-capabilities,-x2apic
-run "apic-ipi (4 vCPUs)" "$guests/apic-ipi.elf" 4 host,+invtsc,-arch-capabilities
-run "apic-ipi (3 vCPUs, no x2APIC)" "$guests/apic-ipi.elf" 3 host,+invtsc,-arch-capabilities,-x2apic
+run "apic-ipi (2 vCPUs)" "$guests/apic-ipi.elf" 2 host,+invtsc,-arch-capabilities
+run "apic-ipi (2 vCPUs, no x2APIC)" "$guests/apic-ipi.elf" 2 host,+invtsc,-arch-capabilities,-x2apic
 run "apic-timer" "$guests/apic-timer.elf" 1 host,+invtsc,-arch-capabilities
 run "apic-priority" "$guests/apic-priority.elf" 1 host,+invtsc,-arch-capabilities
 echo "compare-qemu: $failed kernel run(s) did not pass under QEMU's in-kernel LAPIC"

@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <ctime>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -59,6 +60,10 @@ SpawnedVlapicd::SpawnedVlapicd(kj::StringPtr binary) {
   if (pid == 0) {
     // vlapicd's log goes to our stderr; the guest owns stdout.
     dup2(STDERR_FILENO, STDOUT_FILENO);
+    // Die with us if we die without cleaning up. (The kernel clears this
+    // when vlapicd later drops to an unprivileged user; the destructor's
+    // SIGTERM covers every orderly exit.)
+    prctl(PR_SET_PDEATHSIG, SIGTERM);
     execlp(binary.cStr(), binary.cStr(), "--socket", socket.cStr(), (char*)nullptr);
     fprintf(stderr, "vlapic-kvm: cannot execute %s: %s\n", binary.cStr(), strerror(errno));
     _exit(127);

@@ -6,7 +6,7 @@ VLAPIC_PACKAGES=(
   catch2
   # Hardening (issue 8): vlapicd's seccomp filter, the sandbox script, the
   # libFuzzer harnesses (clang + its runtime), leak checks.
-  libseccomp-dev bubblewrap clang libclang-rt-14-dev
+  libseccomp-dev bubblewrap clang libclang-rt-14-dev valgrind
 )
 
 install_packages() {

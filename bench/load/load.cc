@@ -19,6 +19,10 @@
 // time (flat memory: growth after warm-up). Exit status 1 if a check fails.
 //
 // Usage: bench-load [--fronts N] [--vcpus N] [--seconds N]
+//                   [--socket PATH --server-pid PID]
+//   --socket/--server-pid: load an already running vlapicd instead of
+//   starting one (e.g. under valgrind, or an ASan build whose
+//   LeakSanitizer report at exit is the point of the run).
 #include "client/lib/vlapic_client.h"
 #include "tests/integration/daemon_process.h"
 
@@ -206,10 +210,19 @@ pid_t startDoomedFront(kj::StringPtr socket, uint32_t vcpus) {
   return child;
 }
 
-int run(uint32_t fronts, uint32_t vcpus, uint32_t seconds) {
-  testing::DaemonProcess daemon(VLAPICD_PATH);
-  pid_t server = daemon.pid();
-  auto socket = daemon.socketPath();
+int run(uint32_t fronts, uint32_t vcpus, uint32_t seconds, kj::Maybe<kj::StringPtr> external,
+        pid_t externalPid) {
+  kj::Maybe<testing::DaemonProcess> daemon;
+  kj::StringPtr socket;
+  pid_t server;
+  KJ_IF_MAYBE(path, external) {
+    socket = *path;
+    server = externalPid;
+  } else {
+    auto& started = daemon.emplace(VLAPICD_PATH);
+    socket = started.socketPath();
+    server = started.pid();
+  }
   // Forked before this process has any thread.
   pid_t doomed = startDoomedFront(socket, vcpus);
   auto monitor = client::Client::connect(socket);
@@ -281,8 +294,9 @@ int run(uint32_t fronts, uint32_t vcpus, uint32_t seconds) {
   int64_t growth = int64_t(last) - int64_t(warm);
   uint64_t lost = totals.ipisSent - totals.ipisAcknowledged;
 
-  printf("bench-load: %u fronts x %u vCPUs (+1 front killed at %u s), %.1f s, vlapicd confined\n",
-         fronts, vcpus, seconds / 2, elapsed);
+  printf("bench-load: %u fronts x %u vCPUs (+1 front killed at %u s), %.1f s, %s\n", fronts,
+         vcpus, seconds / 2, elapsed,
+         external == nullptr ? "vlapicd started confined" : "external vlapicd");
   printf("  %-34s %12.0f /s   (%llu total)\n", "guest accesses (MMIO, ack, EOI)",
          totals.accesses / elapsed, (unsigned long long)totals.accesses.load());
   printf("  %-34s %12.0f /s   (%llu sent, %llu acknowledged, %llu lost)\n", "fixed IPIs",
@@ -319,6 +333,8 @@ int run(uint32_t fronts, uint32_t vcpus, uint32_t seconds) {
 
 int main(int argc, char* argv[]) {
   uint32_t fronts = 16, vcpus = 8, seconds = 60;
+  kj::Maybe<kj::StringPtr> socket;
+  pid_t serverPid = 0;
   for (int i = 1; i < argc; ++i) {
     auto next = [&]() -> uint32_t {
       if (i + 1 >= argc) {
@@ -330,8 +346,11 @@ int main(int argc, char* argv[]) {
     if (strcmp(argv[i], "--fronts") == 0) fronts = next();
     else if (strcmp(argv[i], "--vcpus") == 0) vcpus = next();
     else if (strcmp(argv[i], "--seconds") == 0) seconds = next();
+    else if (strcmp(argv[i], "--server-pid") == 0) serverPid = pid_t(next());
+    else if (strcmp(argv[i], "--socket") == 0 && i + 1 < argc) socket = kj::StringPtr(argv[++i]);
     else {
-      fprintf(stderr, "usage: %s [--fronts N] [--vcpus N] [--seconds N]\n", argv[0]);
+      fprintf(stderr, "usage: %s [--fronts N] [--vcpus N] [--seconds N] "
+              "[--socket PATH --server-pid PID]\n", argv[0]);
       return 2;
     }
   }
@@ -340,5 +359,10 @@ int main(int argc, char* argv[]) {
     return 2;
   }
   signal(SIGPIPE, SIG_IGN);
-  return vlapic::load::run(fronts, vcpus, seconds);
+  setvbuf(stdout, nullptr, _IOLBF, 0);
+  if ((socket == nullptr) != (serverPid == 0)) {
+    fprintf(stderr, "bench-load: --socket and --server-pid go together\n");
+    return 2;
+  }
+  return vlapic::load::run(fronts, vcpus, seconds, socket, serverPid);
 }

@@ -414,13 +414,15 @@ public:
   }
 
   kj::Promise<VcpuTicket> ticket() override {
-    return cap.ticketRequest().send().then([this](auto response) {
-      VcpuTicket out;
-      out.socketPath = kj::heapString(socketPath);
-      out.index = vcpuIndex;
-      out.token = kj::heapArray<kj::byte>(response.getTicket());
-      return out;
-    });
+    // The handle may be gone before the reply (a temporary): capture values.
+    return cap.ticketRequest().send().then(
+        [path = kj::heapString(socketPath), index = vcpuIndex](auto response) mutable {
+          VcpuTicket out;
+          out.socketPath = kj::mv(path);
+          out.index = index;
+          out.token = kj::heapArray<kj::byte>(response.getTicket());
+          return out;
+        });
   }
 
   kj::Promise<kj::AutoCloseFd> openChannel() override {

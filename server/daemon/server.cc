@@ -104,6 +104,11 @@ LapicSnapshot snapshotFromProto(proto::VcpuState::Reader in) {
 
 uint64_t monotonicNowNs() { return hal::MonotonicClock().nowNs(); }
 
+// First-segment hint for replies (they grow as needed). Always explicit:
+// capnp's defaulted hint trips g++'s -Wmaybe-uninitialized in sanitizer
+// builds.
+constexpr capnp::MessageSize kReplySize{256, 1};
+
 class VmHost;
 class VmLease;
 
@@ -644,7 +649,7 @@ public:
 
   kj::Promise<void> info(InfoContext context) override {
     KJ_IF_MAYBE(page, find()) {
-      fillPageInfo(context.getResults().initInfo(), *page);
+      fillPageInfo(context.getResults(kReplySize).initInfo(), *page);
       return kj::READY_NOW;
     }
     KJ_FAIL_REQUIRE("VM released", vmId);
@@ -761,7 +766,7 @@ public:
   kj::Promise<void> save(SaveContext context) override {
     auto& host = server.requireVm(vmId);
     auto guard = host.lock();
-    fillSnapshot(context.getResults().initState(), index, host.vm.saveVcpu(index));
+    fillSnapshot(context.getResults(kReplySize).initState(), index, host.vm.saveVcpu(index));
     return kj::READY_NOW;
   }
 
@@ -779,7 +784,7 @@ public:
   kj::Promise<void> pages(PagesContext context) override {
     auto& host = server.requireVm(vmId);
     auto guard = host.lock();
-    auto results = context.getResults();
+    auto results = context.getResults(kReplySize);
     fillPageInfo(results.initVirtualApic(), host.vm.lapic(index).page());
     fillPageInfo(results.initApicAccess(), *server.apicAccessPage);
     return kj::READY_NOW;
@@ -787,21 +792,21 @@ public:
 
   kj::Promise<void> virtualApicPage(VirtualApicPageContext context) override {
     server.requireVm(vmId);
-    context.getResults().setPage(kj::heap<PageImpl>(server, vmId, index));
+    context.getResults(kReplySize).setPage(kj::heap<PageImpl>(server, vmId, index));
     return kj::READY_NOW;
   }
 
   kj::Promise<void> stats(StatsContext context) override {
     auto& host = server.requireVm(vmId);
     auto guard = host.lock();
-    fillVcpuStats(context.getResults().initStats(), host, index);
+    fillVcpuStats(context.getResults(kReplySize).initStats(), host, index);
     return kj::READY_NOW;
   }
 
   kj::Promise<void> info(InfoContext context) override {
     auto& host = server.requireVm(vmId);
     auto guard = host.lock();
-    fillVcpuInfo(context.getResults().initInfo(), host, index);
+    fillVcpuInfo(context.getResults(kReplySize).initInfo(), host, index);
     return kj::READY_NOW;
   }
 
@@ -810,13 +815,13 @@ public:
     auto guard = host.lock();
     KJ_REQUIRE(lease != nullptr, "only the VM's creator can issue tickets");
     auto key = host.ticketFor(index);
-    context.getResults().setTicket(kj::decodeHex(key));
+    context.getResults(kReplySize).setTicket(kj::decodeHex(key));
     return kj::READY_NOW;
   }
 
   kj::Promise<void> openChannel(OpenChannelContext context) override {
     auto& host = server.requireVm(vmId);
-    context.getResults().setChannel(kj::heap<VcpuChannelImpl>(host.openChannel(index)));
+    context.getResults(kReplySize).setChannel(kj::heap<VcpuChannelImpl>(host.openChannel(index)));
     return kj::READY_NOW;
   }
 
@@ -846,14 +851,14 @@ public:
     auto guard = host.lock();
     uint32_t index = context.getParams().getIndex();
     KJ_REQUIRE(index < host.vm.vcpuCount(), "vCPU index out of range", index, host.vm.vcpuCount());
-    context.getResults().setVcpu(kj::heap<VcpuImpl>(server, vmId, index, addLease()));
+    context.getResults(kReplySize).setVcpu(kj::heap<VcpuImpl>(server, vmId, index, addLease()));
     return kj::READY_NOW;
   }
 
   kj::Promise<void> listVcpus(ListVcpusContext context) override {
     auto& host = server.requireVm(vmId);
     auto guard = host.lock();
-    auto list = context.getResults().initVcpus(host.vm.vcpuCount());
+    auto list = context.getResults(kReplySize).initVcpus(host.vm.vcpuCount());
     for (uint32_t v = 0; v < host.vm.vcpuCount(); v++) fillVcpuInfo(list[v], host, v);
     return kj::READY_NOW;
   }
@@ -892,7 +897,7 @@ public:
     auto& host = server.requireVm(vmId);
     auto guard = host.lock();
     VmSnapshot snapshot = host.vm.saveVm();
-    auto out = context.getResults().initState();
+    auto out = context.getResults(kReplySize).initState();
     auto vcpus = out.initVcpus(snapshot.vcpus.size());
     for (uint32_t v = 0; v < snapshot.vcpus.size(); v++) fillSnapshot(vcpus[v], v, snapshot.vcpus[v]);
     out.setTscOffset(snapshot.tscOffset);
@@ -948,7 +953,7 @@ public:
   kj::Promise<void> stats(StatsContext context) override {
     auto& host = server.requireVm(vmId);
     auto guard = host.lock();
-    auto out = context.getResults().initStats();
+    auto out = context.getResults(kReplySize).initStats();
     auto list = out.initVcpus(host.vm.vcpuCount());
     for (uint32_t v = 0; v < host.vm.vcpuCount(); v++) fillVcpuStats(list[v], host, v);
     out.setEventsPosted(host.eventsPosted);
@@ -962,13 +967,13 @@ public:
   kj::Promise<void> info(InfoContext context) override {
     auto& host = server.requireVm(vmId);
     auto guard = host.lock();
-    server.fillVmInfo(context.getResults().initInfo(), host);
+    server.fillVmInfo(context.getResults(kReplySize).initInfo(), host);
     return kj::READY_NOW;
   }
 
   kj::Promise<void> apicAccessPage(ApicAccessPageContext context) override {
     server.requireVm(vmId);
-    auto results = context.getResults();
+    auto results = context.getResults(kReplySize);
     fillPageInfo(results.initInfo(), *server.apicAccessPage);
     results.setPage(kj::heap<PageImpl>(server, vmId, nullptr));
     return kj::READY_NOW;
@@ -996,12 +1001,12 @@ public:
   explicit AdminImpl(ServerState& server): server(server) {}
 
   kj::Promise<void> status(StatusContext context) override {
-    server.fillStatus(context.getResults().initStatus());
+    server.fillStatus(context.getResults(kReplySize).initStatus());
     return kj::READY_NOW;
   }
 
   kj::Promise<void> listVms(ListVmsContext context) override {
-    auto list = context.getResults().initVms(server.vms.size());
+    auto list = context.getResults(kReplySize).initVms(server.vms.size());
     uint32_t i = 0;
     for (auto& entry: server.vms) {
       auto guard = entry.second->lock();
@@ -1013,7 +1018,7 @@ public:
   kj::Promise<void> openVm(OpenVmContext context) override {
     uint64_t id = context.getParams().getId();
     if (server.findVm(id) == nullptr) KJ_FAIL_REQUIRE("no VM with this id", id);
-    context.getResults().setVm(kj::heap<VmImpl>(server, id, nullptr));
+    context.getResults(kReplySize).setVm(kj::heap<VmImpl>(server, id, nullptr));
     return kj::READY_NOW;
   }
 
@@ -1076,7 +1081,7 @@ public:
     host->lease = *lease;
     server.vms.emplace(id, kj::mv(host));
     KJ_LOG(INFO, "VM created", id, connectionId, config.vcpuCount);
-    context.getResults().setVm(kj::heap<VmImpl>(server, id, kj::mv(lease)));
+    context.getResults(kReplySize).setVm(kj::heap<VmImpl>(server, id, kj::mv(lease)));
     return kj::READY_NOW;
   }
 
@@ -1087,18 +1092,18 @@ public:
     auto& target = KJ_REQUIRE_NONNULL(server.tickets.find(key), "unknown or expired vCPU ticket");
     auto& host = server.requireVm(target.vmId);
     auto& lease = KJ_ASSERT_NONNULL(host.lease);
-    context.getResults().setVcpu(
+    context.getResults(kReplySize).setVcpu(
         kj::heap<VcpuImpl>(server, target.vmId, target.index, kj::addRef(lease)));
     return kj::READY_NOW;
   }
 
   kj::Promise<void> admin(AdminContext context) override {
-    context.getResults().setAdmin(kj::heap<AdminImpl>(server));
+    context.getResults(kReplySize).setAdmin(kj::heap<AdminImpl>(server));
     return kj::READY_NOW;
   }
 
   kj::Promise<void> status(StatusContext context) override {
-    server.fillStatus(context.getResults().initStatus());
+    server.fillStatus(context.getResults(kReplySize).initStatus());
     return kj::READY_NOW;
   }
 

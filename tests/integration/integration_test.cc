@@ -107,6 +107,17 @@ struct Served {
         vm(front->createVm(kj::mv(options), log.callback())),
         session(ThreadSession::open(daemon.socketPath())) {}
 
+  // SIGTERM with every front still connected: vlapicd tears everything down
+  // and exits 0 (and a sanitizer build would report what it found).
+  ~Served() noexcept(false) {
+    int status = daemon.stop();
+    auto log = daemon.log();
+    INFO(log.cStr());
+    CHECK(WIFEXITED(status));
+    CHECK(WEXITSTATUS(status) == 0);
+    CHECK(strstr(log.cStr(), "Sanitizer") == nullptr);
+  }
+
   kj::Own<VcpuHandle> vcpu(uint32_t index) { return session->attachVcpu(vm->ticket(index)); }
 
   DaemonProcess daemon;

@@ -83,14 +83,16 @@ TEST_CASE("a front that never finishes an event batch stalls neither vlapicd nor
     write.setAddress(0xFEE00300);
     write.setSize(4);
     write.setValue((4u << 8) | (1u << 14) | (3u << 18));
-    auto result = write.send().wait(ws).getResult();
+    auto response = write.send().wait(ws);   // keeps the reader below valid
+    auto result = response.getResult();
     REQUIRE(result.isValue());
     REQUIRE(result.getIpiSent());
   }
 
   // One batch went out and is still outstanding; the rest waits in the
   // server, merged (the CPU latches one pending NMI), not piled up.
-  auto info = vm.infoRequest().send().wait(ws).getInfo();
+  auto infoResponse = vm.infoRequest().send().wait(ws);
+  auto info = infoResponse.getInfo();
   CHECK(deliverCalls == 1);
   CHECK(info.getBatchesInFlight() == 1);
   CHECK(info.getEventsQueued() <= 3);
@@ -99,7 +101,8 @@ TEST_CASE("a front that never finishes an event batch stalls neither vlapicd nor
   auto echo = healthy.service.echoRequest();
   echo.setValue(77);
   CHECK(echo.send().wait(ws).getValue() == 77);
-  auto status = healthy.service.statusRequest().send().wait(ws).getStatus();
+  auto statusResponse = healthy.service.statusRequest().send().wait(ws);
+  auto status = statusResponse.getStatus();
   CHECK(status.getVms() == 1);
 }
 

@@ -261,8 +261,10 @@ interface Vcpu {
   # MOV to CR8 (TPR = cr8 << 4), as a VMM syncs kvm_run->cr8 on exits.
 
   startup @7 (vector :UInt8) -> (started :Bool, state :InterruptState);
-  # Reserved for fronts that deliver a SIPI they received out of band;
-  # normally SIPIs arrive as events. Starts a vCPU waiting for SIPI.
+  # Delivers a start-up IPI to this vCPU as if from the APIC bus (for fronts
+  # that model a SIPI source themselves; SIPIs between vCPUs arrive as
+  # events). A vCPU waiting for SIPI starts (started = true); a running one
+  # drops it (SDM "MP Initialization Protocol").
 
   save @8 () -> (state :VcpuState);
   restore @9 (state :VcpuState) -> ();

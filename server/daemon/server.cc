@@ -411,6 +411,7 @@ private:
   kj::Array<uint64_t> channelGenerations;
   kj::Array<kj::Own<DeadlineScheduler::Slot>> timers;
   bool flushScheduled = false;
+  uint64_t coalescedReported = 0;   // Vm's eventsCoalesced at the last batch
   kj::TaskSet tasks;   // last: cancelled first on destruction
 
   bool onLoopThread() const { return std::this_thread::get_id() == loopThread; }
@@ -520,7 +521,9 @@ private:
     }
     {
       auto guard = lock();
-      request.setDroppedCoalesced(vm.stats().eventsCoalesced);
+      uint64_t coalesced = vm.stats().eventsCoalesced;
+      request.setDroppedCoalesced(coalesced - coalescedReported);
+      coalescedReported = coalesced;
     }
     eventsPosted += total;
     server.totalEventsPosted += total;

@@ -9,6 +9,7 @@
 // percentile spread.
 #include "client/lib/vlapic_client.h"
 #include "tests/integration/daemon_process.h"
+#include "tests/integration/xapic_addresses.h"
 
 #include <kj/debug.h>
 #include <kj/main.h>
@@ -22,12 +23,8 @@ namespace vlapic {
 namespace {
 
 using Clock = std::chrono::steady_clock;
+using namespace testing;   // xapic_addresses.h
 
-constexpr uint64_t kTpr = 0xFEE00080;
-constexpr uint64_t kSvr = 0xFEE000F0;
-constexpr uint64_t kEoi = 0xFEE000B0;
-constexpr uint64_t kIcrLow = 0xFEE00300;
-constexpr uint64_t kIcrHigh = 0xFEE00310;
 constexpr uint32_t kMsrTpr = 0x808;
 
 struct Spread {
@@ -166,7 +163,7 @@ private:
       auto paf = kj::newPromiseAndFulfiller<void>();
       deliverableWaiter = kj::mv(paf.fulfiller);
       auto start = Clock::now();
-      auto write = xapic->mmioWrite(kIcrLow, 4, 0x40 | (1u << 14));
+      auto write = xapic->mmioWrite(kIcrLow, 4, 0x40 | kIcrAssert);
       paf.promise.wait(ws);
       ipiEventUs.push_back(secondsSince(start) * 1e6);
       KJ_ASSERT(write.wait(ws).ipiSent);
@@ -179,7 +176,7 @@ private:
     // Register": shorthand 11b) from vCPU 0; each reaches 63 vCPUs, each an
     // NMI event the server posts to our sink.
     constexpr uint32_t kBroadcasts = 300;
-    uint32_t nmiAllButSelf = (4u << 8) | (1u << 14) | (3u << 18);
+    uint32_t nmiAllButSelf = kIcrNmi | kIcrAssert | kIcrAllExcludingSelf;
     std::vector<double> eventRates;
     uint64_t totalCoalesced = 0;
     for (uint32_t run = 0; run < 5; run++) {

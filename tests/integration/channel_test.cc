@@ -6,6 +6,7 @@
 #include "client/lib/vlapic_client.h"
 #include "server/channel/channel.h"
 #include "tests/integration/daemon_process.h"
+#include "tests/integration/xapic_addresses.h"
 
 #include <catch2/catch.hpp>
 #include <kj/debug.h>
@@ -21,15 +22,7 @@ using namespace client;
 using channel::ChannelFront;
 using channel::Request;
 
-constexpr uint64_t kBase = 0xFEE00000;
-constexpr uint64_t kTpr = kBase + 0x080;
-constexpr uint64_t kEoi = kBase + 0x0B0;
-constexpr uint64_t kSvr = kBase + 0x0F0;
-constexpr uint64_t kIcrLow = kBase + 0x300;
-constexpr uint64_t kIcrHigh = kBase + 0x310;
-constexpr uint64_t kLvtTimer = kBase + 0x320;
-constexpr uint64_t kInitialCount = kBase + 0x380;
-constexpr uint64_t kDivide = kBase + 0x3E0;
+using namespace testing;   // xapic_addresses.h
 
 // These tests are about the daemon's channel logic, so vlapicd runs
 // unconfined here; whether the seccomp filter admits a channel's system calls
@@ -65,6 +58,29 @@ struct SinkLog {
   }
 };
 
+// An unconfined vlapicd, a front (Client) with one VM, and a vCPU session
+// on the test thread.
+struct Served {
+  explicit Served(uint32_t vcpus)
+      : daemon(VLAPICD_PATH, kUnconfined),
+        front(Client::connect(daemon.socketPath())),
+        vm(front->createVm(vmOptions(vcpus), sink.callback())),
+        session(ThreadSession::open(daemon.socketPath())) {}
+
+  static VmOptions vmOptions(uint32_t vcpus) {
+    VmOptions options;
+    options.vcpuCount = vcpus;
+    return options;
+  }
+  kj::Own<VcpuHandle> vcpu(uint32_t index) { return session->attachVcpu(vm->ticket(index)); }
+
+  testing::DaemonProcess daemon;
+  kj::Own<Client> front;
+  SinkLog sink;
+  kj::Own<client::Vm> vm;
+  kj::Own<ThreadSession> session;
+};
+
 // Fetches events through the channel until one of `kind` arrives (10 s).
 kj::Maybe<channel::Event> awaitChannelEvent(ChannelFront& front, channel::EventKind kind,
                                             bool injectIfPending, kj::Maybe<uint8_t>& injected) {
@@ -83,14 +99,8 @@ kj::Maybe<channel::Event> awaitChannelEvent(ChannelFront& front, channel::EventK
 }
 
 TEST_CASE("a vCPU's channel serves the same LAPIC as its RPC methods", "[integration][channel]") {
-  testing::DaemonProcess daemon(VLAPICD_PATH, kUnconfined);
-  auto front = Client::connect(daemon.socketPath());
-  SinkLog sink;
-  VmOptions options;
-  options.vcpuCount = 2;
-  auto vm = front->createVm(kj::mv(options), sink.callback());
-  auto session = ThreadSession::open(daemon.socketPath());
-  auto vcpu = session->attachVcpu(vm->ticket(1));
+  Served served(2);
+  auto vcpu = served.vcpu(1);
   auto channel = ChannelFront::connect(vcpu->openChannel());
 
   REQUIRE(vcpu->mmioWrite(kTpr, 4, 0x30).status == AccessStatus::OK);
@@ -117,16 +127,11 @@ TEST_CASE("a vCPU's channel serves the same LAPIC as its RPC methods", "[integra
 
 TEST_CASE("a channel carries its vCPU's events instead of the EventSink, until it closes",
           "[integration][channel]") {
-  testing::DaemonProcess daemon(VLAPICD_PATH, kUnconfined);
-  auto front = Client::connect(daemon.socketPath());
-  SinkLog sink;
-  VmOptions options;
-  options.vcpuCount = 3;
-  auto vm = front->createVm(kj::mv(options), sink.callback());
-  auto session = ThreadSession::open(daemon.socketPath());
-  auto sender = session->attachVcpu(vm->ticket(0));
-  auto target = session->attachVcpu(vm->ticket(1));
-  auto observer = session->attachVcpu(vm->ticket(2));
+  Served served(3);
+  auto& sink = served.sink;
+  auto sender = served.vcpu(0);
+  auto target = served.vcpu(1);
+  auto observer = served.vcpu(2);
   REQUIRE(sender->mmioWrite(kSvr, 4, 0x1FF).status == AccessStatus::OK);
   REQUIRE(target->mmioWrite(kSvr, 4, 0x1FF).status == AccessStatus::OK);
   REQUIRE(observer->mmioWrite(kSvr, 4, 0x1FF).status == AccessStatus::OK);
@@ -136,7 +141,7 @@ TEST_CASE("a channel carries its vCPU's events instead of the EventSink, until i
 
   // A fixed IPI from vCPU 0 (RPC) to vCPU 1: the event is on the channel;
   // with injectIfPending the reply already acknowledged the vector.
-  REQUIRE(sender->mmioWrite(kIcrLow, 4, 0x61 | (1u << 14)).ipiSent);
+  REQUIRE(sender->mmioWrite(kIcrLow, 4, 0x61 | kIcrAssert).ipiSent);
   kj::Maybe<uint8_t> injected;
   auto deliverable = awaitChannelEvent(*channel, channel::EventKind::DELIVERABLE, true, injected);
   REQUIRE(deliverable != nullptr);
@@ -148,7 +153,7 @@ TEST_CASE("a channel carries its vCPU's events instead of the EventSink, until i
   // reaches the event loop from the channel thread): expiries arrive on the
   // channel, without any request from the front but the wait.
   CHECK(channel->call(Request::mmioWrite(kDivide, 4, 0xB)).status == AccessStatus::OK);
-  CHECK(channel->call(Request::mmioWrite(kLvtTimer, 4, 0x40 | (1u << 17))).status == AccessStatus::OK);
+  CHECK(channel->call(Request::mmioWrite(kLvtTimer, 4, 0x40 | kTimerPeriodic)).status == AccessStatus::OK);
   CHECK(channel->call(Request::mmioWrite(kInitialCount, 4, 1'000'000)).status == AccessStatus::OK);
   injected = nullptr;
   auto timer = awaitChannelEvent(*channel, channel::EventKind::TIMER, false, injected);
@@ -158,7 +163,7 @@ TEST_CASE("a channel carries its vCPU's events instead of the EventSink, until i
   // vCPU 1 (channel thread) sends an IPI to vCPU 2: its event reaches the
   // EventSink from the channel thread's operation.
   CHECK(channel->call(Request::mmioWrite(kIcrHigh, 4, 2u << 24)).status == AccessStatus::OK);
-  CHECK(channel->call(Request::mmioWrite(kIcrLow, 4, 0x72 | (1u << 14))).status == AccessStatus::OK);
+  CHECK(channel->call(Request::mmioWrite(kIcrLow, 4, 0x72 | kIcrAssert)).status == AccessStatus::OK);
   REQUIRE(sink.waitForVcpu(2));
 
   // Nothing of vCPU 1 went to the EventSink while its channel was open.
@@ -173,7 +178,7 @@ TEST_CASE("a channel carries its vCPU's events instead of the EventSink, until i
     std::this_thread::sleep_for(std::chrono::milliseconds(1));
   }
   REQUIRE(!target->info().channelOpen);
-  REQUIRE(sender->mmioWrite(kIcrLow, 4, 0x62 | (1u << 14)).ipiSent);
+  REQUIRE(sender->mmioWrite(kIcrLow, 4, 0x62 | kIcrAssert).ipiSent);
   REQUIRE(sink.waitForVcpu(1));
   // And the vCPU can have a channel again.
   auto again = ChannelFront::connect(target->openChannel());
@@ -182,23 +187,18 @@ TEST_CASE("a channel carries its vCPU's events instead of the EventSink, until i
 
 TEST_CASE("releasing a VM with open channels ends them, the front sees DISCONNECTED",
           "[integration][channel]") {
-  testing::DaemonProcess daemon(VLAPICD_PATH, kUnconfined);
-  auto front = Client::connect(daemon.socketPath());
-  VmOptions options;
-  options.vcpuCount = 2;
-  auto vm = front->createVm(kj::mv(options), [](auto) {});
-  auto session = ThreadSession::open(daemon.socketPath());
-  auto vcpu = session->attachVcpu(vm->ticket(0));
+  Served served(2);
+  auto vcpu = served.vcpu(0);
   auto channel = ChannelFront::connect(vcpu->openChannel());
   CHECK(channel->call(Request::mmioRead(kTpr, 4)).status == AccessStatus::OK);
-  vm->release();
+  served.vm->release();
   KJ_IF_MAYBE(e, kj::runCatchingExceptions([&]() { channel->call(Request::mmioRead(kTpr, 4)); })) {
     CHECK(e->getType() == kj::Exception::Type::DISCONNECTED);
   } else {
     FAIL("a released VM's channel answered");
   }
-  CHECK(front->status().vms == 0);
-  CHECK(daemon.running());
+  CHECK(served.front->status().vms == 0);
+  CHECK(served.daemon.running());
 }
 
 }  // namespace

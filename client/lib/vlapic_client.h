@@ -358,6 +358,7 @@ public:
 kj::Own<VcpuHandle> openVcpu(const VcpuTicket& ticket);
 
 // A VM owned through a Client; methods are synchronous and thread-safe.
+// Destroy it before its Client (its capability lives on the client thread).
 class Vm {
 public:
   virtual ~Vm() noexcept(false) = default;   // releases the VM

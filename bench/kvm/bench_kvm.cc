@@ -1,10 +1,13 @@
-// bench-kvm: what a LAPIC access costs as seen by a real KVM guest, through
-// vlapic-kvm + vlapicd (every access an exit plus a Cap'n Proto call) and
-// with KVM's in-kernel LAPIC (KVM_CREATE_IRQCHIP), in one run, next to a
-// bare user-space exit (an OUT to an unused port). The guest
-// (bench_guest.c) times batches with its TSC; this program boots it twice
-// on two vCPUs and summarises: median and spread (min..max of the batch
-// medians) per operation, in microseconds.
+// bench-kvm: what a LAPIC access costs as seen by a real KVM guest, in one
+// run, next to a bare user-space exit (an OUT to an unused port): through
+// vlapic-kvm + vlapicd over the per-vCPU shared-memory channel, over plain
+// Cap'n Proto RPC, with plain register reads served from the mapped
+// virtual-APIC page, and with KVM's in-kernel LAPIC (KVM_CREATE_IRQCHIP).
+// The guest (bench_guest.c) times batches with its TSC; this program boots
+// it once per configuration on two vCPUs and summarises: median and spread
+// (min..max of the batch medians) per operation, in microseconds. Then it
+// measures the CPU that vlapicd and vlapic-kvm's machine use while a guest
+// sits halted.
 #include "client/kvm/machine.h"
 #include "client/kvm/spawn.h"
 #include "client/kvm/vlapicd_backend.h"
@@ -13,6 +16,8 @@
 #include <kj/map.h>
 #include <kj/vector.h>
 #include <algorithm>
+#include <ctime>
+#include <kj/thread.h>
 #include <cstdio>
 #include <cstdlib>
 #include <unistd.h>
@@ -64,36 +69,61 @@ kj::HashMap<kj::String, Figures> summarise(kj::StringPtr output, uint64_t tscHz)
   return result;
 }
 
-RunResult runGuest(KvmSystem& kvm, kj::ArrayPtr<const kj::byte> kernel, ApicLocation location,
-                   kj::StringPtr vlapicdBinary) {
+
+// One guest configuration: where the LAPIC lives and, for vlapicd, how the
+// front reaches it.
+struct Setup {
+  ApicLocation location = ApicLocation::SERVER;
+  ApicTransport transport = ApicTransport::CHANNEL;
+  bool pageReads = false;
+};
+
+// A machine with its vlapicd (spawned with the shared-memory HAL) attached.
+struct BenchMachine {
+  kj::Own<Machine> machine;
+  kj::Maybe<kj::Own<SpawnedVlapicd>> spawned;
+  kj::Maybe<kj::Own<VlapicdBackend>> backend;
+};
+
+BenchMachine bootMachine(KvmSystem& kvm, kj::ArrayPtr<const kj::byte> kernel, const Setup& setup,
+                         kj::StringPtr vlapicdBinary, kj::Function<void(char)> output) {
   MachineConfig config;
   config.vcpuCount = 2;
   config.memoryBytes = 64ull << 20;
-  config.apic = location;
-  kj::Vector<char> output;
-  Machine machine(kvm, config, [&output](char c) { output.add(c); });
+  config.apic = setup.location;
+  BenchMachine result;
+  result.machine = kj::heap<Machine>(kvm, config, kj::mv(output));
+  auto& machine = *result.machine;
   machine.setBootState(loadMultiboot(machine.memory(), kernel, "bench-kvm", nullptr));
-
-  kj::Maybe<kj::Own<SpawnedVlapicd>> spawned;
-  kj::Maybe<kj::Own<VlapicdBackend>> backend;
-  if (location == ApicLocation::SERVER) {
-    auto& child = *spawned.emplace(kj::heap<SpawnedVlapicd>(vlapicdBinary));
+  if (setup.location == ApicLocation::SERVER) {
+    auto& child = *result.spawned.emplace(
+        kj::heap<SpawnedVlapicd>(vlapicdBinary, spawnedVlapicdArguments(setup.transport == ApicTransport::CHANNEL)));
     VlapicdVmSettings settings;
     settings.vcpuCount = config.vcpuCount;
     settings.tscHz = machine.tscHz();
     settings.name = kj::str("bench-kvm");
+    settings.transport = setup.transport;
+    settings.pageReads = setup.pageReads;
     for (int attempt = 0;; attempt++) {
       auto failure = kj::runCatchingExceptions([&]() {
-        backend = kj::heap<VlapicdBackend>(child.socketPath(), settings, machine);
+        result.backend = kj::heap<VlapicdBackend>(child.socketPath(), settings, machine);
       });
       if (failure == nullptr) break;
       if (attempt >= 50) kj::throwFatalException(kj::mv(KJ_ASSERT_NONNULL(failure)));
       usleep(20'000);
     }
-    auto& b = *KJ_ASSERT_NONNULL(backend);
+    auto& b = *KJ_ASSERT_NONNULL(result.backend);
     b.setGuestTscOffset(machine.measureGuestTscOffset());
     machine.attachApic(b);
   }
+  return result;
+}
+
+RunResult runGuest(KvmSystem& kvm, kj::ArrayPtr<const kj::byte> kernel, const Setup& setup,
+                   kj::StringPtr vlapicdBinary) {
+  kj::Vector<char> output;
+  auto booted = bootMachine(kvm, kernel, setup, vlapicdBinary, [&output](char c) { output.add(c); });
+  auto& machine = *booted.machine;
   auto exit = machine.run(uint64_t(120'000));
   output.add('\0');
   RunResult result;
@@ -102,8 +132,62 @@ RunResult runGuest(KvmSystem& kvm, kj::ArrayPtr<const kj::byte> kernel, ApicLoca
   if (!result.ok) {
     result.log = kj::str(result.log, "\n(run ended: ", exit.message, ")\n");
   }
+  if (setup.pageReads && machine.counters().pageReads.load() == 0) {
+    result.ok = false;
+    result.log = kj::str(result.log, "\n(no read was served from the page: is vlapicd's HAL shared?)\n");
+  }
   result.figures = summarise(result.log, machine.tscHz());
   return result;
+}
+
+uint64_t processCpuNs(pid_t pid) {
+  clockid_t clock;
+  KJ_REQUIRE(clock_getcpuclockid(pid, &clock) == 0, "no CPU clock for process", pid);
+  timespec ts;
+  KJ_SYSCALL(clock_gettime(clock, &ts));
+  return uint64_t(ts.tv_sec) * 1'000'000'000ull + ts.tv_nsec;
+}
+
+uint64_t monotonicNs() {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return uint64_t(ts.tv_sec) * 1'000'000'000ull + ts.tv_nsec;
+}
+
+struct IdleFigures {
+  double vlapicdPercent = 0, frontPercent = 0;
+  double seconds = 0;
+};
+
+// A 2-vCPU guest halted with interrupts on (the BSP) and waiting for SIPI
+// (the AP), over the channel: CPU time of vlapicd and of this whole process
+// (the vCPU threads, attention watchers, the client thread) over a few
+// seconds, as a percentage of one CPU.
+IdleFigures measureIdle(KvmSystem& kvm, kj::ArrayPtr<const kj::byte> kernel, kj::StringPtr vlapicdBinary) {
+  Setup setup;
+  setup.pageReads = true;
+  kj::MutexGuarded<kj::Vector<char>> output;
+  auto booted = bootMachine(kvm, kernel, setup, vlapicdBinary,
+                            [&output](char c) { output.lockExclusive()->add(c); });
+  auto& machine = *booted.machine;
+  pid_t vlapicd = KJ_ASSERT_NONNULL(booted.spawned)->processId();
+  constexpr uint64_t kSettleMs = 1000, kMeasureMs = 3000;
+  kj::Maybe<MachineExit> exit;
+  {
+    kj::Thread runner([&]() { exit = machine.run(kSettleMs + kMeasureMs + 400); });
+    usleep(kSettleMs * 1000);
+    uint64_t wallBefore = monotonicNs();
+    uint64_t serverBefore = processCpuNs(vlapicd);
+    uint64_t frontBefore = processCpuNs(getpid());
+    usleep(kMeasureMs * 1000);
+    uint64_t wall = monotonicNs() - wallBefore;
+    IdleFigures figures;
+    figures.vlapicdPercent = 100.0 * double(processCpuNs(vlapicd) - serverBefore) / double(wall);
+    figures.frontPercent = 100.0 * double(processCpuNs(getpid()) - frontBefore) / double(wall);
+    figures.seconds = double(wall) / 1e9;
+    // The runner ends at its timeout; the guest never exits by itself.
+    return figures;
+  }
 }
 
 kj::Maybe<Figures> find(RunResult& run, kj::StringPtr name) {
@@ -114,10 +198,10 @@ kj::Maybe<Figures> find(RunResult& run, kj::StringPtr name) {
 kj::String cell(kj::Maybe<Figures> figures) {
   KJ_IF_MAYBE(f, figures) {
     char buffer[64];
-    snprintf(buffer, sizeof(buffer), "%8.2f [%7.2f..%8.2f]", f->medianUs, f->minUs, f->maxUs);
+    snprintf(buffer, sizeof(buffer), "%6.2f [%6.2f..%7.2f]", f->medianUs, f->minUs, f->maxUs);
     return kj::str(buffer);
   }
-  return kj::str("          (not measured)    ");
+  return kj::str("   (not measured)     ");
 }
 
 double median(kj::Maybe<Figures> figures) {
@@ -140,80 +224,125 @@ int runBench() {
   }
   auto& kvm = KJ_ASSERT_NONNULL(kvmSystem);
   auto kernel = readWholeFile(BENCH_KVM_GUEST);
+  auto idleKernel = readWholeFile(BENCH_KVM_IDLE_GUEST);
   const char* fromEnv = getenv("VLAPICD");
   kj::String vlapicd = kj::str(fromEnv != nullptr && *fromEnv ? fromEnv : VLAPICD_BINARY);
 
-  auto server = runGuest(kvm, kernel, ApicLocation::SERVER, vlapicd);
-  auto inKernel = runGuest(kvm, kernel, ApicLocation::IN_KERNEL, vlapicd);
-  if (!server.ok || !inKernel.ok) {
-    fprintf(stderr, "bench-kvm: a guest run failed\n--- vlapicd run ---\n%s\n--- in-kernel run ---\n%s\n",
-            server.log.cStr(), inKernel.log.cStr());
-    return 1;
+  struct Column {
+    const char* title;
+    Setup setup;
+    RunResult run;
+    double loop = 0;
+  };
+  Column columns[] = {
+      {"vlapicd channel", {ApicLocation::SERVER, ApicTransport::CHANNEL, false}, {}},
+      {"vlapicd plain RPC", {ApicLocation::SERVER, ApicTransport::RPC, false}, {}},
+      {"channel + page reads", {ApicLocation::SERVER, ApicTransport::CHANNEL, true}, {}},
+      {"KVM in-kernel LAPIC", {ApicLocation::IN_KERNEL, ApicTransport::CHANNEL, false}, {}},
+  };
+  for (auto& column : columns) {
+    column.run = runGuest(kvm, kernel, column.setup, vlapicd);
+    if (!column.run.ok) {
+      fprintf(stderr, "bench-kvm: the %s run failed\n%s\n", column.title, column.run.log.cStr());
+      return 1;
+    }
+    // The timed loops carry their own overhead (each ring-0 instruction is
+    // emulated on our nested host); it is measured ("loop") and subtracted.
+    column.loop = median(find(column.run, "loop"));
   }
-
-  // The timed loops carry their own overhead (each ring-0 instruction is
-  // emulated on our nested host); it is measured ("loop") and subtracted.
-  double loopServer = median(find(server, "loop"));
-  double loopKernel = median(find(inKernel, "loop"));
-  auto net = [](kj::Maybe<Figures> figures, double loop) -> kj::Maybe<Figures> {
-    KJ_IF_MAYBE(f, figures) {
+  auto& channel = columns[0];
+  auto& rpc = columns[1];
+  auto& page = columns[2];
+  auto& inKernel = columns[3];
+  auto net = [](Column& column, kj::StringPtr name, bool perLoop) -> kj::Maybe<Figures> {
+    KJ_IF_MAYBE(f, find(column.run, name)) {
       Figures out = *f;
-      out.medianUs -= loop;
-      out.minUs -= loop;
-      out.maxUs -= loop;
+      if (perLoop) {
+        out.medianUs -= column.loop;
+        out.minUs -= column.loop;
+        out.maxUs -= column.loop;
+      }
       return out;
     }
     return nullptr;
   };
 
   printf("bench-kvm: cost per access seen by a 2-vCPU guest, us per operation,\n");
-  printf("median [min..max] of %d batches, loop overhead (%.2f / %.2f us) subtracted\n\n", 15,
-         loopServer, loopKernel);
-  printf("%-28s %-30s %-30s %s\n", "operation", "vlapic-kvm + vlapicd", "KVM in-kernel LAPIC", "ratio");
+  printf("median [min..max] of %d batches, loop overhead subtracted (", 15);
+  for (auto& column : columns) printf("%s%.2f", &column == columns ? "" : " / ", column.loop);
+  printf(" us)\n(x bare): the median over that run's own bare exit\n\n");
+  printf("%-24s", "operation");
+  for (auto& column : columns) printf(" %-32s", column.title);
+  printf("\n");
   struct Row {
     const char* label;
     const char* name;
     bool perLoop;
   };
   Row rows[] = {
-      {"OUT to unused port (bare)", "bare_exit", true},
-      {"xAPIC MMIO read", "mmio_read", true},
+      {"OUT unused port (bare)", "bare_exit", true},
+      {"xAPIC MMIO read (VER)", "mmio_read", true},
       {"xAPIC MMIO write (TPR)", "mmio_write", true},
+      {"xAPIC MMIO EOI", "mmio_eoi", true},
       {"x2APIC RDMSR (TPR)", "msr_read", true},
       {"x2APIC WRMSR (TPR)", "msr_write", true},
-      {"IPI round trip BSP->AP->BSP", "ipi_rtt_bsp_ap_bsp", false},
-      {"IPI round trip AP->BSP->AP", "ipi_rtt_ap_bsp_ap", false},
+      {"x2APIC WRMSR EOI", "msr_eoi", true},
+      {"IPI RTT BSP->AP->BSP", "ipi_rtt_bsp_ap_bsp", false},
+      {"IPI RTT AP->BSP->AP", "ipi_rtt_ap_bsp_ap", false},
   };
   for (auto& row : rows) {
-    auto s = row.perLoop ? net(find(server, row.name), loopServer) : find(server, row.name);
-    auto k = row.perLoop ? net(find(inKernel, row.name), loopKernel) : find(inKernel, row.name);
-    double ratio = median(k) > 0 ? median(s) / median(k) : 0;
-    printf("%-28s %-30s %-30s %6.2fx\n", row.label, cell(s).cStr(), cell(k).cStr(), ratio);
+    printf("%-24s", row.label);
+    for (auto& column : columns) {
+      auto figures = net(column, row.name, row.perLoop);
+      double bare = median(net(column, "bare_exit", true));
+      char ratio[32] = "";
+      if (row.perLoop && bare > 0 && figures != nullptr) {
+        snprintf(ratio, sizeof(ratio), "%5.2fx", median(figures) / bare);
+      }
+      printf(" %s %-7s", cell(figures).cStr(), ratio);
+    }
+    printf("\n");
   }
+  printf("(writes and EOIs in the page-reads column go through the channel)\n");
 
-  double bare = median(net(find(server, "bare_exit"), loopServer));
-  double mmioRead = median(net(find(server, "mmio_read"), loopServer));
-  double mmioWrite = median(net(find(server, "mmio_write"), loopServer));
-  double msrRead = median(net(find(server, "msr_read"), loopServer));
-  double msrWrite = median(net(find(server, "msr_write"), loopServer));
-  double kernelBare = median(net(find(inKernel, "bare_exit"), loopKernel));
-  double kernelMmioRead = median(net(find(inKernel, "mmio_read"), loopKernel));
-  double kernelMmioWrite = median(net(find(inKernel, "mmio_write"), loopKernel));
-  double kernelMsrRead = median(net(find(inKernel, "msr_read"), loopKernel));
-  double kernelMsrWrite = median(net(find(inKernel, "msr_write"), loopKernel));
-  printf("\nMMIO read through vlapicd / bare exit: %.2fx; / in-kernel LAPIC: %.2fx\n",
-         bare > 0 ? mmioRead / bare : 0, kernelMmioRead > 0 ? mmioRead / kernelMmioRead : 0);
+  auto idle = measureIdle(kvm, idleKernel, vlapicd);
+  printf("\nidle: a halted 2-vCPU guest over the channel, %.1f s: vlapicd %.3f%% CPU, "
+         "vlapic-kvm machine %.3f%% CPU, together %.3f%%\n",
+         idle.seconds, idle.vlapicdPercent, idle.frontPercent, idle.vlapicdPercent + idle.frontPercent);
+
+  auto medianOf = [&](Column& column, kj::StringPtr name) { return median(net(column, name, true)); };
+  double bare = medianOf(rpc, "bare_exit");
+  double mmioRead = medianOf(rpc, "mmio_read");
+  double channelBare = medianOf(channel, "bare_exit");
+  double channelRead = medianOf(channel, "mmio_read");
+  double pageBare = medianOf(page, "bare_exit");
+  double pageRead = medianOf(page, "mmio_read");
+  double kernelMmioRead = medianOf(inKernel, "mmio_read");
+  auto ratio = [](double a, double b) { return b > 0 ? a / b : 0; };
+  printf("\nMMIO read / bare exit: channel %.2fx, page %.2fx, plain RPC %.2fx, in-kernel %.2fx\n",
+         ratio(channelRead, channelBare), ratio(pageRead, pageBare), ratio(mmioRead, bare),
+         ratio(kernelMmioRead, medianOf(inKernel, "bare_exit")));
   printf("RESULT kvm bare_exit_us=%s mmio_read_us=%s mmio_write_us=%s msr_read_us=%s msr_write_us=%s "
          "kernel_bare_exit_us=%s kernel_mmio_read_us=%s kernel_mmio_write_us=%s kernel_msr_read_us=%s "
          "kernel_msr_write_us=%s ipi_rtt_us=%s kernel_ipi_rtt_us=%s ratio_rpc_vs_bare=%s "
-         "ratio_rpc_vs_kernel=%s\n",
-         fixed2(bare).cStr(), fixed2(mmioRead).cStr(), fixed2(mmioWrite).cStr(), fixed2(msrRead).cStr(),
-         fixed2(msrWrite).cStr(), fixed2(kernelBare).cStr(), fixed2(kernelMmioRead).cStr(),
-         fixed2(kernelMmioWrite).cStr(), fixed2(kernelMsrRead).cStr(), fixed2(kernelMsrWrite).cStr(),
-         fixed2(median(find(server, "ipi_rtt_bsp_ap_bsp"))).cStr(),
-         fixed2(median(find(inKernel, "ipi_rtt_bsp_ap_bsp"))).cStr(),
-         fixed2(bare > 0 ? mmioRead / bare : 0).cStr(),
-         fixed2(kernelMmioRead > 0 ? mmioRead / kernelMmioRead : 0).cStr());
+         "ratio_rpc_vs_kernel=%s channel_mmio_read_us=%s channel_mmio_write_us=%s "
+         "channel_msr_write_us=%s channel_eoi_us=%s page_mmio_read_us=%s page_msr_read_us=%s "
+         "channel_ipi_rtt_us=%s ratio_channel_vs_bare=%s ratio_page_read_vs_bare=%s "
+         "idle_cpu_percent=%s\n",
+         fixed2(bare).cStr(), fixed2(mmioRead).cStr(), fixed2(medianOf(rpc, "mmio_write")).cStr(),
+         fixed2(medianOf(rpc, "msr_read")).cStr(), fixed2(medianOf(rpc, "msr_write")).cStr(),
+         fixed2(medianOf(inKernel, "bare_exit")).cStr(), fixed2(kernelMmioRead).cStr(),
+         fixed2(medianOf(inKernel, "mmio_write")).cStr(), fixed2(medianOf(inKernel, "msr_read")).cStr(),
+         fixed2(medianOf(inKernel, "msr_write")).cStr(),
+         fixed2(median(find(rpc.run, "ipi_rtt_bsp_ap_bsp"))).cStr(),
+         fixed2(median(find(inKernel.run, "ipi_rtt_bsp_ap_bsp"))).cStr(),
+         fixed2(ratio(mmioRead, bare)).cStr(), fixed2(ratio(mmioRead, kernelMmioRead)).cStr(),
+         fixed2(channelRead).cStr(), fixed2(medianOf(channel, "mmio_write")).cStr(),
+         fixed2(medianOf(channel, "msr_write")).cStr(), fixed2(medianOf(channel, "mmio_eoi")).cStr(),
+         fixed2(pageRead).cStr(), fixed2(medianOf(page, "msr_read")).cStr(),
+         fixed2(median(find(channel.run, "ipi_rtt_bsp_ap_bsp"))).cStr(),
+         fixed2(ratio(channelRead, channelBare)).cStr(), fixed2(ratio(pageRead, pageBare)).cStr(),
+         fixed2(idle.vlapicdPercent + idle.frontPercent).cStr());
   return 0;
 }
 

@@ -24,6 +24,10 @@ struct ApicAccess {
   // After the access, a vector beats PPR (e.g. an EOI uncovered one, a
   // self IPI was accepted): the front opens an interrupt window at once.
   bool interruptPending = false;
+  // The server already acknowledged this vector (IRR -> ISR) in the same
+  // call, because the front said the vCPU can take it after this exit:
+  // inject it now (the channel's "inject vector V now").
+  kj::Maybe<uint8_t> inject;
 };
 
 // Interrupt state after an acknowledge or a CR8 sync.
@@ -48,6 +52,9 @@ public:
   // SMI, ExtINT, EOI broadcasts: nothing in this front consumes them (no
   // SMM, no legacy PIC, no I/O APIC); the sink counts them.
   virtual void unhandledEvent(uint32_t vcpu, kj::StringPtr what) = 0;
+  // The server queued events for this vCPU that only the vCPU's own thread
+  // can fetch (ApicBackend::fetchEvents): kick it out of KVM_RUN or HLT.
+  virtual void attention(uint32_t vcpu) = 0;
   // The LAPIC server went away: no vCPU can continue.
   virtual void backendLost(kj::StringPtr why) = 0;
 };
@@ -64,10 +71,25 @@ public:
   // False once the server is gone (polled while vCPUs may all be parked).
   virtual bool connected() const = 0;
 
-  virtual ApicAccess mmioRead(uint32_t vcpu, uint64_t gpa, uint8_t size) = 0;
-  virtual ApicAccess mmioWrite(uint32_t vcpu, uint64_t gpa, uint8_t size, uint64_t value) = 0;
-  virtual ApicAccess msrRead(uint32_t vcpu, uint32_t msr) = 0;
-  virtual ApicAccess msrWrite(uint32_t vcpu, uint32_t msr, uint64_t value) = 0;
+  // `canInject`: the vCPU can take an external interrupt right after this
+  // exit (ready_for_interrupt_injection and IF=1); a backend may then
+  // acknowledge the pending vector in the same call (ApicAccess::inject).
+  virtual ApicAccess mmioRead(uint32_t vcpu, uint64_t gpa, uint8_t size, bool canInject) = 0;
+  virtual ApicAccess mmioWrite(uint32_t vcpu, uint64_t gpa, uint8_t size, uint64_t value,
+                               bool canInject) = 0;
+  virtual ApicAccess msrRead(uint32_t vcpu, uint32_t msr, bool canInject) = 0;
+  virtual ApicAccess msrWrite(uint32_t vcpu, uint32_t msr, uint64_t value, bool canInject) = 0;
+  // A read served without asking the server, from the vCPU's virtual-APIC
+  // page mapped read-only (APIC-register virtualisation in software), or
+  // nullptr when this register must be computed by the server or no page
+  // is mapped. MMIO reads use the xAPIC layout, MSR reads the x2APIC one;
+  // the caller checks the vCPU is in that mode.
+  virtual kj::Maybe<uint64_t> mmioReadFromPage(uint32_t vcpu, uint64_t offset, uint8_t size) = 0;
+  virtual kj::Maybe<uint64_t> msrReadFromPage(uint32_t vcpu, uint32_t msr) = 0;
+  // Delivers to the sink, on this thread, the events the server queued for
+  // this vCPU since the last call (a no-op for a backend whose events all
+  // arrive by the sink's own thread).
+  virtual void fetchEvents(uint32_t vcpu) = 0;
   virtual ApicAcknowledge acknowledge(uint32_t vcpu) = 0;
   // MOV to CR8 seen at an exit (kvm_run->cr8).
   virtual ApicInterruptState setCr8(uint32_t vcpu, uint8_t cr8) = 0;

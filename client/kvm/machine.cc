@@ -111,6 +111,8 @@ public:
     uint32_t nmis = 0;
     bool init = false;
     kj::Maybe<uint8_t> sipi;
+    // The backend holds events only this thread can fetch.
+    bool attention = false;
   };
 
   Vcpu(Machine& machine, uint32_t index)
@@ -206,7 +208,7 @@ private:
   }
 
   uint64_t readApicBaseFromServer() {
-    auto access = backend().msrRead(index, kMsrApicBase);
+    auto access = backend().msrRead(index, kMsrApicBase, false);
     KJ_REQUIRE(access.kind == ApicAccess::Kind::VALUE, "vlapicd refused to read IA32_APIC_BASE",
                access.reason);
     return access.value;
@@ -229,10 +231,19 @@ private:
   bool prepareEntry() {
     bool injectNmi = false;
     uint32_t nmis = 0;
-    {
+    for (bool fetch = true; fetch;) {
+      // Events the backend holds for this vCPU reach `pending` through the
+      // sink, which takes the lock: fetch them before taking it.
+      backend().fetchEvents(index);
+      fetch = false;
       auto locked = pending.lockExclusive();
       for (;;) {
         if (machine.stopping.load()) return false;
+        if (locked->attention) {
+          locked->attention = false;
+          fetch = true;
+          break;
+        }
         if (locked->init) {
           locked->init = false;
           if (!bsp) {
@@ -253,7 +264,7 @@ private:
             continue;
           }
           locked.wait([&](const Pending& p) {
-            return machine.stopping.load() || p.init || p.sipi != nullptr;
+            return machine.stopping.load() || p.attention || p.init || p.sipi != nullptr;
           });
           continue;
         }
@@ -269,7 +280,7 @@ private:
           if (!wake) {
             machine.stats.halts++;
             locked.wait([&](const Pending& p) {
-              return machine.stopping.load() || p.init || p.nmis > 0 ||
+              return machine.stopping.load() || p.attention || p.init || p.nmis > 0 ||
                      (haltedWithInterruptsOn && (p.interrupt || interruptWanted));
             });
             continue;
@@ -291,28 +302,49 @@ private:
       }
     }
     auto& run = fd.run();
-    if (interruptWanted && run.ready_for_interrupt_injection && run.if_flag) {
+    if (interruptWanted && canInject()) {
       // The interrupt window is open: take the vector from the LAPIC now
       // (IRR -> ISR) and inject it. CR8 is current as of this exit.
       auto ack = backend().acknowledge(index);
-      KJ_IF_MAYBE(vector, ack.vector) {
-        kvm_interrupt interrupt;
-        interrupt.irq = *vector;
-        checkedIoctl(fd.fd(), KVM_INTERRUPT, &interrupt, "KVM_INTERRUPT");
-        machine.stats.injected++;
-        run.ready_for_interrupt_injection = 0;
-      }
       interruptWanted = ack.after.interruptPending;
-      if (machine.machineConfig.trace) {
-        KJ_IF_MAYBE(vector, ack.vector) {
-          fprintf(stderr, "[vcpu %u] inject 0x%x, more=%u\n", index, *vector, interruptWanted);
-        } else {
-          fprintf(stderr, "[vcpu %u] acknowledge: nothing\n", index);
-        }
+      KJ_IF_MAYBE(vector, ack.vector) {
+        inject(*vector);
+      } else if (machine.machineConfig.trace) {
+        fprintf(stderr, "[vcpu %u] acknowledge: nothing\n", index);
       }
     }
     run.request_interrupt_window = interruptWanted ? 1 : 0;
     return true;
+  }
+
+  // The vCPU can take an external interrupt when it next enters the guest
+  // (KVM: the interrupt window is open, RFLAGS.IF = 1, nothing injected yet).
+  bool canInject() {
+    auto& run = fd.run();
+    return run.ready_for_interrupt_injection && run.if_flag;
+  }
+
+  // The LAPIC acknowledged `vector` (IRR -> ISR): hand it to KVM.
+  void inject(uint8_t vector) {
+    kvm_interrupt interrupt;
+    interrupt.irq = vector;
+    checkedIoctl(fd.fd(), KVM_INTERRUPT, &interrupt, "KVM_INTERRUPT");
+    machine.stats.injected++;
+    fd.run().ready_for_interrupt_injection = 0;
+    if (machine.machineConfig.trace) {
+      fprintf(stderr, "[vcpu %u] inject 0x%x, more=%u\n", index, vector, interruptWanted);
+    }
+  }
+
+  // What an access result asks of the front besides its value.
+  void afterAccess(const ApicAccess& access) {
+    if (access.interruptPending) interruptWanted = true;
+    KJ_IF_MAYBE(vector, access.inject) {
+      // Acknowledged by the server in this call; whatever is still
+      // deliverable came back as a new DELIVERABLE event.
+      interruptWanted = false;
+      inject(*vector);
+    }
   }
 
   // Returns true when KVM_RUN returned with an exit to handle.
@@ -501,14 +533,19 @@ private:
     if (run.mmio.is_write) {
       uint64_t value = 0;
       memcpy(&value, run.mmio.data, kj::min<size_t>(size, sizeof(value)));
-      auto access = backend().mmioWrite(index, gpa, size, value);
+      auto access = backend().mmioWrite(index, gpa, size, value, canInject());
       if (access.kind == ApicAccess::Kind::VALUE && gpa - base == kApicTprOffset) tprWritten(value);
-      if (access.interruptPending) interruptWanted = true;
+      afterAccess(access);
     } else {
-      auto access = backend().mmioRead(index, gpa, size);
+      KJ_IF_MAYBE(value, backend().mmioReadFromPage(index, gpa - base, size)) {
+        machine.stats.pageReads++;
+        memcpy(run.mmio.data, value, kj::min<size_t>(size, sizeof(*value)));
+        return;
+      }
+      auto access = backend().mmioRead(index, gpa, size, canInject());
       uint64_t value = access.value;
       memcpy(run.mmio.data, &value, kj::min<size_t>(size, sizeof(value)));
-      if (access.interruptPending) interruptWanted = true;
+      afterAccess(access);
     }
   }
 
@@ -520,7 +557,16 @@ private:
       return;
     }
     machine.stats.apicAccesses++;
-    auto access = backend().msrRead(index, run.msr.index);
+    bool x2apicMode = (apicBase & kApicBaseEnable) && (apicBase & kApicBaseExtd);
+    if (x2apicMode) {
+      KJ_IF_MAYBE(value, backend().msrReadFromPage(index, run.msr.index)) {
+        machine.stats.pageReads++;
+        run.msr.error = 0;
+        run.msr.data = *value;
+        return;
+      }
+    }
+    auto access = backend().msrRead(index, run.msr.index, canInject());
     if (access.kind == ApicAccess::Kind::GP) {
       KJ_LOG(INFO, "RDMSR faults", index, run.msr.index, describeApicAccess(access));
       run.msr.error = 1;
@@ -528,7 +574,7 @@ private:
       run.msr.error = 0;
       run.msr.data = access.value;
     }
-    if (access.interruptPending) interruptWanted = true;
+    afterAccess(access);
   }
 
   void handleWrmsr() {
@@ -540,7 +586,7 @@ private:
     machine.stats.apicAccesses++;
     uint32_t msr = run.msr.index;
     uint64_t value = run.msr.data;
-    auto access = backend().msrWrite(index, msr, value);
+    auto access = backend().msrWrite(index, msr, value, canInject());
     if (access.kind == ApicAccess::Kind::GP) {
       KJ_LOG(INFO, "WRMSR faults", index, msr, value, describeApicAccess(access));
       run.msr.error = 1;
@@ -551,7 +597,7 @@ private:
         if (msr == kMsrX2apicTpr) tprWritten(value);
       }
     }
-    if (access.interruptPending) interruptWanted = true;
+    afterAccess(access);
   }
 };
 
@@ -807,6 +853,10 @@ void Machine::init(uint32_t vcpu) {
 
 void Machine::startup(uint32_t vcpu, uint8_t vector) {
   vcpuAt(vcpu).post([vector](Vcpu::Pending& p) { p.sipi = vector; });
+}
+
+void Machine::attention(uint32_t vcpu) {
+  vcpuAt(vcpu).post([](Vcpu::Pending& p) { p.attention = true; });
 }
 
 void Machine::unhandledEvent(uint32_t vcpu, kj::StringPtr what) {

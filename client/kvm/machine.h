@@ -107,11 +107,12 @@ public:
   void init(uint32_t vcpu) override;
   void startup(uint32_t vcpu, uint8_t vector) override;
   void unhandledEvent(uint32_t vcpu, kj::StringPtr what) override;
+  void attention(uint32_t vcpu) override;
   void backendLost(kj::StringPtr why) override;
 
   struct Counters {
     std::atomic<uint64_t> exits{0}, apicAccesses{0}, injected{0}, nmis{0}, kicks{0}, halts{0},
-        unhandledEvents{0};
+        unhandledEvents{0}, pageReads{0};
   };
   const Counters& counters() const { return stats; }
 

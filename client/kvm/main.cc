@@ -3,7 +3,8 @@
 //
 //   vlapic-kvm --smp 2 --memory 256M --kernel FILE [--initrd FILE]
 //              [--append ARGS] [--cpu x2apic|xapic]
-//              [--vlapicd SOCKET | --spawn-vlapicd] [--timeout SECONDS]
+//              [--vlapicd SOCKET | --spawn-vlapicd] [--rpc] [--no-page-reads]
+//              [--timeout SECONDS]
 //
 // The guest's serial port is our stdout; the process exits with the guest's
 // debug-exit status ((v << 1) | 1) or an even status of its own (machine.h).
@@ -34,6 +35,11 @@ constexpr const char* kUsage =
     "                       (default: the client library's default socket)\n"
     "  --spawn-vlapicd      start a private vlapicd for this run ($VLAPICD or\n"
     "                       the one next to this binary)\n"
+    "  --rpc                every APIC access is a Cap'n Proto call (default:\n"
+    "                       the per-vCPU shared-memory channel)\n"
+    "  --no-page-reads      with the channel, ask vlapicd for every register\n"
+    "                       read (default: plain reads come from the vCPU's\n"
+    "                       virtual-APIC page when vlapicd runs --hal shared)\n"
     "  --timeout SECONDS    stop the guest after this long (status 12)\n"
     "  --trace              log every exit and injected vector on stderr\n"
     "\n"
@@ -48,6 +54,8 @@ struct Options {
   kj::String append = kj::str("");
   kj::Maybe<kj::String> socket;
   bool spawn = false;
+  ApicTransport transport = ApicTransport::CHANNEL;
+  bool pageReads = true;
   kj::Maybe<uint64_t> timeoutMs;
 };
 
@@ -117,6 +125,10 @@ Options parseOptions(int argc, char** argv) {
       options.socket = kj::str(value());
     } else if (arg == "--spawn-vlapicd") {
       options.spawn = true;
+    } else if (arg == "--rpc") {
+      options.transport = ApicTransport::RPC;
+    } else if (arg == "--no-page-reads") {
+      options.pageReads = false;
     } else if (arg == "--trace") {
       options.machine.trace = true;
     } else if (arg == "--timeout") {
@@ -197,7 +209,8 @@ int runVlapicKvm(int argc, char** argv) {
   KJ_IF_MAYBE(exception, kj::runCatchingExceptions([&]() {
     kj::String socket;
     if (options.spawn) {
-      auto& child = *spawned.emplace(kj::heap<SpawnedVlapicd>(SpawnedVlapicd::findBinary()));
+      auto& child = *spawned.emplace(
+          kj::heap<SpawnedVlapicd>(SpawnedVlapicd::findBinary(), spawnedVlapicdArguments(options.transport == ApicTransport::CHANNEL)));
       socket = kj::str(child.socketPath());
     } else {
       KJ_IF_MAYBE(s, options.socket) socket = kj::str(*s);
@@ -208,6 +221,8 @@ int runVlapicKvm(int argc, char** argv) {
     settings.tscHz = machine.tscHz();
     settings.x2apic = options.machine.x2apic;
     settings.name = kj::str("vlapic-kvm ", options.kernel);
+    settings.transport = options.transport;
+    settings.pageReads = options.pageReads;
     // A freshly spawned vlapicd may create its socket a moment before it
     // accepts: retry briefly.
     for (int attempt = 0;; attempt++) {

@@ -1,6 +1,7 @@
 #include "client/kvm/spawn.h"
 
 #include <kj/debug.h>
+#include <kj/vector.h>
 #include <cerrno>
 #include <climits>
 #include <csignal>
@@ -24,7 +25,15 @@ void sleepMs(int ms) {
   nanosleep(&ts, nullptr);
 }
 
+constexpr kj::StringPtr kRpcArguments[] = {"--hal"_kj, "shared"_kj};
+constexpr kj::StringPtr kChannelArguments[] = {"--hal"_kj, "shared"_kj, "--no-sandbox"_kj};
+
 }  // namespace
+
+kj::ArrayPtr<const kj::StringPtr> spawnedVlapicdArguments(bool channel) {
+  if (channel) return kChannelArguments;
+  return kRpcArguments;
+}
 
 kj::String SpawnedVlapicd::findBinary() {
   const char* fromEnv = getenv("VLAPICD");
@@ -45,12 +54,20 @@ kj::String SpawnedVlapicd::findBinary() {
   return kj::str("vlapicd");
 }
 
-SpawnedVlapicd::SpawnedVlapicd(kj::StringPtr binary) {
+SpawnedVlapicd::SpawnedVlapicd(kj::StringPtr binary, kj::ArrayPtr<const kj::StringPtr> arguments) {
   char pattern[] = "/tmp/vlapic-kvm.XXXXXX";
   KJ_REQUIRE(mkdtemp(pattern) != nullptr, "cannot create a directory for vlapicd's socket",
              strerror(errno));
   directory = kj::str(pattern);
   socket = kj::str(directory, "/vlapicd.sock");
+
+  // The argument vector is built before fork(): the child only execs.
+  kj::Vector<const char*> argv;
+  argv.add(binary.cStr());
+  argv.add("--socket");
+  argv.add(socket.cStr());
+  for (auto& argument : arguments) argv.add(argument.cStr());
+  argv.add(nullptr);
 
   pid = fork();
   if (pid < 0) {
@@ -64,7 +81,7 @@ SpawnedVlapicd::SpawnedVlapicd(kj::StringPtr binary) {
     // when vlapicd later drops to an unprivileged user; the destructor's
     // SIGTERM covers every orderly exit.)
     prctl(PR_SET_PDEATHSIG, SIGTERM);
-    execlp(binary.cStr(), binary.cStr(), "--socket", socket.cStr(), (char*)nullptr);
+    execvp(binary.cStr(), const_cast<char* const*>(argv.begin()));
     fprintf(stderr, "vlapic-kvm: cannot execute %s: %s\n", binary.cStr(), strerror(errno));
     _exit(127);
   }

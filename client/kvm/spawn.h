@@ -9,16 +9,27 @@
 
 namespace vlapic::kvm {
 
+// What vlapic-kvm and bench-kvm start vlapicd with: the shared-memory HAL,
+// so that each vCPU's virtual-APIC page can be mapped read-only. With the
+// channel also --no-sandbox, because vlapicd's seccomp filter
+// (server/daemon/sandbox.cc) does not yet allow socketpair(), which
+// creating a channel needs: a confined vlapicd dies of SIGSYS on the first
+// openChannel (README.md, "Confinement and the channel").
+kj::ArrayPtr<const kj::StringPtr> spawnedVlapicdArguments(bool channel);
+
 class SpawnedVlapicd {
 public:
   // `binary`: the vlapicd executable. Returns once the socket exists (the
   // caller's connect retries cover the rest). Throws with a clear message
   // when the binary cannot be started or dies before listening.
-  explicit SpawnedVlapicd(kj::StringPtr binary);
+  // `arguments` are passed after `--socket PATH` (e.g. `--hal shared`).
+  explicit SpawnedVlapicd(kj::StringPtr binary, kj::ArrayPtr<const kj::StringPtr> arguments = nullptr);
   ~SpawnedVlapicd() noexcept(false);
   KJ_DISALLOW_COPY(SpawnedVlapicd);
 
   kj::StringPtr socketPath() const { return socket; }
+  // The child's process id (-1 once it has been reaped).
+  pid_t processId() const { return pid; }
 
   // Where vlapicd is looked for when no path is given: $VLAPICD, then next
   // to this executable in the build tree (../../server/daemon/vlapicd) or

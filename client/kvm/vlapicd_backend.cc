@@ -1,6 +1,10 @@
 #include "client/kvm/vlapicd_backend.h"
 
 #include <kj/debug.h>
+#include <cerrno>
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
 
 namespace vlapic::kvm {
 
@@ -26,11 +30,71 @@ ApicInterruptState fromState(const client::InterruptState& state) {
   return result;
 }
 
+// The channel's event kinds are the Vm layer's, as are the client's.
+client::EventKind fromChannelKind(channel::EventKind kind) {
+  switch (kind) {
+    case channel::EventKind::DELIVERABLE: return client::EventKind::DELIVERABLE;
+    case channel::EventKind::NMI: return client::EventKind::NMI;
+    case channel::EventKind::SMI: return client::EventKind::SMI;
+    case channel::EventKind::INIT: return client::EventKind::INIT;
+    case channel::EventKind::SIPI: return client::EventKind::SIPI;
+    case channel::EventKind::EXTINT: return client::EventKind::EXTINT;
+    case channel::EventKind::EOI: return client::EventKind::EOI;
+    case channel::EventKind::TIMER: return client::EventKind::TIMER;
+  }
+  KJ_FAIL_REQUIRE("unknown channel event kind", uint8_t(kind));
+}
+
 }  // namespace
 
-VlapicdBackend::VlapicdBackend(kj::StringPtr socketPath, const VlapicdVmSettings& settings,
+// Watches one channel's attention eventfd while its vCPU runs the guest or
+// is parked, and tells the sink, which kicks the vCPU thread; that thread
+// then fetches the events itself (fetchEvents). A thread blocked in poll()
+// costs no CPU, so an idle vCPU stays free.
+class VlapicdBackend::AttentionWatcher {
+public:
+  AttentionWatcher(channel::ChannelFront& front, ApicEventSink& sink, uint32_t vcpu)
+      : front(front), sink(sink), vcpu(vcpu), stopFd(eventfd(0, EFD_CLOEXEC)) {
+    KJ_REQUIRE(stopFd.get() >= 0, "eventfd failed", strerror(errno));
+    thread = kj::heap<kj::Thread>([this]() { watch(); });
+  }
+  ~AttentionWatcher() noexcept(false) {
+    uint64_t one = 1;
+    KJ_SYSCALL(write(stopFd.get(), &one, sizeof(one)));
+    thread = nullptr;  // joins
+  }
+  KJ_DISALLOW_COPY(AttentionWatcher);
+
+private:
+  channel::ChannelFront& front;
+  ApicEventSink& sink;
+  uint32_t vcpu;
+  kj::AutoCloseFd stopFd;
+  kj::Own<kj::Thread> thread;
+
+  void watch() {
+    pollfd fds[2] = {{front.attentionFd(), POLLIN, 0}, {stopFd.get(), POLLIN, 0}};
+    for (;;) {
+      int n = poll(fds, 2, -1);
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        KJ_FAIL_SYSCALL("poll", errno);
+      }
+      if (fds[1].revents != 0) return;
+      if (fds[0].revents != 0 && front.consumeAttentionNotification()) sink.attention(vcpu);
+    }
+  }
+};
+
+VlapicdBackend::VlapicdBackend(kj::StringPtr socketPath, const VlapicdVmSettings& settingsIn,
                                ApicEventSink& sink)
-    : sink(sink), socketPath(kj::str(socketPath)), control(client::Client::connect(socketPath)) {
+    : sink(sink), control(client::Client::connect(socketPath)) {
+  settings.vcpuCount = settingsIn.vcpuCount;
+  settings.tscHz = settingsIn.tscHz;
+  settings.x2apic = settingsIn.x2apic;
+  settings.name = kj::str(settingsIn.name);
+  settings.transport = settingsIn.transport;
+  settings.pageReads = settingsIn.pageReads && settingsIn.transport == ApicTransport::CHANNEL;
   client::VmOptions options;
   options.vcpuCount = settings.vcpuCount;
   options.tscHz = settings.tscHz;
@@ -40,7 +104,7 @@ VlapicdBackend::VlapicdBackend(kj::StringPtr socketPath, const VlapicdVmSettings
   vm = control->createVm(kj::mv(options), [this](kj::ArrayPtr<const client::Event> events) {
     onEvents(events);
   });
-  handles = kj::heapArray<kj::Own<client::VcpuHandle>>(settings.vcpuCount);
+  links = kj::heapArray<kj::Maybe<kj::Own<VcpuLink>>>(settings.vcpuCount);
   // Tickets are fetched here, one at a time, rather than concurrently from
   // the vCPU threads: the library's Vm::ticket() reads its temporary vCPU
   // object after releasing it, which concurrent callers turn into a crash.
@@ -67,73 +131,177 @@ void VlapicdBackend::setGuestTscOffset(int64_t offset) {
 
 bool VlapicdBackend::connected() const { return control->connected(); }
 
-void VlapicdBackend::onEvents(kj::ArrayPtr<const client::Event> events) {
-  for (auto& event : events) {
-    switch (event.kind) {
-      case client::EventKind::DELIVERABLE: sink.interruptDeliverable(event.vcpu); break;
-      case client::EventKind::NMI: sink.nmi(event.vcpu); break;
-      case client::EventKind::INIT: sink.init(event.vcpu); break;
-      case client::EventKind::SIPI: sink.startup(event.vcpu, event.vector); break;
-      case client::EventKind::TIMER:
-        // The timer's interrupt, if any, arrives as its own DELIVERABLE.
-        break;
-      case client::EventKind::SMI:
-      case client::EventKind::EXTINT:
-      case client::EventKind::EOI:
-        sink.unhandledEvent(event.vcpu, client::eventKindName(event.kind));
-        break;
-    }
+void VlapicdBackend::deliver(uint32_t vcpu, client::EventKind kind, uint8_t vector) {
+  switch (kind) {
+    case client::EventKind::DELIVERABLE: sink.interruptDeliverable(vcpu); break;
+    case client::EventKind::NMI: sink.nmi(vcpu); break;
+    case client::EventKind::INIT: sink.init(vcpu); break;
+    case client::EventKind::SIPI: sink.startup(vcpu, vector); break;
+    case client::EventKind::TIMER:
+      // The timer's interrupt, if any, arrives as its own DELIVERABLE.
+      break;
+    case client::EventKind::SMI:
+    case client::EventKind::EXTINT:
+    case client::EventKind::EOI:
+      sink.unhandledEvent(vcpu, client::eventKindName(kind));
+      break;
   }
 }
 
+void VlapicdBackend::onEvents(kj::ArrayPtr<const client::Event> events) {
+  for (auto& event : events) deliver(event.vcpu, event.kind, event.vector);
+}
+
 void VlapicdBackend::openOnThisThread(uint32_t vcpu) {
-  KJ_REQUIRE(vcpu < handles.size());
-  handles[vcpu] = client::openVcpu(tickets[vcpu]);
+  KJ_REQUIRE(vcpu < links.size());
+  auto created = kj::heap<VcpuLink>();
+  created->handle = client::openVcpu(tickets[vcpu]);
+  if (settings.transport == ApicTransport::CHANNEL) {
+    if (settings.pageReads) {
+      // Only a server with the shared-memory HAL can map the page; any
+      // other answers with an error and every read uses the channel.
+      KJ_IF_MAYBE(page, kj::runCatchingExceptions([&]() {
+        created->page = created->handle->mapVirtualApicPage();
+      })) {
+        (void)page;
+        created->page = nullptr;
+      }
+      KJ_IF_MAYBE(page, created->page) {
+        created->pageReader = VirtualApicPageReader((*page)->bytes(), client::VmOptions().lvtEntries);
+      }
+    }
+    // From here on this vCPU's events come through its channel only.
+    auto& front = *created->channel.emplace(
+        channel::ChannelFront::connect(created->handle->openChannel()));
+    created->watcher = kj::heap<AttentionWatcher>(front, sink, vcpu);
+  }
+  links[vcpu] = kj::mv(created);
+  // Events queued before the channel existed were raised as attention.
+  fetchEvents(vcpu);
 }
 
 void VlapicdBackend::closeOnThisThread(uint32_t vcpu) {
-  KJ_REQUIRE(vcpu < handles.size());
-  handles[vcpu] = nullptr;
+  KJ_REQUIRE(vcpu < links.size());
+  links[vcpu] = nullptr;
 }
 
-client::VcpuHandle& VlapicdBackend::handle(uint32_t vcpu) {
-  KJ_REQUIRE(vcpu < handles.size() && handles[vcpu].get() != nullptr,
-             "vCPU handle not opened on this thread", vcpu);
-  return *handles[vcpu];
+bool VlapicdBackend::pageMapped(uint32_t vcpu) const {
+  KJ_REQUIRE(vcpu < links.size());
+  KJ_IF_MAYBE(l, links[vcpu]) return (*l)->pageReader != nullptr;
+  return false;
+}
+
+VlapicdBackend::VcpuLink& VlapicdBackend::link(uint32_t vcpu) {
+  KJ_REQUIRE(vcpu < links.size(), "no such vCPU", vcpu);
+  KJ_IF_MAYBE(l, links[vcpu]) return **l;
+  KJ_FAIL_REQUIRE("vCPU link not opened on this thread", vcpu);
 }
 
 template <typename Func>
-auto VlapicdBackend::call(uint32_t vcpu, Func&& func) -> decltype(func(handle(vcpu))) {
+auto VlapicdBackend::call(uint32_t vcpu, Func&& func) -> decltype(func(link(vcpu))) {
   // A failed call means vlapicd is gone or refused a request this front
   // should never make: either way no vCPU can continue.
   try {
-    return func(handle(vcpu));
+    return func(link(vcpu));
   } catch (kj::Exception& exception) {
     sink.backendLost(exception.getDescription());
     throw;
   }
 }
 
-ApicAccess VlapicdBackend::mmioRead(uint32_t vcpu, uint64_t gpa, uint8_t size) {
-  return call(vcpu, [&](client::VcpuHandle& h) { return fromOutcome(h.mmioRead(gpa, size)); });
+channel::Reply VlapicdBackend::callChannel(uint32_t vcpu, const channel::Request& request) {
+  return call(vcpu, [&](VcpuLink& l) {
+    auto& front = *KJ_ASSERT_NONNULL(l.channel);
+    auto reply = front.call(request);
+    KJ_REQUIRE(reply.kind != channel::Reply::Kind::REJECTED,
+               "vlapicd rejected a channel request", channel::rejectionName(reply.rejection));
+    for (auto& event : reply.events()) deliver(vcpu, fromChannelKind(event.kind), event.vector);
+    // A reply holds a whole event queue; more only if events kept coming.
+    while (reply.moreEvents) {
+      auto more = front.call(channel::Request::fetchEvents());
+      KJ_REQUIRE(more.kind != channel::Reply::Kind::REJECTED,
+                 "vlapicd rejected a channel request", channel::rejectionName(more.rejection));
+      for (auto& event : more.events()) deliver(vcpu, fromChannelKind(event.kind), event.vector);
+      reply.moreEvents = more.moreEvents;
+    }
+    return reply;
+  });
 }
 
-ApicAccess VlapicdBackend::mmioWrite(uint32_t vcpu, uint64_t gpa, uint8_t size, uint64_t value) {
-  return call(vcpu, [&](client::VcpuHandle& h) { return fromOutcome(h.mmioWrite(gpa, size, value)); });
+ApicAccess VlapicdBackend::channelAccess(uint32_t vcpu, channel::Request request, bool canInject) {
+  request.injectIfPending = canInject;
+  auto reply = callChannel(vcpu, request);
+  ApicAccess access;
+  switch (reply.status) {
+    case AccessStatus::OK: access.kind = ApicAccess::Kind::VALUE; break;
+    case AccessStatus::GP: access.kind = ApicAccess::Kind::GP; break;
+    case AccessStatus::IGNORED: access.kind = ApicAccess::Kind::IGNORED; break;
+  }
+  access.value = reply.value;
+  access.reason = accessReasonName(reply.reason);
+  access.inject = reply.inject;
+  // Whether a vector is still deliverable arrived as a DELIVERABLE event,
+  // already handed to the sink.
+  return access;
 }
 
-ApicAccess VlapicdBackend::msrRead(uint32_t vcpu, uint32_t msr) {
-  return call(vcpu, [&](client::VcpuHandle& h) { return fromOutcome(h.msrRead(msr)); });
+ApicAccess VlapicdBackend::mmioRead(uint32_t vcpu, uint64_t gpa, uint8_t size, bool canInject) {
+  if (settings.transport == ApicTransport::CHANNEL) {
+    return channelAccess(vcpu, channel::Request::mmioRead(gpa, size), canInject);
+  }
+  return call(vcpu, [&](VcpuLink& l) { return fromOutcome(l.handle->mmioRead(gpa, size)); });
 }
 
-ApicAccess VlapicdBackend::msrWrite(uint32_t vcpu, uint32_t msr, uint64_t value) {
-  return call(vcpu, [&](client::VcpuHandle& h) { return fromOutcome(h.msrWrite(msr, value)); });
+ApicAccess VlapicdBackend::mmioWrite(uint32_t vcpu, uint64_t gpa, uint8_t size, uint64_t value,
+                                     bool canInject) {
+  if (settings.transport == ApicTransport::CHANNEL) {
+    return channelAccess(vcpu, channel::Request::mmioWrite(gpa, size, value), canInject);
+  }
+  return call(vcpu, [&](VcpuLink& l) { return fromOutcome(l.handle->mmioWrite(gpa, size, value)); });
+}
+
+ApicAccess VlapicdBackend::msrRead(uint32_t vcpu, uint32_t msr, bool canInject) {
+  if (settings.transport == ApicTransport::CHANNEL) {
+    return channelAccess(vcpu, channel::Request::msrRead(msr), canInject);
+  }
+  return call(vcpu, [&](VcpuLink& l) { return fromOutcome(l.handle->msrRead(msr)); });
+}
+
+ApicAccess VlapicdBackend::msrWrite(uint32_t vcpu, uint32_t msr, uint64_t value, bool canInject) {
+  if (settings.transport == ApicTransport::CHANNEL) {
+    return channelAccess(vcpu, channel::Request::msrWrite(msr, value), canInject);
+  }
+  return call(vcpu, [&](VcpuLink& l) { return fromOutcome(l.handle->msrWrite(msr, value)); });
+}
+
+kj::Maybe<uint64_t> VlapicdBackend::mmioReadFromPage(uint32_t vcpu, uint64_t offset, uint8_t size) {
+  KJ_IF_MAYBE(reader, link(vcpu).pageReader) return reader->mmioRead(offset, size);
+  return nullptr;
+}
+
+kj::Maybe<uint64_t> VlapicdBackend::msrReadFromPage(uint32_t vcpu, uint32_t msr) {
+  KJ_IF_MAYBE(reader, link(vcpu).pageReader) return reader->msrRead(msr);
+  return nullptr;
+}
+
+void VlapicdBackend::fetchEvents(uint32_t vcpu) {
+  auto& l = link(vcpu);
+  KJ_IF_MAYBE(front, l.channel) {
+    // One shared-memory load when nothing is queued.
+    if ((*front)->attentionPending()) callChannel(vcpu, channel::Request::fetchEvents());
+  }
 }
 
 ApicAcknowledge VlapicdBackend::acknowledge(uint32_t vcpu) {
-  return call(vcpu, [&](client::VcpuHandle& h) {
-    auto acked = h.acknowledge();
-    ApicAcknowledge result;
+  ApicAcknowledge result;
+  if (settings.transport == ApicTransport::CHANNEL) {
+    auto reply = callChannel(vcpu, channel::Request::acknowledge());
+    result.vector = reply.inject;
+    result.after.tpr = reply.cr8 << 4;
+    return result;
+  }
+  return call(vcpu, [&](VcpuLink& l) {
+    auto acked = l.handle->acknowledge();
     result.vector = acked.vector;
     result.after = fromState(acked.state);
     return result;
@@ -141,7 +309,13 @@ ApicAcknowledge VlapicdBackend::acknowledge(uint32_t vcpu) {
 }
 
 ApicInterruptState VlapicdBackend::setCr8(uint32_t vcpu, uint8_t cr8) {
-  return call(vcpu, [&](client::VcpuHandle& h) { return fromState(h.setCr8(cr8)); });
+  if (settings.transport == ApicTransport::CHANNEL) {
+    auto reply = callChannel(vcpu, channel::Request::setCr8(cr8));
+    ApicInterruptState state;
+    state.tpr = reply.cr8 << 4;
+    return state;
+  }
+  return call(vcpu, [&](VcpuLink& l) { return fromState(l.handle->setCr8(cr8)); });
 }
 
 }  // namespace vlapic::kvm

@@ -1,27 +1,43 @@
 // The ApicBackend that talks to vlapicd through the client library: one
-// control connection (VM creation, events) and, per vCPU thread, its own
-// connection opened from a ticket so a synchronous call is a plain socket
-// round trip on that thread.
+// control connection (VM creation, events), and per vCPU thread either the
+// vCPU's shared-memory channel (the exit fast path, server/channel; the
+// default) or its own RPC connection opened from a ticket (--rpc), so a
+// synchronous call never hops threads. With the channel, register reads
+// that need no computation come from the vCPU's virtual-APIC page mapped
+// read-only when vlapicd runs with --hal shared.
 #pragma once
 
 #include "client/kvm/apic_backend.h"
+#include "client/kvm/page_reads.h"
 #include "client/lib/vlapic_client.h"
+#include "server/channel/channel.h"
 #include <kj/mutex.h>
+#include <kj/thread.h>
 #include <kj/vector.h>
 
 namespace vlapic::kvm {
+
+enum class ApicTransport : uint8_t {
+  CHANNEL,  // per-vCPU shared-memory call/reply slot; events in each reply
+  RPC,      // a Cap'n Proto call per access; events through the control connection
+};
 
 struct VlapicdVmSettings {
   uint32_t vcpuCount = 1;
   uint64_t tscHz = 0;
   bool x2apic = true;
   kj::String name;
+  ApicTransport transport = ApicTransport::CHANNEL;
+  // CHANNEL only: serve plain register reads from the mapped page when the
+  // server offers it (falls back to the channel when it does not).
+  bool pageReads = true;
 };
 
 class VlapicdBackend final : public ApicBackend {
 public:
   // Connects and creates the VM; events go to `sink` from the client
-  // thread. Throws with the client library's message when vlapicd is absent.
+  // thread (and, with the channel, from each vCPU's own thread). Throws
+  // with the client library's message when vlapicd is absent.
   VlapicdBackend(kj::StringPtr socketPath, const VlapicdVmSettings& settings, ApicEventSink& sink);
   ~VlapicdBackend() noexcept(false);
 
@@ -32,27 +48,49 @@ public:
 
   void openOnThisThread(uint32_t vcpu) override;
   void closeOnThisThread(uint32_t vcpu) override;
-  ApicAccess mmioRead(uint32_t vcpu, uint64_t gpa, uint8_t size) override;
-  ApicAccess mmioWrite(uint32_t vcpu, uint64_t gpa, uint8_t size, uint64_t value) override;
-  ApicAccess msrRead(uint32_t vcpu, uint32_t msr) override;
-  ApicAccess msrWrite(uint32_t vcpu, uint32_t msr, uint64_t value) override;
+  ApicAccess mmioRead(uint32_t vcpu, uint64_t gpa, uint8_t size, bool canInject) override;
+  ApicAccess mmioWrite(uint32_t vcpu, uint64_t gpa, uint8_t size, uint64_t value,
+                       bool canInject) override;
+  ApicAccess msrRead(uint32_t vcpu, uint32_t msr, bool canInject) override;
+  ApicAccess msrWrite(uint32_t vcpu, uint32_t msr, uint64_t value, bool canInject) override;
+  kj::Maybe<uint64_t> mmioReadFromPage(uint32_t vcpu, uint64_t offset, uint8_t size) override;
+  kj::Maybe<uint64_t> msrReadFromPage(uint32_t vcpu, uint32_t msr) override;
+  void fetchEvents(uint32_t vcpu) override;
   ApicAcknowledge acknowledge(uint32_t vcpu) override;
   ApicInterruptState setCr8(uint32_t vcpu, uint8_t cr8) override;
-  kj::StringPtr name() const override { return "vlapicd"; }
+  kj::StringPtr name() const override {
+    return settings.transport == ApicTransport::CHANNEL ? "vlapicd (channel)" : "vlapicd (rpc)";
+  }
+
+  // Whether vCPU `vcpu` reads from a mapped page (valid after
+  // openOnThisThread on that vCPU's thread).
+  bool pageMapped(uint32_t vcpu) const;
 
 private:
+  class AttentionWatcher;
+  // What one vCPU thread uses; created and used only on that thread.
+  struct VcpuLink {
+    kj::Own<client::VcpuHandle> handle;
+    kj::Maybe<kj::Own<client::MappedPage>> page;
+    kj::Maybe<VirtualApicPageReader> pageReader;
+    kj::Maybe<kj::Own<channel::ChannelFront>> channel;
+    kj::Maybe<kj::Own<AttentionWatcher>> watcher;  // after `channel`: stops first
+  };
+
   ApicEventSink& sink;
-  kj::String socketPath;
+  VlapicdVmSettings settings;
   kj::Own<client::Client> control;
   kj::Own<client::Vm> vm;
   kj::Array<client::VcpuTicket> tickets;
-  // Per-vCPU handles, each created and used only on its vCPU's thread.
-  kj::Array<kj::Own<client::VcpuHandle>> handles;
+  kj::Array<kj::Maybe<kj::Own<VcpuLink>>> links;
 
-  client::VcpuHandle& handle(uint32_t vcpu);
+  VcpuLink& link(uint32_t vcpu);
   void onEvents(kj::ArrayPtr<const client::Event> events);
+  void deliver(uint32_t vcpu, client::EventKind kind, uint8_t vector);
+  channel::Reply callChannel(uint32_t vcpu, const channel::Request& request);
+  ApicAccess channelAccess(uint32_t vcpu, channel::Request request, bool canInject);
   template <typename Func>
-  auto call(uint32_t vcpu, Func&& func) -> decltype(func(handle(vcpu)));
+  auto call(uint32_t vcpu, Func&& func) -> decltype(func(link(vcpu)));
 };
 
 }  // namespace vlapic::kvm

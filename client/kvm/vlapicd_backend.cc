@@ -154,6 +154,16 @@ void VlapicdBackend::onEvents(kj::ArrayPtr<const client::Event> events) {
 
 void VlapicdBackend::openOnThisThread(uint32_t vcpu) {
   KJ_REQUIRE(vcpu < links.size());
+  // A server that dies or refuses here is as lost as at any later call.
+  try {
+    openLink(vcpu);
+  } catch (kj::Exception& exception) {
+    sink.backendLost(exception.getDescription());
+    throw;
+  }
+}
+
+void VlapicdBackend::openLink(uint32_t vcpu) {
   auto created = kj::heap<VcpuLink>();
   created->handle = client::openVcpu(tickets[vcpu]);
   if (settings.transport == ApicTransport::CHANNEL) {

@@ -85,6 +85,7 @@ private:
   kj::Array<kj::Maybe<kj::Own<VcpuLink>>> links;
 
   VcpuLink& link(uint32_t vcpu);
+  void openLink(uint32_t vcpu);
   void onEvents(kj::ArrayPtr<const client::Event> events);
   void deliver(uint32_t vcpu, client::EventKind kind, uint8_t vector);
   channel::Reply callChannel(uint32_t vcpu, const channel::Request& request);

@@ -281,6 +281,7 @@ int runBench() {
   };
   Row rows[] = {
       {"OUT unused port (bare)", "bare_exit", true},
+      {"MMIO read, no device", "bare_mmio", true},
       {"xAPIC MMIO read (VER)", "mmio_read", true},
       {"xAPIC MMIO write (TPR)", "mmio_write", true},
       {"xAPIC MMIO EOI", "mmio_eoi", true},
@@ -318,17 +319,21 @@ int runBench() {
   double pageBare = medianOf(page, "bare_exit");
   double pageRead = medianOf(page, "mmio_read");
   double kernelMmioRead = medianOf(inKernel, "mmio_read");
+  double pageBareMmio = medianOf(page, "bare_mmio");
+  double pageMsrRead = medianOf(page, "msr_read");
   auto ratio = [](double a, double b) { return b > 0 ? a / b : 0; };
   printf("\nMMIO read / bare exit: channel %.2fx, page %.2fx, plain RPC %.2fx, in-kernel %.2fx\n",
          ratio(channelRead, channelBare), ratio(pageRead, pageBare), ratio(mmioRead, bare),
          ratio(kernelMmioRead, medianOf(inKernel, "bare_exit")));
+  printf("page MMIO read / MMIO read with no device (the same exit, answered at once): %.2fx\n",
+         ratio(pageRead, pageBareMmio));
   printf("RESULT kvm bare_exit_us=%s mmio_read_us=%s mmio_write_us=%s msr_read_us=%s msr_write_us=%s "
          "kernel_bare_exit_us=%s kernel_mmio_read_us=%s kernel_mmio_write_us=%s kernel_msr_read_us=%s "
          "kernel_msr_write_us=%s ipi_rtt_us=%s kernel_ipi_rtt_us=%s ratio_rpc_vs_bare=%s "
          "ratio_rpc_vs_kernel=%s channel_mmio_read_us=%s channel_mmio_write_us=%s "
          "channel_msr_write_us=%s channel_eoi_us=%s page_mmio_read_us=%s page_msr_read_us=%s "
          "channel_ipi_rtt_us=%s ratio_channel_vs_bare=%s ratio_page_read_vs_bare=%s "
-         "idle_cpu_percent=%s\n",
+         "idle_cpu_percent=%s bare_mmio_us=%s ratio_page_read_vs_bare_mmio=%s ratio_page_msr_read_vs_bare=%s\n",
          fixed2(bare).cStr(), fixed2(mmioRead).cStr(), fixed2(medianOf(rpc, "mmio_write")).cStr(),
          fixed2(medianOf(rpc, "msr_read")).cStr(), fixed2(medianOf(rpc, "msr_write")).cStr(),
          fixed2(medianOf(inKernel, "bare_exit")).cStr(), fixed2(kernelMmioRead).cStr(),
@@ -342,7 +347,8 @@ int runBench() {
          fixed2(pageRead).cStr(), fixed2(medianOf(page, "msr_read")).cStr(),
          fixed2(median(find(channel.run, "ipi_rtt_bsp_ap_bsp"))).cStr(),
          fixed2(ratio(channelRead, channelBare)).cStr(), fixed2(ratio(pageRead, pageBare)).cStr(),
-         fixed2(idle.vlapicdPercent + idle.frontPercent).cStr());
+         fixed2(idle.vlapicdPercent + idle.frontPercent).cStr(), fixed2(pageBareMmio).cStr(),
+         fixed2(ratio(pageRead, pageBareMmio)).cStr(), fixed2(ratio(pageMsrRead, pageBare)).cStr());
   return 0;
 }
 

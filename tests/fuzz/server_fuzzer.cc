@@ -22,6 +22,8 @@
 
 #include <capnp/rpc-twoparty.h>
 #include <capnp/serialize.h>
+#include "tests/fuzz/trace.h"
+
 #include <fuzzer/FuzzedDataProvider.h>
 #include <kj/async-io.h>
 #include <kj/debug.h>
@@ -30,13 +32,6 @@
 
 namespace vlapic {
 namespace {
-
-bool tracing = false;
-
-#define TRACE(...)                                                               \
-  do {                                                                           \
-    if (tracing) fprintf(stderr, __VA_ARGS__);                                   \
-  } while (0)
 
 [[noreturn]] void violated(const char* what, uint64_t got, uint64_t expected) {
   fprintf(stderr, "INVARIANT VIOLATED: %s (got %llu, expected %llu)\n", what,
@@ -459,10 +454,9 @@ void fuzzOne(const uint8_t* data, size_t size) {
 }  // namespace vlapic
 
 extern "C" int LLVMFuzzerInitialize(int*, char***) {
-  vlapic::tracing = getenv("FUZZ_TRACE") != nullptr;
   // Hostile requests make the server log errors; keep the fuzzer's output
   // readable (FUZZ_TRACE shows them).
-  if (!vlapic::tracing) kj::_::Debug::setLogLevel(kj::LogSeverity::FATAL);
+  if (!vlapic::fuzz::tracing()) kj::_::Debug::setLogLevel(kj::LogSeverity::FATAL);
   return 0;
 }
 

@@ -467,7 +467,7 @@ TEST_CASE("APIC Timer: an expired one-shot switched to periodic stays at 0",
   }
 }
 
-TEST_CASE("APIC Timer: a mode switch keeps the running count's rate; the clamp applies "
+TEST_CASE("APIC Timer: a mode switch keeps the running count's rate, the clamp applies "
           "from the next period", "[timer][mode][min-period]") {
   // A 10 us one-shot, half done, becomes periodic under a 200 us minimum:
   // the running count ends when it would have (KVM), later periods are

@@ -215,7 +215,17 @@ void requireServes(kj::StringPtr socket) {
   REQUIRE(result.exitCode == 0);
 }
 
+// The socket accepts connections (which is when a test gets the pid) a
+// moment before the daemon has finished confining itself.
+void waitConfined(pid_t pid) {
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  while (statusField(pid, "Seccomp") != "2" && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+}
+
 void requireConfined(pid_t pid) {
+  waitConfined(pid);
   INFO("pid " << pid << ":\n" << readFile("/proc/" + std::to_string(pid) + "/status"));
   CHECK(statusField(pid, "Seccomp") == "2");
   CHECK(statusField(pid, "NoNewPrivs") == "1");
@@ -304,10 +314,11 @@ TEST_CASE("vlapicd: confined after start-up (seccomp, no_new_privs, no capabilit
   CHECK(WIFEXITED(daemon.stop()));
 }
 
-TEST_CASE("vlapicd: socket() injected from outside kills it with SIGSYS; an allowed call "
+TEST_CASE("vlapicd: socket() injected from outside kills it with SIGSYS, an allowed call "
           "does not", "[sandbox][vlapicd]") {
   requireRoot("ptrace injection");
   DaemonProcess daemon(VLAPICD_PATH);
+  waitConfined(daemon.pid());
   // Control: the injection mechanism itself is harmless.
   auto control = injectSyscall(daemon.pid(), SYS_getpid, {});
   REQUIRE(control.survived);
@@ -324,7 +335,15 @@ TEST_CASE("vlapicd: socket() injected from outside kills it with SIGSYS; an allo
 TEST_CASE("vlapicd: openat() of a file injected from outside kills it with SIGSYS",
           "[sandbox][vlapicd]") {
   requireRoot("ptrace injection");
+  if (probeIsSanitizerBuild()) {
+    // The sanitizer build's wider filter lets LeakSanitizer open /proc/self
+    // read-only (sandbox.cc), so only a release build shows this kill.
+    printf("SKIP: read-only openat is allowed in sanitizer builds\n");
+    fflush(stdout);
+    _exit(kSkip);
+  }
   DaemonProcess daemon(VLAPICD_PATH);
+  waitConfined(daemon.pid());
   auto outcome = injectSyscall(daemon.pid(), SYS_openat,
                                {uint64_t(AT_FDCWD), kTextArgument, O_RDONLY}, "/etc/passwd");
   CHECK_FALSE(outcome.survived);
@@ -362,6 +381,7 @@ TEST_CASE("vlapicd-sandbox.sh: a forbidden call injected into the sandboxed vlap
           "(SIGSYS, script exits 159)", "[sandbox][script]") {
   requireRoot("ptrace injection");
   SandboxedDaemon sandboxed;
+  waitConfined(sandboxed.vlapicd);
   auto outcome = injectSyscall(sandboxed.vlapicd, SYS_socket, {AF_UNIX, SOCK_STREAM, 0});
   CHECK_FALSE(outcome.survived);
   CHECK(outcome.deathSignal == SIGSYS);

@@ -68,8 +68,10 @@ public:
   // (a backend may bind per-thread connections to the thread).
   virtual void openOnThisThread(uint32_t vcpu) = 0;
   virtual void closeOnThisThread(uint32_t vcpu) = 0;
-  // False once the server is gone (polled while vCPUs may all be parked).
-  virtual bool connected() const = 0;
+  // Called every few tens of milliseconds from the machine's control thread
+  // (while vCPUs may all be parked): periodic work such as snapshots, and
+  // recovery from a lost server. False once the server is gone for good.
+  virtual bool keepAlive() = 0;
 
   // `canInject`: the vCPU can take an external interrupt right after this
   // exit (ready_for_interrupt_injection and IF=1); a backend may then

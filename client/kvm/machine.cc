@@ -792,9 +792,10 @@ MachineExit Machine::run(kj::Maybe<uint64_t> timeoutMs) {
   }
   for (auto& vcpu : vcpus) vcpu->start();
   // Wake up now and then to notice a server that died while every vCPU was
-  // parked (HLT, wait-for-SIPI) and so made no call that would fail.
-  constexpr uint64_t kSliceMs = 200;
-  uint64_t waitedMs = 0;
+  // parked (HLT, wait-for-SIPI) and so made no call that would fail, and to
+  // let the backend do its periodic work (snapshots).
+  constexpr uint64_t kSliceMs = 50;
+  uint64_t startNs = monotonicNs();
   for (;;) {
     {
       auto locked = outcome.lockExclusive();
@@ -802,9 +803,9 @@ MachineExit Machine::run(kj::Maybe<uint64_t> timeoutMs) {
                   int64_t(kSliceMs) * kj::MILLISECONDS);
       if (*locked != nullptr) break;
     }
-    waitedMs += kSliceMs;
+    uint64_t waitedMs = (monotonicNs() - startNs) / 1'000'000;
     KJ_IF_MAYBE(b, backend) {
-      if (!b->connected()) {
+      if (!b->keepAlive()) {
         MachineExit exit;
         exit.kind = MachineExit::Kind::BACKEND_LOST;
         exit.message = kj::str("vlapicd went away (connection closed)");

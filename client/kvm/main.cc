@@ -4,7 +4,7 @@
 //   vlapic-kvm --smp 2 --memory 256M --kernel FILE [--initrd FILE]
 //              [--append ARGS] [--cpu x2apic|xapic]
 //              [--vlapicd SOCKET | --spawn-vlapicd] [--rpc] [--no-page-reads]
-//              [--timeout SECONDS]
+//              [--snapshot-ms MS] [--timeout SECONDS]
 //
 // The guest's serial port is our stdout; the process exits with the guest's
 // debug-exit status ((v << 1) | 1) or an even status of its own (machine.h).
@@ -40,6 +40,10 @@ constexpr const char* kUsage =
     "  --no-page-reads      with the channel, ask vlapicd for every register\n"
     "                       read (default: plain reads come from the vCPU's\n"
     "                       virtual-APIC page when vlapicd runs --hal shared)\n"
+    "  --snapshot-ms MS     with --spawn-vlapicd: save the whole VM's LAPIC state\n"
+    "                       every MS milliseconds (default 100) and, if vlapicd\n"
+    "                       dies, start a new one and restore it so the guest\n"
+    "                       continues; 0: no snapshots, vlapicd's loss ends the run\n"
     "  --timeout SECONDS    stop the guest after this long (status 12)\n"
     "  --trace              log every exit and injected vector on stderr\n"
     "\n"
@@ -56,6 +60,7 @@ struct Options {
   bool spawn = false;
   ApicTransport transport = ApicTransport::CHANNEL;
   bool pageReads = true;
+  uint64_t snapshotMs = 100;
   kj::Maybe<uint64_t> timeoutMs;
 };
 
@@ -129,6 +134,8 @@ Options parseOptions(int argc, char** argv) {
       options.transport = ApicTransport::RPC;
     } else if (arg == "--no-page-reads") {
       options.pageReads = false;
+    } else if (arg == "--snapshot-ms") {
+      options.snapshotMs = parseNumber(value(), arg);
     } else if (arg == "--trace") {
       options.machine.trace = true;
     } else if (arg == "--timeout") {
@@ -239,6 +246,16 @@ int runVlapicKvm(int argc, char** argv) {
   }
   auto& backend = *KJ_ASSERT_NONNULL(backendHolder);
   backend.setGuestTscOffset(machine.measureGuestTscOffset());
+  if (options.spawn && options.snapshotMs > 0) {
+    // Our own vlapicd died: start another (the backend restores the VM).
+    backend.enableRecovery([&]() -> kj::String {
+      spawned = nullptr;  // reaps the dead one, removes its socket directory
+      auto& child = *spawned.emplace(
+          kj::heap<SpawnedVlapicd>(SpawnedVlapicd::findBinary(),
+                                   spawnedVlapicdArguments(options.transport == ApicTransport::CHANNEL)));
+      return kj::str(child.socketPath());
+    }, options.snapshotMs);
+  }
   machine.attachApic(backend);
 
   auto exit = machine.run(options.timeoutMs);

@@ -2,6 +2,8 @@
 
 #include <kj/debug.h>
 #include <cerrno>
+#include <ctime>
+#include <utility>
 #include <poll.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
@@ -43,6 +45,12 @@ client::EventKind fromChannelKind(channel::EventKind kind) {
     case channel::EventKind::TIMER: return client::EventKind::TIMER;
   }
   KJ_FAIL_REQUIRE("unknown channel event kind", uint8_t(kind));
+}
+
+uint64_t monotonicNowNs() {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return uint64_t(ts.tv_sec) * 1'000'000'000ull + ts.tv_nsec;
 }
 
 }  // namespace
@@ -88,35 +96,45 @@ private:
 
 VlapicdBackend::VlapicdBackend(kj::StringPtr socketPath, const VlapicdVmSettings& settingsIn,
                                ApicEventSink& sink)
-    : sink(sink), control(client::Client::connect(socketPath)) {
+    : sink(sink) {
   settings.vcpuCount = settingsIn.vcpuCount;
   settings.tscHz = settingsIn.tscHz;
   settings.x2apic = settingsIn.x2apic;
   settings.name = kj::str(settingsIn.name);
   settings.transport = settingsIn.transport;
   settings.pageReads = settingsIn.pageReads && settingsIn.transport == ApicTransport::CHANNEL;
+  links = kj::heapArray<kj::Maybe<kj::Own<VcpuLink>>>(settings.vcpuCount);
+  connect(socketPath);
+}
+
+void VlapicdBackend::connect(kj::StringPtr socketPath) {
+  auto newControl = client::Client::connect(socketPath);
   client::VmOptions options;
   options.vcpuCount = settings.vcpuCount;
   options.tscHz = settings.tscHz;
   options.x2apicSupported = settings.x2apic;
   options.tscDeadlineSupported = true;
   options.name = kj::str(settings.name);
-  vm = control->createVm(kj::mv(options), [this](kj::ArrayPtr<const client::Event> events) {
+  auto newVm = newControl->createVm(kj::mv(options), [this](kj::ArrayPtr<const client::Event> events) {
     onEvents(events);
   });
-  links = kj::heapArray<kj::Maybe<kj::Own<VcpuLink>>>(settings.vcpuCount);
   // Tickets are fetched here, one at a time, rather than concurrently from
   // the vCPU threads: the library's Vm::ticket() reads its temporary vCPU
   // object after releasing it, which concurrent callers turn into a crash.
   auto builder = kj::heapArrayBuilder<client::VcpuTicket>(settings.vcpuCount);
   for (uint32_t i = 0; i < settings.vcpuCount; i++) {
-    auto ticket = vm->ticket(i);
+    auto ticket = newVm->ticket(i);
     // The token names the vCPU; the socket and index are ours anyway.
     ticket.socketPath = kj::str(socketPath);
     ticket.index = i;
     builder.add(kj::mv(ticket));
   }
-  tickets = builder.finish();
+  control = kj::mv(newControl);
+  vm = kj::mv(newVm);
+  auto locked = server.lockExclusive();
+  locked->tickets = builder.finish();
+  locked->generation++;
+  locked->lost = false;
 }
 
 VlapicdBackend::~VlapicdBackend() noexcept(false) {}
@@ -129,7 +147,81 @@ void VlapicdBackend::setGuestTscOffset(int64_t offset) {
   vm->restore(state, false);
 }
 
-bool VlapicdBackend::connected() const { return control->connected(); }
+void VlapicdBackend::enableRecovery(kj::Function<kj::String()> restartServer,
+                                    uint64_t snapshotIntervalMs) {
+  Recovery r;
+  r.restartServer = kj::mv(restartServer);
+  r.snapshotIntervalNs = snapshotIntervalMs * 1'000'000;
+  recovery = kj::mv(r);
+  snapshot();
+}
+
+void VlapicdBackend::snapshot() {
+  auto& r = KJ_REQUIRE_NONNULL(recovery, "snapshots are kept for recovery only");
+  // One VM-wide cut: vlapicd saves every vCPU under the VM's lock.
+  r.lastSnapshot = vm->save();
+  r.lastSnapshotNs = monotonicNowNs();
+}
+
+uint32_t VlapicdBackend::recoveries() const {
+  KJ_IF_MAYBE(r, recovery) return r->count;
+  return 0;
+}
+
+bool VlapicdBackend::keepAlive() {
+  bool lost = !control->connected() || server.lockShared()->lost;
+  KJ_IF_MAYBE(r, recovery) {
+    if (lost) {
+      KJ_IF_MAYBE(exception, kj::runCatchingExceptions([&]() { recover(); })) {
+        KJ_LOG(ERROR, "cannot recover from vlapicd's loss", exception->getDescription());
+        server.lockExclusive()->failed = true;
+        return false;
+      }
+      return true;
+    }
+    if (monotonicNowNs() - r->lastSnapshotNs >= r->snapshotIntervalNs) {
+      // A save that fails because vlapicd just died is retried as a
+      // recovery at the next call.
+      kj::runCatchingExceptions([&]() { snapshot(); });
+    }
+    return true;
+  }
+  return !lost;
+}
+
+void VlapicdBackend::recover() {
+  auto& r = KJ_ASSERT_NONNULL(recovery);
+  auto& state = KJ_REQUIRE_NONNULL(r.lastSnapshot, "no snapshot to recover from");
+  // The dead server's VM went with it; releasing it can only fail.
+  kj::runCatchingExceptions([&]() { vm = nullptr; });
+  kj::runCatchingExceptions([&]() { control = nullptr; });
+  auto socket = r.restartServer();
+  // A new vlapicd may create its socket a moment before it accepts.
+  for (int attempt = 0;; attempt++) {
+    auto failure = kj::runCatchingExceptions([&]() { connect(socket); });
+    if (failure == nullptr) break;
+    if (attempt >= 100) kj::throwFatalException(kj::mv(KJ_ASSERT_NONNULL(failure)));
+    usleep(20'000);
+  }
+  // Keep the saved TSC offset (resumeTscAtSaved = false): the guest TSC is
+  // still host time scaled plus that offset, so deadlines keep their meaning.
+  vm->restore(state, false);
+  r.count++;
+  KJ_LOG(WARNING, "vlapicd was lost; restored every vCPU from the last snapshot on a new vlapicd",
+         socket);
+  // Each vCPU reopens its link on its own thread at its next call; parked
+  // ones are woken so that they do it now and fetch their events.
+  for (uint32_t i = 0; i < settings.vcpuCount; i++) sink.attention(i);
+}
+
+bool VlapicdBackend::awaitRecovery(uint64_t lostGeneration) {
+  if (recovery == nullptr) return false;
+  auto locked = server.lockExclusive();
+  if (locked->generation == lostGeneration) locked->lost = true;
+  locked.wait([&](const Server& s) { return s.generation != lostGeneration || s.failed; },
+              10 * kj::SECONDS);
+  return !locked->failed && locked->generation != lostGeneration;
+}
 
 void VlapicdBackend::deliver(uint32_t vcpu, client::EventKind kind, uint8_t vector) {
   switch (kind) {
@@ -153,19 +245,25 @@ void VlapicdBackend::onEvents(kj::ArrayPtr<const client::Event> events) {
 }
 
 void VlapicdBackend::openOnThisThread(uint32_t vcpu) {
-  KJ_REQUIRE(vcpu < links.size());
-  // A server that dies or refuses here is as lost as at any later call.
-  try {
-    openLink(vcpu);
-  } catch (kj::Exception& exception) {
-    sink.backendLost(exception.getDescription());
-    throw;
-  }
+  // The link opens inside call(), so a lost server here is recovered from
+  // (or reported) like one lost at any later call.
+  call(vcpu, [](VcpuLink&) {});
 }
 
-void VlapicdBackend::openLink(uint32_t vcpu) {
+void VlapicdBackend::openLink(uint32_t vcpu, uint64_t generation) {
+  // A thread has one client event loop at a time: the old link goes first.
+  links[vcpu] = nullptr;
+  client::VcpuTicket ticket;
+  {
+    auto locked = server.lockShared();
+    auto& from = locked->tickets[vcpu];
+    ticket.socketPath = kj::str(from.socketPath);
+    ticket.index = from.index;
+    ticket.token = kj::heapArray<kj::byte>(from.token);
+  }
   auto created = kj::heap<VcpuLink>();
-  created->handle = client::openVcpu(tickets[vcpu]);
+  created->generation = generation;
+  created->handle = client::openVcpu(ticket);
   if (settings.transport == ApicTransport::CHANNEL) {
     if (settings.pageReads) {
       // Only a server with the shared-memory HAL can map the page; any
@@ -184,10 +282,10 @@ void VlapicdBackend::openLink(uint32_t vcpu) {
     auto& front = *created->channel.emplace(
         channel::ChannelFront::connect(created->handle->openChannel()));
     created->watcher = kj::heap<AttentionWatcher>(front, sink, vcpu);
+    // Events queued before the channel existed were raised as attention.
+    if (front.attentionPending()) serveChannel(vcpu, *created, channel::Request::fetchEvents());
   }
   links[vcpu] = kj::mv(created);
-  // Events queued before the channel existed were raised as attention.
-  fetchEvents(vcpu);
 }
 
 void VlapicdBackend::closeOnThisThread(uint32_t vcpu) {
@@ -201,41 +299,55 @@ bool VlapicdBackend::pageMapped(uint32_t vcpu) const {
   return false;
 }
 
-VlapicdBackend::VcpuLink& VlapicdBackend::link(uint32_t vcpu) {
+VlapicdBackend::VcpuLink& VlapicdBackend::link(uint32_t vcpu, uint64_t generation) {
   KJ_REQUIRE(vcpu < links.size(), "no such vCPU", vcpu);
-  KJ_IF_MAYBE(l, links[vcpu]) return **l;
-  KJ_FAIL_REQUIRE("vCPU link not opened on this thread", vcpu);
+  KJ_IF_MAYBE(l, links[vcpu]) {
+    if ((*l)->generation == generation) return **l;
+  }
+  openLink(vcpu, generation);
+  return *KJ_ASSERT_NONNULL(links[vcpu]);
 }
 
 template <typename Func>
-auto VlapicdBackend::call(uint32_t vcpu, Func&& func) -> decltype(func(link(vcpu))) {
-  // A failed call means vlapicd is gone or refused a request this front
-  // should never make: either way no vCPU can continue.
-  try {
-    return func(link(vcpu));
-  } catch (kj::Exception& exception) {
-    sink.backendLost(exception.getDescription());
-    throw;
+auto VlapicdBackend::call(uint32_t vcpu, Func&& func) -> decltype(func(std::declval<VcpuLink&>())) {
+  for (;;) {
+    uint64_t generation = server.lockShared()->generation;
+    try {
+      return func(link(vcpu, generation));
+    } catch (kj::Exception& exception) {
+      // vlapicd went away: with recovery, wait for the new one and retry
+      // this call there (the old server's effects since the snapshot are
+      // gone, so the call is not applied twice). Otherwise, or if the
+      // server refused a request this front should never make, no vCPU can
+      // continue.
+      if (exception.getType() == kj::Exception::Type::DISCONNECTED && awaitRecovery(generation)) {
+        continue;
+      }
+      sink.backendLost(exception.getDescription());
+      throw;
+    }
   }
 }
 
+channel::Reply VlapicdBackend::serveChannel(uint32_t vcpu, VcpuLink& l, const channel::Request& request) {
+  auto& front = *KJ_ASSERT_NONNULL(l.channel);
+  auto reply = front.call(request);
+  KJ_REQUIRE(reply.kind != channel::Reply::Kind::REJECTED,
+             "vlapicd rejected a channel request", channel::rejectionName(reply.rejection));
+  for (auto& event : reply.events()) deliver(vcpu, fromChannelKind(event.kind), event.vector);
+  // A reply holds a whole event queue; more only if events kept coming.
+  while (reply.moreEvents) {
+    auto more = front.call(channel::Request::fetchEvents());
+    KJ_REQUIRE(more.kind != channel::Reply::Kind::REJECTED,
+               "vlapicd rejected a channel request", channel::rejectionName(more.rejection));
+    for (auto& event : more.events()) deliver(vcpu, fromChannelKind(event.kind), event.vector);
+    reply.moreEvents = more.moreEvents;
+  }
+  return reply;
+}
+
 channel::Reply VlapicdBackend::callChannel(uint32_t vcpu, const channel::Request& request) {
-  return call(vcpu, [&](VcpuLink& l) {
-    auto& front = *KJ_ASSERT_NONNULL(l.channel);
-    auto reply = front.call(request);
-    KJ_REQUIRE(reply.kind != channel::Reply::Kind::REJECTED,
-               "vlapicd rejected a channel request", channel::rejectionName(reply.rejection));
-    for (auto& event : reply.events()) deliver(vcpu, fromChannelKind(event.kind), event.vector);
-    // A reply holds a whole event queue; more only if events kept coming.
-    while (reply.moreEvents) {
-      auto more = front.call(channel::Request::fetchEvents());
-      KJ_REQUIRE(more.kind != channel::Reply::Kind::REJECTED,
-                 "vlapicd rejected a channel request", channel::rejectionName(more.rejection));
-      for (auto& event : more.events()) deliver(vcpu, fromChannelKind(event.kind), event.vector);
-      reply.moreEvents = more.moreEvents;
-    }
-    return reply;
-  });
+  return call(vcpu, [&](VcpuLink& l) { return serveChannel(vcpu, l, request); });
 }
 
 ApicAccess VlapicdBackend::channelAccess(uint32_t vcpu, channel::Request request, bool canInject) {
@@ -285,21 +397,27 @@ ApicAccess VlapicdBackend::msrWrite(uint32_t vcpu, uint32_t msr, uint64_t value,
 }
 
 kj::Maybe<uint64_t> VlapicdBackend::mmioReadFromPage(uint32_t vcpu, uint64_t offset, uint8_t size) {
-  KJ_IF_MAYBE(reader, link(vcpu).pageReader) return reader->mmioRead(offset, size);
-  return nullptr;
+  // Through call(): after a recovery the old page is stale, the link reopens.
+  return call(vcpu, [&](VcpuLink& l) -> kj::Maybe<uint64_t> {
+    KJ_IF_MAYBE(reader, l.pageReader) return reader->mmioRead(offset, size);
+    return nullptr;
+  });
 }
 
 kj::Maybe<uint64_t> VlapicdBackend::msrReadFromPage(uint32_t vcpu, uint32_t msr) {
-  KJ_IF_MAYBE(reader, link(vcpu).pageReader) return reader->msrRead(msr);
-  return nullptr;
+  return call(vcpu, [&](VcpuLink& l) -> kj::Maybe<uint64_t> {
+    KJ_IF_MAYBE(reader, l.pageReader) return reader->msrRead(msr);
+    return nullptr;
+  });
 }
 
 void VlapicdBackend::fetchEvents(uint32_t vcpu) {
-  auto& l = link(vcpu);
-  KJ_IF_MAYBE(front, l.channel) {
-    // One shared-memory load when nothing is queued.
-    if ((*front)->attentionPending()) callChannel(vcpu, channel::Request::fetchEvents());
-  }
+  call(vcpu, [&](VcpuLink& l) {
+    KJ_IF_MAYBE(front, l.channel) {
+      // One shared-memory load when nothing is queued.
+      if ((*front)->attentionPending()) serveChannel(vcpu, l, channel::Request::fetchEvents());
+    }
+  });
 }
 
 ApicAcknowledge VlapicdBackend::acknowledge(uint32_t vcpu) {

@@ -14,6 +14,7 @@
 #include <kj/mutex.h>
 #include <kj/thread.h>
 #include <kj/vector.h>
+#include <utility>
 
 namespace vlapic::kvm {
 
@@ -44,7 +45,19 @@ public:
   // Make vlapicd's guest TSC (host ns * tscHz / 1e9 + offset) the one KVM
   // runs the vCPUs with.
   void setGuestTscOffset(int64_t offset);
-  bool connected() const override;
+
+  // Surviving vlapicd's death (issue 8). From now on the VM's whole state
+  // is saved every `snapshotIntervalMs` (Vm::save, one consistent cut of
+  // every vCPU) and on demand (snapshot()). When vlapicd goes away,
+  // `restartServer` is called (on the machine's control thread) for the
+  // socket of a new vlapicd; the VM is created there again and restored
+  // from the last snapshot, and each vCPU thread reopens its link and
+  // retries the call that failed. README.md says what can be lost.
+  void enableRecovery(kj::Function<kj::String()> restartServer, uint64_t snapshotIntervalMs);
+  void snapshot();
+  uint32_t recoveries() const;
+
+  bool keepAlive() override;
 
   void openOnThisThread(uint32_t vcpu) override;
   void closeOnThisThread(uint32_t vcpu) override;
@@ -75,23 +88,50 @@ private:
     kj::Maybe<VirtualApicPageReader> pageReader;
     kj::Maybe<kj::Own<channel::ChannelFront>> channel;
     kj::Maybe<kj::Own<AttentionWatcher>> watcher;  // after `channel`: stops first
+    uint64_t generation = 0;  // of the server it was opened on
+  };
+
+  // The server connection and what vCPU threads need to reopen their
+  // links; replaced as a whole by a recovery.
+  struct Server {
+    uint64_t generation = 0;
+    bool lost = false;  // a vCPU thread saw it die; recovery is due
+    bool failed = false;  // recovery gave up
+    kj::Array<client::VcpuTicket> tickets;
+  };
+  struct Recovery {
+    kj::Function<kj::String()> restartServer;
+    uint64_t snapshotIntervalNs = 0;
+    uint64_t lastSnapshotNs = 0;
+    kj::Maybe<client::VmState> lastSnapshot;
+    uint32_t count = 0;
   };
 
   ApicEventSink& sink;
   VlapicdVmSettings settings;
+  // `control` and `vm` are used by the control thread only (and replaced by
+  // it during a recovery); vCPU threads read `server` under its lock.
   kj::Own<client::Client> control;
   kj::Own<client::Vm> vm;
-  kj::Array<client::VcpuTicket> tickets;
+  kj::MutexGuarded<Server> server;
+  kj::Maybe<Recovery> recovery;
   kj::Array<kj::Maybe<kj::Own<VcpuLink>>> links;
 
-  VcpuLink& link(uint32_t vcpu);
-  void openLink(uint32_t vcpu);
+  void connect(kj::StringPtr socketPath);
+  void recover();
+  // On a vCPU thread whose call found the server gone: waits for the
+  // control thread's recovery. False if there is none or it failed.
+  bool awaitRecovery(uint64_t lostGeneration);
+  // This vCPU's link to the server of `generation`, (re)opened if needed.
+  VcpuLink& link(uint32_t vcpu, uint64_t generation);
+  void openLink(uint32_t vcpu, uint64_t generation);
+  channel::Reply serveChannel(uint32_t vcpu, VcpuLink& l, const channel::Request& request);
   void onEvents(kj::ArrayPtr<const client::Event> events);
   void deliver(uint32_t vcpu, client::EventKind kind, uint8_t vector);
   channel::Reply callChannel(uint32_t vcpu, const channel::Request& request);
   ApicAccess channelAccess(uint32_t vcpu, channel::Request request, bool canInject);
   template <typename Func>
-  auto call(uint32_t vcpu, Func&& func) -> decltype(func(link(vcpu)));
+  auto call(uint32_t vcpu, Func&& func) -> decltype(func(std::declval<VcpuLink&>()));
 };
 
 }  // namespace vlapic::kvm

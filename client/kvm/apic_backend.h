@@ -55,6 +55,10 @@ public:
   // The server queued events for this vCPU that only the vCPU's own thread
   // can fetch (ApicBackend::fetchEvents): kick it out of KVM_RUN or HLT.
   virtual void attention(uint32_t vcpu) = 0;
+  // The server's state for this vCPU was restored from a snapshot (after
+  // vlapicd was lost): what the front caches from it (IA32_APIC_BASE) must
+  // be read again, and what the guest changed since (CR8) pushed again.
+  virtual void restored(uint32_t vcpu) = 0;
   // The LAPIC server went away: no vCPU can continue.
   virtual void backendLost(kj::StringPtr why) = 0;
 };

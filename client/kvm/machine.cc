@@ -113,6 +113,8 @@ public:
     kj::Maybe<uint8_t> sipi;
     // The backend holds events only this thread can fetch.
     bool attention = false;
+    // The server's state was restored from a snapshot.
+    bool restored = false;
   };
 
   Vcpu(Machine& machine, uint32_t index)
@@ -231,16 +233,20 @@ private:
   bool prepareEntry() {
     bool injectNmi = false;
     uint32_t nmis = 0;
-    for (bool fetch = true; fetch;) {
+    for (bool fetch = true, resync = false; fetch;) {
+      if (resync) resyncAfterRestore();
       // Events the backend holds for this vCPU reach `pending` through the
       // sink, which takes the lock: fetch them before taking it.
       backend().fetchEvents(index);
       fetch = false;
+      resync = false;
       auto locked = pending.lockExclusive();
       for (;;) {
         if (machine.stopping.load()) return false;
-        if (locked->attention) {
+        if (locked->attention || locked->restored) {
+          resync = locked->restored;
           locked->attention = false;
+          locked->restored = false;
           fetch = true;
           break;
         }
@@ -264,7 +270,7 @@ private:
             continue;
           }
           locked.wait([&](const Pending& p) {
-            return machine.stopping.load() || p.attention || p.init || p.sipi != nullptr;
+            return machine.stopping.load() || p.attention || p.restored || p.init || p.sipi != nullptr;
           });
           continue;
         }
@@ -280,7 +286,7 @@ private:
           if (!wake) {
             machine.stats.halts++;
             locked.wait([&](const Pending& p) {
-              return machine.stopping.load() || p.attention || p.init || p.nmis > 0 ||
+              return machine.stopping.load() || p.attention || p.restored || p.init || p.nmis > 0 ||
                      (haltedWithInterruptsOn && (p.interrupt || interruptWanted));
             });
             continue;
@@ -411,6 +417,16 @@ private:
     auto state = backend().setCr8(index, cr8);
     knownCr8 = cr8;
     if (state.interruptPending) interruptWanted = true;
+  }
+
+  // The server's LAPIC went back to a snapshot. IA32_APIC_BASE is read
+  // again (the MMIO window and the page layout follow it); the guest's CR8,
+  // which is the TPR it last set, is the newer truth and goes to the server.
+  void resyncAfterRestore() {
+    syncApicBase(readApicBaseFromServer());
+    uint8_t cr8 = fd.run().cr8 & 0xF;
+    if (backend().setCr8(index, cr8).interruptPending) interruptWanted = true;
+    knownCr8 = cr8;
   }
 
   // The guest wrote the TPR through MMIO or MSR: CR8 follows it.
@@ -858,6 +874,10 @@ void Machine::startup(uint32_t vcpu, uint8_t vector) {
 
 void Machine::attention(uint32_t vcpu) {
   vcpuAt(vcpu).post([](Vcpu::Pending& p) { p.attention = true; });
+}
+
+void Machine::restored(uint32_t vcpu) {
+  vcpuAt(vcpu).post([](Vcpu::Pending& p) { p.restored = true; });
 }
 
 void Machine::unhandledEvent(uint32_t vcpu, kj::StringPtr what) {

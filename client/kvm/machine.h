@@ -108,6 +108,7 @@ public:
   void startup(uint32_t vcpu, uint8_t vector) override;
   void unhandledEvent(uint32_t vcpu, kj::StringPtr what) override;
   void attention(uint32_t vcpu) override;
+  void restored(uint32_t vcpu) override;
   void backendLost(kj::StringPtr why) override;
 
   struct Counters {

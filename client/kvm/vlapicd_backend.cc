@@ -211,7 +211,7 @@ void VlapicdBackend::recover() {
          socket);
   // Each vCPU reopens its link on its own thread at its next call; parked
   // ones are woken so that they do it now and fetch their events.
-  for (uint32_t i = 0; i < settings.vcpuCount; i++) sink.attention(i);
+  for (uint32_t i = 0; i < settings.vcpuCount; i++) sink.restored(i);
 }
 
 bool VlapicdBackend::awaitRecovery(uint64_t lostGeneration) {

@@ -72,10 +72,11 @@ void test_main(void) {
 
   for (unsigned second = 0; second < RUN_SECONDS; second++) {
     note("second %u: %u timer ticks, %u IPI round trips", second, ticks_in[second], trips_in[second]);
-    /* Ticks coalesce while a vCPU is descheduled on a loaded host, and a
-     * restart pauses the guest; a quarter of the periods is plenty to
-     * show the timer survived. */
-    check(ticks_in[second] >= 1000000 / PERIOD_US / 4, "the periodic timer ticked all through the second");
+    /* Ticks coalesce while a vCPU is descheduled on a loaded host (a third
+     * of the periods is common on a busy 2-CPU machine), and a restart
+     * pauses the guest; a timer lost with vlapicd gives 0 from then on, so
+     * a twentieth of the periods shows it survived without being flaky. */
+    check(ticks_in[second] >= 1000000 / PERIOD_US / 20, "the periodic timer ticked all through the second");
     check(trips_in[second] >= 20, "IPI round trips went on all through the second");
   }
   check(unanswered <= 2, "at most the pings in flight at the restart were lost");

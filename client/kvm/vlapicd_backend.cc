@@ -12,15 +12,21 @@ namespace vlapic::kvm {
 
 namespace {
 
-ApicAccess fromOutcome(const client::AccessOutcome& outcome) {
+// The part of an access result both transports carry alike.
+ApicAccess accessResult(AccessStatus status, AccessReason reason, uint64_t value) {
   ApicAccess access;
-  switch (outcome.status) {
+  switch (status) {
     case AccessStatus::OK: access.kind = ApicAccess::Kind::VALUE; break;
     case AccessStatus::GP: access.kind = ApicAccess::Kind::GP; break;
     case AccessStatus::IGNORED: access.kind = ApicAccess::Kind::IGNORED; break;
   }
-  access.value = outcome.value;
-  access.reason = accessReasonName(outcome.reason);
+  access.value = value;
+  access.reason = accessReasonName(reason);
+  return access;
+}
+
+ApicAccess fromOutcome(const client::AccessOutcome& outcome) {
+  ApicAccess access = accessResult(outcome.status, outcome.reason, outcome.value);
   access.interruptPending = outcome.pendingVector != nullptr;
   return access;
 }
@@ -353,14 +359,7 @@ channel::Reply VlapicdBackend::callChannel(uint32_t vcpu, const channel::Request
 ApicAccess VlapicdBackend::channelAccess(uint32_t vcpu, channel::Request request, bool canInject) {
   request.injectIfPending = canInject;
   auto reply = callChannel(vcpu, request);
-  ApicAccess access;
-  switch (reply.status) {
-    case AccessStatus::OK: access.kind = ApicAccess::Kind::VALUE; break;
-    case AccessStatus::GP: access.kind = ApicAccess::Kind::GP; break;
-    case AccessStatus::IGNORED: access.kind = ApicAccess::Kind::IGNORED; break;
-  }
-  access.value = reply.value;
-  access.reason = accessReasonName(reply.reason);
+  ApicAccess access = accessResult(reply.status, reply.reason, reply.value);
   access.inject = reply.inject;
   // Whether a vector is still deliverable arrived as a DELIVERABLE event,
   // already handed to the sink.

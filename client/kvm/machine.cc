@@ -810,7 +810,7 @@ MachineExit Machine::run(kj::Maybe<uint64_t> timeoutMs) {
   // Wake up now and then to notice a server that died while every vCPU was
   // parked (HLT, wait-for-SIPI) and so made no call that would fail, and to
   // let the backend do its periodic work (snapshots).
-  constexpr uint64_t kSliceMs = 50;
+  constexpr uint64_t kSliceMs = 100;
   uint64_t startNs = monotonicNs();
   for (;;) {
     {

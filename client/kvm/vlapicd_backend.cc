@@ -165,8 +165,10 @@ void VlapicdBackend::enableRecovery(kj::Function<kj::String()> restartServer,
 void VlapicdBackend::snapshot() {
   auto& r = KJ_REQUIRE_NONNULL(recovery, "snapshots are kept for recovery only");
   // One VM-wide cut: vlapicd saves every vCPU under the VM's lock.
+  uint64_t activityBefore = activity.load();
   r.lastSnapshot = vm->save();
   r.lastSnapshotNs = monotonicNowNs();
+  r.activityAtSnapshot = activityBefore;
 }
 
 uint32_t VlapicdBackend::recoveries() const {
@@ -185,7 +187,12 @@ bool VlapicdBackend::keepAlive() {
       }
       return true;
     }
-    if (monotonicNowNs() - r->lastSnapshotNs >= r->snapshotIntervalNs) {
+    // Nothing called and nothing delivered since the last snapshot: the
+    // LAPICs' architectural state is what it saved. (A masked timer that
+    // expires meanwhile moves only its own phase, which a restore re-arms
+    // from the saved deadline.)
+    bool moved = activity.load() != r->activityAtSnapshot;
+    if (moved && monotonicNowNs() - r->lastSnapshotNs >= r->snapshotIntervalNs) {
       // A save that fails because vlapicd just died is retried as a
       // recovery at the next call.
       kj::runCatchingExceptions([&]() { snapshot(); });
@@ -230,6 +237,7 @@ bool VlapicdBackend::awaitRecovery(uint64_t lostGeneration) {
 }
 
 void VlapicdBackend::deliver(uint32_t vcpu, client::EventKind kind, uint8_t vector) {
+  activity.fetch_add(1, std::memory_order_relaxed);
   switch (kind) {
     case client::EventKind::DELIVERABLE: sink.interruptDeliverable(vcpu); break;
     case client::EventKind::NMI: sink.nmi(vcpu); break;
@@ -316,6 +324,7 @@ VlapicdBackend::VcpuLink& VlapicdBackend::link(uint32_t vcpu, uint64_t generatio
 
 template <typename Func>
 auto VlapicdBackend::call(uint32_t vcpu, Func&& func) -> decltype(func(std::declval<VcpuLink&>())) {
+  activity.fetch_add(1, std::memory_order_relaxed);
   for (;;) {
     uint64_t generation = server.lockShared()->generation;
     try {

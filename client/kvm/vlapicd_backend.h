@@ -14,6 +14,7 @@
 #include <kj/mutex.h>
 #include <kj/thread.h>
 #include <kj/vector.h>
+#include <atomic>
 #include <utility>
 
 namespace vlapic::kvm {
@@ -104,8 +105,12 @@ private:
     uint64_t snapshotIntervalNs = 0;
     uint64_t lastSnapshotNs = 0;
     kj::Maybe<client::VmState> lastSnapshot;
+    uint64_t activityAtSnapshot = 0;
     uint32_t count = 0;
   };
+  // Calls made and events received: while it stays the same, the VM's
+  // state has not moved (an idle VM is not saved again and again).
+  std::atomic<uint64_t> activity{0};
 
   ApicEventSink& sink;
   VlapicdVmSettings settings;

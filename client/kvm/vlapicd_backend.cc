@@ -110,6 +110,9 @@ VlapicdBackend::VlapicdBackend(kj::StringPtr socketPath, const VlapicdVmSettings
   settings.transport = settingsIn.transport;
   settings.pageReads = settingsIn.pageReads && settingsIn.transport == ApicTransport::CHANNEL;
   links = kj::heapArray<kj::Maybe<kj::Own<VcpuLink>>>(settings.vcpuCount);
+  auto isrs = kj::heapArrayBuilder<kj::MutexGuarded<VectorSet>>(settings.vcpuCount);
+  for (uint32_t i = 0; i < settings.vcpuCount; i++) isrs.add();
+  inService = isrs.finish();
   connect(socketPath);
 }
 
@@ -216,6 +219,12 @@ void VlapicdBackend::recover() {
     if (attempt >= 100) kj::throwFatalException(kj::mv(KJ_ASSERT_NONNULL(failure)));
     usleep(20'000);
   }
+  // In service is what the guest has been given and not yet EOIed, now.
+  for (auto& saved : state.vcpus) {
+    if (saved.index >= inService.size()) continue;
+    KvmLapicStateView view(saved.regs, layoutFor(saved.mode(), saved.x2apic32BitIds));
+    view.setIsr(*inService[saved.index].lockShared());
+  }
   // Keep the saved TSC offset (resumeTscAtSaved = false): the guest TSC is
   // still host time scaled plus that offset, so deadlines keep their meaning.
   vm->restore(state, false);
@@ -236,8 +245,23 @@ bool VlapicdBackend::awaitRecovery(uint64_t lostGeneration) {
   return !locked->failed && locked->generation != lostGeneration;
 }
 
+void VlapicdBackend::injected(uint32_t vcpu, kj::Maybe<uint8_t> vector) {
+  KJ_IF_MAYBE(v, vector) inService[vcpu].lockExclusive()->set(*v, true);
+}
+
+void VlapicdBackend::eoiWritten(uint32_t vcpu, const ApicAccess& access) {
+  if (access.kind == ApicAccess::Kind::GP) return;
+  KJ_REQUIRE(vcpu < inService.size(), "no such vCPU", vcpu);
+  auto locked = inService[vcpu].lockExclusive();
+  KJ_IF_MAYBE(highest, locked->highest()) locked->set(*highest, false);
+}
+
 void VlapicdBackend::deliver(uint32_t vcpu, client::EventKind kind, uint8_t vector) {
   activity.fetch_add(1, std::memory_order_relaxed);
+  // INIT resets the LAPIC: nothing is in service any more.
+  if (kind == client::EventKind::INIT && vcpu < inService.size()) {
+    *inService[vcpu].lockExclusive() = VectorSet();
+  }
   switch (kind) {
     case client::EventKind::DELIVERABLE: sink.interruptDeliverable(vcpu); break;
     case client::EventKind::NMI: sink.nmi(vcpu); break;
@@ -370,6 +394,7 @@ ApicAccess VlapicdBackend::channelAccess(uint32_t vcpu, channel::Request request
   auto reply = callChannel(vcpu, request);
   ApicAccess access = accessResult(reply.status, reply.reason, reply.value);
   access.inject = reply.inject;
+  injected(vcpu, reply.inject);
   // Whether a vector is still deliverable arrived as a DELIVERABLE event,
   // already handed to the sink.
   return access;
@@ -384,10 +409,15 @@ ApicAccess VlapicdBackend::mmioRead(uint32_t vcpu, uint64_t gpa, uint8_t size, b
 
 ApicAccess VlapicdBackend::mmioWrite(uint32_t vcpu, uint64_t gpa, uint8_t size, uint64_t value,
                                      bool canInject) {
+  ApicAccess access;
   if (settings.transport == ApicTransport::CHANNEL) {
-    return channelAccess(vcpu, channel::Request::mmioWrite(gpa, size, value), canInject);
+    access = channelAccess(vcpu, channel::Request::mmioWrite(gpa, size, value), canInject);
+  } else {
+    access = call(vcpu, [&](VcpuLink& l) { return fromOutcome(l.handle->mmioWrite(gpa, size, value)); });
   }
-  return call(vcpu, [&](VcpuLink& l) { return fromOutcome(l.handle->mmioWrite(gpa, size, value)); });
+  // The window is 4 KiB aligned: the offset is the address's low bits.
+  if ((gpa & 0xFF0) == regOffset(Reg::EOI)) eoiWritten(vcpu, access);
+  return access;
 }
 
 ApicAccess VlapicdBackend::msrRead(uint32_t vcpu, uint32_t msr, bool canInject) {
@@ -398,10 +428,14 @@ ApicAccess VlapicdBackend::msrRead(uint32_t vcpu, uint32_t msr, bool canInject) 
 }
 
 ApicAccess VlapicdBackend::msrWrite(uint32_t vcpu, uint32_t msr, uint64_t value, bool canInject) {
+  ApicAccess access;
   if (settings.transport == ApicTransport::CHANNEL) {
-    return channelAccess(vcpu, channel::Request::msrWrite(msr, value), canInject);
+    access = channelAccess(vcpu, channel::Request::msrWrite(msr, value), canInject);
+  } else {
+    access = call(vcpu, [&](VcpuLink& l) { return fromOutcome(l.handle->msrWrite(msr, value)); });
   }
-  return call(vcpu, [&](VcpuLink& l) { return fromOutcome(l.handle->msrWrite(msr, value)); });
+  if (msr == regMsr(Reg::EOI)) eoiWritten(vcpu, access);
+  return access;
 }
 
 kj::Maybe<uint64_t> VlapicdBackend::mmioReadFromPage(uint32_t vcpu, uint64_t offset, uint8_t size) {
@@ -429,15 +463,18 @@ void VlapicdBackend::fetchEvents(uint32_t vcpu) {
 }
 
 ApicAcknowledge VlapicdBackend::acknowledge(uint32_t vcpu) {
-  ApicAcknowledge result;
   if (settings.transport == ApicTransport::CHANNEL) {
     auto reply = callChannel(vcpu, channel::Request::acknowledge());
+    injected(vcpu, reply.inject);
+    ApicAcknowledge result;
     result.vector = reply.inject;
     result.after.tpr = reply.cr8 << 4;
     return result;
   }
   return call(vcpu, [&](VcpuLink& l) {
     auto acked = l.handle->acknowledge();
+    injected(vcpu, acked.vector);
+    ApicAcknowledge result;
     result.vector = acked.vector;
     result.after = fromState(acked.state);
     return result;

@@ -111,6 +111,15 @@ private:
   // Calls made and events received: while it stays the same, the VM's
   // state has not moved (an idle VM is not saved again and again).
   std::atomic<uint64_t> activity{0};
+  // Per vCPU, the vectors in service as the guest sees them: set when the
+  // front injects an acknowledged vector, the highest cleared at each EOI
+  // the guest writes (SDM 10.8.5), all cleared by INIT. A restore puts this
+  // ISR in place of the snapshot's, whose EOIs since the snapshot were lost
+  // with the server (else a vector EOIed since would stay in service and
+  // block its priority class for good).
+  kj::Array<kj::MutexGuarded<VectorSet>> inService;
+  void injected(uint32_t vcpu, kj::Maybe<uint8_t> vector);
+  void eoiWritten(uint32_t vcpu, const ApicAccess& access);
 
   ApicEventSink& sink;
   VlapicdVmSettings settings;

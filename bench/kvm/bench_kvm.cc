@@ -97,7 +97,7 @@ BenchMachine bootMachine(KvmSystem& kvm, kj::ArrayPtr<const kj::byte> kernel, co
   machine.setBootState(loadMultiboot(machine.memory(), kernel, "bench-kvm", nullptr));
   if (setup.location == ApicLocation::SERVER) {
     auto& child = *result.spawned.emplace(
-        kj::heap<SpawnedVlapicd>(vlapicdBinary, spawnedVlapicdArguments(setup.transport == ApicTransport::CHANNEL)));
+        kj::heap<SpawnedVlapicd>(vlapicdBinary, spawnedVlapicdArguments()));
     VlapicdVmSettings settings;
     settings.vcpuCount = config.vcpuCount;
     settings.tscHz = machine.tscHz();

@@ -217,7 +217,7 @@ int runVlapicKvm(int argc, char** argv) {
     kj::String socket;
     if (options.spawn) {
       auto& child = *spawned.emplace(
-          kj::heap<SpawnedVlapicd>(SpawnedVlapicd::findBinary(), spawnedVlapicdArguments(options.transport == ApicTransport::CHANNEL)));
+          kj::heap<SpawnedVlapicd>(SpawnedVlapicd::findBinary(), spawnedVlapicdArguments()));
       socket = kj::str(child.socketPath());
     } else {
       KJ_IF_MAYBE(s, options.socket) socket = kj::str(*s);
@@ -252,7 +252,7 @@ int runVlapicKvm(int argc, char** argv) {
       spawned = nullptr;  // reaps the dead one, removes its socket directory
       auto& child = *spawned.emplace(
           kj::heap<SpawnedVlapicd>(SpawnedVlapicd::findBinary(),
-                                   spawnedVlapicdArguments(options.transport == ApicTransport::CHANNEL)));
+                                   spawnedVlapicdArguments()));
       return kj::str(child.socketPath());
     }, options.snapshotMs);
   }

@@ -25,15 +25,11 @@ void sleepMs(int ms) {
   nanosleep(&ts, nullptr);
 }
 
-constexpr kj::StringPtr kRpcArguments[] = {"--hal"_kj, "shared"_kj};
-constexpr kj::StringPtr kChannelArguments[] = {"--hal"_kj, "shared"_kj, "--no-sandbox"_kj};
+constexpr kj::StringPtr kSpawnArguments[] = {"--hal"_kj, "shared"_kj};
 
 }  // namespace
 
-kj::ArrayPtr<const kj::StringPtr> spawnedVlapicdArguments(bool channel) {
-  if (channel) return kChannelArguments;
-  return kRpcArguments;
-}
+kj::ArrayPtr<const kj::StringPtr> spawnedVlapicdArguments() { return kSpawnArguments; }
 
 kj::String SpawnedVlapicd::findBinary() {
   const char* fromEnv = getenv("VLAPICD");

@@ -10,12 +10,9 @@
 namespace vlapic::kvm {
 
 // What vlapic-kvm and bench-kvm start vlapicd with: the shared-memory HAL,
-// so that each vCPU's virtual-APIC page can be mapped read-only. With the
-// channel also --no-sandbox, because vlapicd's seccomp filter
-// (server/daemon/sandbox.cc) does not yet allow socketpair(), which
-// creating a channel needs: a confined vlapicd dies of SIGSYS on the first
-// openChannel (README.md, "Confinement and the channel").
-kj::ArrayPtr<const kj::StringPtr> spawnedVlapicdArguments(bool channel);
+// so that each vCPU's virtual-APIC page can be mapped read-only. vlapicd
+// confines itself as always (its seccomp filter allows the channel).
+kj::ArrayPtr<const kj::StringPtr> spawnedVlapicdArguments();
 
 class SpawnedVlapicd {
 public:

@@ -113,10 +113,10 @@ VlapicdBackend::VlapicdBackend(kj::StringPtr socketPath, const VlapicdVmSettings
   auto isrs = kj::heapArrayBuilder<kj::MutexGuarded<VectorSet>>(settings.vcpuCount);
   for (uint32_t i = 0; i < settings.vcpuCount; i++) isrs.add();
   inService = isrs.finish();
-  connect(socketPath);
+  publish(connect(socketPath));
 }
 
-void VlapicdBackend::connect(kj::StringPtr socketPath) {
+kj::Array<client::VcpuTicket> VlapicdBackend::connect(kj::StringPtr socketPath) {
   auto newControl = client::Client::connect(socketPath);
   client::VmOptions options;
   options.vcpuCount = settings.vcpuCount;
@@ -140,8 +140,12 @@ void VlapicdBackend::connect(kj::StringPtr socketPath) {
   }
   control = kj::mv(newControl);
   vm = kj::mv(newVm);
+  return builder.finish();
+}
+
+void VlapicdBackend::publish(kj::Array<client::VcpuTicket> tickets) {
   auto locked = server.lockExclusive();
-  locked->tickets = builder.finish();
+  locked->tickets = kj::mv(tickets);
   locked->generation++;
   locked->lost = false;
 }
@@ -213,12 +217,21 @@ void VlapicdBackend::recover() {
   kj::runCatchingExceptions([&]() { control = nullptr; });
   auto socket = r.restartServer();
   // A new vlapicd may create its socket a moment before it accepts.
+  kj::Array<client::VcpuTicket> tickets;
   for (int attempt = 0;; attempt++) {
-    auto failure = kj::runCatchingExceptions([&]() { connect(socket); });
+    auto failure = kj::runCatchingExceptions([&]() { tickets = connect(socket); });
     if (failure == nullptr) break;
     if (attempt >= 100) kj::throwFatalException(kj::mv(KJ_ASSERT_NONNULL(failure)));
     usleep(20'000);
   }
+  // vCPU threads waiting in awaitRecovery() stay on the dead server until
+  // publish() below, after the restore: a call retried earlier would reach
+  // the new VM in its power-on state and be undone by the restore, while
+  // its effect on the front stays. kvm-survive-vlapicd-kill-rpc caught one:
+  // an EOI retried there cleared the front's in-service record after this
+  // function had copied it into the snapshot, so the restore left the
+  // vector in service for good and its whole priority class blocked (the
+  // guest's timer ticks or IPIs stopped).
   // In service is what the guest has been given and not yet EOIed, now.
   for (auto& saved : state.vcpus) {
     if (saved.index >= inService.size()) continue;
@@ -228,6 +241,7 @@ void VlapicdBackend::recover() {
   // Keep the saved TSC offset (resumeTscAtSaved = false): the guest TSC is
   // still host time scaled plus that offset, so deadlines keep their meaning.
   vm->restore(state, false);
+  publish(kj::mv(tickets));
   r.count++;
   KJ_LOG(WARNING, "vlapicd was lost; restored every vCPU from the last snapshot on a new vlapicd",
          socket);

@@ -131,7 +131,11 @@ private:
   kj::Maybe<Recovery> recovery;
   kj::Array<kj::Maybe<kj::Own<VcpuLink>>> links;
 
-  void connect(kj::StringPtr socketPath);
+  // Connects to vlapicd and creates the VM there (this becomes `control`
+  // and `vm`); returns the vCPUs' tickets. vCPU threads keep using the
+  // server they have until publish() hands them these tickets.
+  kj::Array<client::VcpuTicket> connect(kj::StringPtr socketPath);
+  void publish(kj::Array<client::VcpuTicket> tickets);
   void recover();
   // On a vCPU thread whose call found the server gone: waits for the
   // control thread's recovery. False if there is none or it failed.

@@ -240,6 +240,25 @@ struct Vm::Impl {
     append(index, event, wasEmpty);
   }
 
+  // Queues TIMER_EXPIRED for the expiries the LAPIC counted since `before`
+  // (its stats().timerExpiries then). Besides onTimer(), a register access
+  // can collect an expiry: a WRMSR to IA32_TSC_DEADLINE with a deadline
+  // already past raises the interrupt within the write (SDM 11.5.4.1), and a
+  // reprogram or restore collects one that was due. Each is an expiry the
+  // front must hear of, wherever it was collected.
+  void queueTimerExpiriesSince(uint32_t index, uint64_t before) {
+    uint64_t expiries = vcpus[index].lapic->stats().timerExpiries - before;
+    if (expiries == 0) return;
+    stats.timerExpiries += expiries;
+    uint32_t count = expiries > UINT32_MAX ? UINT32_MAX : uint32_t(expiries);
+    pushEvent(index, VcpuEvent{VcpuEvent::Kind::TIMER_EXPIRED, 0, count});
+  }
+
+  // Range-checks `index`: the access wrappers call this first.
+  uint64_t timerExpiriesSoFar(uint32_t index) const {
+    return vcpu(index).lapic->stats().timerExpiries;
+  }
+
   void append(uint32_t index, VcpuEvent event, bool queueWasEmpty) {
     vcpus[index].events.add(event);
     stats.eventsQueued++;
@@ -292,7 +311,10 @@ struct Vm::Impl {
     checkTimer(index);
   }
 
-  void afterAccess(uint32_t index, const AccessResult& result) {
+  void afterAccess(uint32_t index, const AccessResult& result, uint64_t expiriesBefore) {
+    // The expiry first, as onTimer() queues it: the vector it raised is
+    // announced after it.
+    queueTimerExpiriesSince(index, expiriesBefore);
     checkRouting(index);
     KJ_IF_MAYBE(ipi, result.ipi) {
       InterruptMessage message = *ipi;
@@ -587,26 +609,30 @@ GuestTsc& Vm::tsc() { return impl->tsc; }
 const VmStats& Vm::stats() const { return impl->stats; }
 
 AccessResult Vm::mmioRead(uint32_t vcpu, uint64_t gpa, uint8_t size) {
-  auto result = impl->vcpu(vcpu).lapic->mmioRead(gpa, size);
-  impl->afterAccess(vcpu, result);
+  uint64_t expiriesBefore = impl->timerExpiriesSoFar(vcpu);
+  auto result = impl->vcpus[vcpu].lapic->mmioRead(gpa, size);
+  impl->afterAccess(vcpu, result, expiriesBefore);
   return result;
 }
 
 AccessResult Vm::mmioWrite(uint32_t vcpu, uint64_t gpa, uint8_t size, uint64_t value) {
-  auto result = impl->vcpu(vcpu).lapic->mmioWrite(gpa, size, value);
-  impl->afterAccess(vcpu, result);
+  uint64_t expiriesBefore = impl->timerExpiriesSoFar(vcpu);
+  auto result = impl->vcpus[vcpu].lapic->mmioWrite(gpa, size, value);
+  impl->afterAccess(vcpu, result, expiriesBefore);
   return result;
 }
 
 AccessResult Vm::msrRead(uint32_t vcpu, uint32_t msr) {
-  auto result = impl->vcpu(vcpu).lapic->msrRead(msr);
-  impl->afterAccess(vcpu, result);
+  uint64_t expiriesBefore = impl->timerExpiriesSoFar(vcpu);
+  auto result = impl->vcpus[vcpu].lapic->msrRead(msr);
+  impl->afterAccess(vcpu, result, expiriesBefore);
   return result;
 }
 
 AccessResult Vm::msrWrite(uint32_t vcpu, uint32_t msr, uint64_t value) {
-  auto result = impl->vcpu(vcpu).lapic->msrWrite(msr, value);
-  impl->afterAccess(vcpu, result);
+  uint64_t expiriesBefore = impl->timerExpiriesSoFar(vcpu);
+  auto result = impl->vcpus[vcpu].lapic->msrWrite(msr, value);
+  impl->afterAccess(vcpu, result, expiriesBefore);
   return result;
 }
 
@@ -636,10 +662,9 @@ kj::Maybe<uint64_t> Vm::timerDeadlineNs(uint32_t vcpu) const {
 }
 
 uint32_t Vm::onTimer(uint32_t vcpu) {
-  uint32_t expiries = impl->vcpu(vcpu).lapic->onTimer();
-  if (expiries > 0) {
-    impl->pushEvent(vcpu, VcpuEvent{VcpuEvent::Kind::TIMER_EXPIRED, 0, expiries});
-  }
+  uint64_t expiriesBefore = impl->timerExpiriesSoFar(vcpu);
+  uint32_t expiries = impl->vcpus[vcpu].lapic->onTimer();
+  impl->queueTimerExpiriesSince(vcpu, expiriesBefore);
   impl->settle(vcpu);
   return expiries;
 }
@@ -724,8 +749,10 @@ LapicSnapshot Vm::saveVcpu(uint32_t vcpu) const { return impl->vcpu(vcpu).lapic-
 
 kj::Maybe<kj::String> Vm::restoreVcpu(uint32_t vcpu, const LapicSnapshot& snapshot) {
   auto& v = impl->vcpu(vcpu);
+  uint64_t expiriesBefore = impl->timerExpiriesSoFar(vcpu);
   KJ_IF_MAYBE(problem, v.lapic->restore(snapshot)) return kj::mv(*problem);
   v.reportedVector = nullptr;
+  impl->queueTimerExpiriesSince(vcpu, expiriesBefore);
   impl->settle(vcpu);
   return nullptr;
 }
@@ -793,6 +820,9 @@ kj::Maybe<kj::String> Vm::restoreVm(const VmSnapshot& snapshot, TscRestore tscRe
   auto previous = kj::heapArrayBuilder<LapicSnapshot>(n);
   for (auto& v : impl->vcpus) previous.add(v.lapic->save());
   auto backup = previous.finish();
+  auto expiriesBefore = kj::heapArrayBuilder<uint64_t>(n);
+  for (uint32_t i = 0; i < n; i++) expiriesBefore.add(impl->timerExpiriesSoFar(i));
+  auto expiriesBeforeRestore = expiriesBefore.finish();
 
   // The TSC first: TSC-deadline timers are restored against it.
   switch (tscRestore) {
@@ -820,6 +850,9 @@ kj::Maybe<kj::String> Vm::restoreVm(const VmSnapshot& snapshot, TscRestore tscRe
     for (auto& event : v.events) {
       if (event.kind == VcpuEvent::Kind::VECTOR_DELIVERABLE) v.reportedVector = event.vector;
     }
+    // After the saved queue is in place: an expiry the restore collected
+    // is news on top of what was queued at save time.
+    impl->queueTimerExpiriesSince(i, expiriesBeforeRestore[i]);
     impl->settle(i);
     if (!v.events.empty()) impl->notifyPending(i);
   }

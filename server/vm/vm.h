@@ -166,6 +166,9 @@ struct VmStats {
   uint64_t destinationScans = 0;  // lookups that had to scan every vCPU
   uint64_t eventsQueued = 0;
   uint64_t eventsCoalesced = 0;   // merged into or replacing a queued event
+  // LAPIC timer expiries queued as TIMER_EXPIRED, from onTimer() and from
+  // accesses or restores that collected one.
+  uint64_t timerExpiries = 0;
 };
 
 // A whole VM's state: every vCPU's LAPIC, the guest TSC, the events the front

@@ -117,6 +117,28 @@ TEST_CASE("the listener hears each empty -> non-empty transition once", "[events
   CHECK_FALSE(vm->hasEvents(0));
 }
 
+TEST_CASE("timer: a TSC deadline already past when WRMSR 0x6E0 arrives queues one TIMER_EXPIRED (SDM 11.5.4.1)",
+          "[events][timer][tsc-deadline]") {
+  TestVm vm(2);
+  vm.enableAll();
+  vm.allToX2apic();
+  vm.drainAll();
+  vm.write(1, Reg::LVT_TIMER, 0x40031);  // TSC-deadline mode (bits 18:17 = 10b), vector 0x31
+  vm.clock.advance(1'000'000);
+  uint64_t past = vm->tsc().now() - 500;
+  REQUIRE(vm->msrWrite(1, kMsrTscDeadline, past).status == AccessStatus::OK);
+  // The write itself collected the expiry: no onTimer() call.
+  CHECK(vm.irr(1, 0x31));
+  CHECK(vm.take(1) == std::vector<VcpuEvent>{event(Kind::TIMER_EXPIRED, 0, 1),
+                                             event(Kind::VECTOR_DELIVERABLE, 0x31)});
+  CHECK(vm->stats().timerExpiries == 1);
+  CHECK(vm->stats().timerExpiries == vm->lapic(1).stats().timerExpiries);
+  // The timer is disarmed after the expiry: nothing more to collect.
+  CHECK(vm->onTimer(1) == 0);
+  CHECK(vm.take(1).empty());
+  CHECK(vm->stats().timerExpiries == 1);
+}
+
 TEST_CASE("timer: arming notifies timerChanged - expiry queues TIMER_EXPIRED and the vector",
           "[events][timer]") {
   TestVm vm(2);
@@ -135,6 +157,7 @@ TEST_CASE("timer: arming notifies timerChanged - expiry queues TIMER_EXPIRED and
   CHECK(vm.listener.timers == std::vector<uint32_t>{1, 1});  // next deadline moved
   CHECK(vm.take(1) == std::vector<VcpuEvent>{event(Kind::TIMER_EXPIRED, 0, 3),
                                              event(Kind::VECTOR_DELIVERABLE, 0x30)});
+  CHECK(vm->stats().timerExpiries == 3);
   // Expiries merge while the front is away.
   vm.clock.advance(1'000'000);
   vm->onTimer(1);

@@ -227,7 +227,8 @@ void addServingSyscalls(SeccompFilter& filter) {
     // wait4) and reads /proc/self; reports are symbolised from the binary.
     // Release builds never get any of this.
     for (int sc : {SCMP_SYS(clone), SCMP_SYS(ptrace), SCMP_SYS(wait4), SCMP_SYS(prctl),
-                   SCMP_SYS(getppid), SCMP_SYS(kill), SCMP_SYS(tgkill), SCMP_SYS(getdents64),
+                   SCMP_SYS(getppid), SCMP_SYS(kill), SCMP_SYS(tgkill), SCMP_SYS(getdents),
+                   SCMP_SYS(getdents64),
                    SCMP_SYS(readlink), SCMP_SYS(readlinkat), SCMP_SYS(lseek), SCMP_SYS(pread64),
                    SCMP_SYS(sched_getaffinity), SCMP_SYS(newfstatat), SCMP_SYS(stat),
                    SCMP_SYS(pipe2), SCMP_SYS(pipe)}) {
@@ -259,7 +260,12 @@ void applySandbox(const SandboxOptions& options) {
     KJ_LOG(WARNING, "--user is ignored: vlapicd was not started as root", *user);
   }
 
-  KJ_SYSCALL(prctl(PR_SET_DUMPABLE, 0, 0, 0, 0));
+  if (!VLAPIC_SANITIZER_BUILD) {
+    // Not in ASan builds: LeakSanitizer's exit-time check ptrace()s this
+    // process from a helper, which a non-dumpable process refuses (the
+    // check would then spin instead of reporting).
+    KJ_SYSCALL(prctl(PR_SET_DUMPABLE, 0, 0, 0, 0));
+  }
   KJ_SYSCALL(prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0));
 
   SeccompFilter filter(SCMP_ACT_KILL_PROCESS);

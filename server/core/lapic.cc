@@ -706,9 +706,10 @@ void Lapic::Impl::sendIcr(const InterruptMessage& message, AccessResult& result)
   bool fixedOrLowest = message.deliveryMode == DeliveryMode::FIXED ||
                        message.deliveryMode == DeliveryMode::LOWEST_PRIORITY;
   if (fixedOrLowest && illegalVector(message.vector)) {
-    // SDM 11.5.3: "Send Illegal Vector"; the message is not sent.
+    // SDM 11.5.3: the sender logs "Send Illegal Vector" and the message
+    // still goes out: each receiver logs "Receive Illegal Vector" and
+    // discards it (acceptInterrupt), so a self IPI logs both.
     reportError(kEsrSendIllegalVector);
-    return;
   }
   ++stats.ipisSent;
   if (message.shorthand == Shorthand::SELF && message.deliveryMode == DeliveryMode::FIXED) {

@@ -25,9 +25,21 @@ kj::AutoCloseFd newTimerFd() {
 
 }  // namespace
 
-DeadlineScheduler::DeadlineScheduler(kj::UnixEventPort& eventPort)
+TimerAdvance::TimerAdvance(Config config)
+    : maxNs(config.maxNs), margin(kj::min(config.initialNs, config.maxNs)) {}
+
+void TimerAdvance::observe(uint64_t latenessNs) {
+  // margin += (sample - margin) / 8: a convex step, so the margin stays
+  // within [0, maxNs].
+  int64_t sample = int64_t(kj::min(latenessNs, maxNs));
+  margin = uint64_t(int64_t(margin) + (sample - int64_t(margin)) / 8);
+}
+
+DeadlineScheduler::DeadlineScheduler(kj::UnixEventPort& eventPort,
+                                     TimerAdvance::Config advanceConfig)
     : timerFd(newTimerFd()),
       observer(eventPort, timerFd, kj::UnixEventPort::FdObserver::OBSERVE_READ),
+      advance(advanceConfig),
       watcher(watch().eagerlyEvaluate([](kj::Exception&& e) {
         KJ_LOG(ERROR, "timer watcher failed; LAPIC timers stop firing", e);
       })) {}
@@ -46,14 +58,38 @@ kj::Promise<void> DeadlineScheduler::watch() {
       n = read(timerFd, &expirations, sizeof(expirations));
     } while (n < 0 && errno == EINTR);
     if (n < 0 && errno != EAGAIN) KJ_FAIL_SYSCALL("read(timerfd)", errno);
+    uint64_t now = monotonicNowNs();
+    // The margin the timerfd was armed with bounds the spin below.
+    uint64_t armedMargin = advance.marginNs();
+    // A timerfd never expires early, so now >= programmedNs here; a read
+    // without expirations means the timerfd was re-armed since it became
+    // readable, and says nothing about wake-up lateness.
+    if (n == sizeof(expirations) && programmedAhead && now >= programmedNs) {
+      advance.observe(now - programmedNs);
+    }
     programmedNs = 0;
-    runDue();
+    programmedAhead = false;
+    // Woken within the margin before the head deadline: spin on the clock
+    // up to it (at most the margin, some 100 us), so it fires on time and
+    // never before.
+    if (!queue.empty()) {
+      uint64_t head = queue.begin()->first;
+      if (head > now && head - now <= armedMargin) {
+        ++spinCount;
+        while (now < head) {
+#if defined(__x86_64__) || defined(__i386__)
+          __builtin_ia32_pause();   // spare the sibling hyperthread
+#endif
+          now = monotonicNowNs();
+        }
+      }
+    }
+    runDue(now);
     return watch();
   });
 }
 
-void DeadlineScheduler::runDue() {
-  uint64_t now = monotonicNowNs();
+void DeadlineScheduler::runDue(uint64_t now) {
   // Take the due slots out first: a callback re-arms its own slot (periodic
   // timers) and may release whole VMs, which destroys other slots.
   kj::Vector<Slot*> due;
@@ -77,13 +113,21 @@ void DeadlineScheduler::runDue() {
 }
 
 void DeadlineScheduler::reprogram() {
-  uint64_t next = queue.empty() ? 0 : kj::max(queue.begin()->first, uint64_t(1));
+  // Armed `margin` before the head deadline; a time already past (a
+  // deadline within the margin) fires at once and the wake-up spins.
+  uint64_t next = 0;
+  if (!queue.empty()) {
+    uint64_t deadline = queue.begin()->first;
+    uint64_t margin = advance.marginNs();
+    next = kj::max(deadline > margin ? deadline - margin : uint64_t(0), uint64_t(1));
+  }
   if (next == programmedNs) return;
   struct itimerspec spec = {};
   spec.it_value.tv_sec = next / 1'000'000'000ull;
   spec.it_value.tv_nsec = next % 1'000'000'000ull;
   KJ_SYSCALL(timerfd_settime(timerFd, TFD_TIMER_ABSTIME, &spec, nullptr));
   programmedNs = next;
+  programmedAhead = next != 0 && next > monotonicNowNs();
 }
 
 DeadlineScheduler::Slot::Slot(DeadlineScheduler& scheduler, kj::Function<void()> onExpiry)

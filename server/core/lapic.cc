@@ -1098,7 +1098,9 @@ kj::Maybe<kj::String> Lapic::Impl::restore(const LapicSnapshot& snapshot) {
     if (hidden.timer.divideConfig != dcr) {
       return kj::str("hidden timer divide configuration disagrees with the DCR");
     }
-    if (timerMode != TimerMode::TSC_DEADLINE && hidden.timer.initialCount != initialCount) {
+    // In TSC-deadline mode too: the register reads 0 there and so must the
+    // timer's count, or a later LVT Timer write would surface a stale count.
+    if (hidden.timer.initialCount != initialCount) {
       return kj::str("hidden timer initial count disagrees with the register");
     }
   } else {

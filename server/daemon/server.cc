@@ -390,7 +390,6 @@ public:
   uint32_t batchesInFlight = 0;
   uint64_t eventsPosted = 0;
   uint64_t batchesPosted = 0;
-  uint64_t timerExpiries = 0;
   uint64_t msisDelivered = 0;
   bool sinkGone = false;
 
@@ -468,7 +467,6 @@ private:
     {
       auto guard = lock();
       uint32_t expiries = vm.onTimer(vcpu);
-      timerExpiries += expiries;
       server.totalTimerExpiries += expiries;
       // onTimer re-arms periodic timers; keep the slot in step even if the
       // deadline did not move.
@@ -962,7 +960,9 @@ public:
     out.setEventsPosted(host.eventsPosted);
     out.setBatchesPosted(host.batchesPosted);
     out.setEventsCoalesced(host.vm.stats().eventsCoalesced);
-    out.setTimerExpiries(host.timerExpiries);
+    // The VM layer counts every expiry, also those collected inside a
+    // register access or a restore, not only the ones timerFired() sees.
+    out.setTimerExpiries(host.vm.stats().timerExpiries);
     out.setMsisDelivered(host.msisDelivered);
     return kj::READY_NOW;
   }

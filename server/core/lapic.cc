@@ -88,7 +88,7 @@ uint64_t onesOfSize(uint8_t size) {
 
 // ---- The hidden-state record (LapicSnapshot::hidden) ----
 //
-// Little-endian, fixed layout; version 1 is 48 bytes:
+// Little-endian, fixed layout; version 2 is 56 bytes:
 //   0 u32 magic "VLHS"        4 u16 version          6 u16 length (bytes)
 //   8 u32 initial APIC ID    12 u32 ESR accumulator
 //  16 u8  run state          17 u8  LINT levels (bit 0: LINT0, bit 1: LINT1)
@@ -96,9 +96,14 @@ uint64_t onesOfSize(uint8_t size) {
 //  20 u32 timer DCR          24 u32 timer initial count
 //  28 u32 timer expiries due but not yet delivered
 //  32 u64 timer remaining ns 40 u64 TSC deadline
+//  48 u64 timer remaining-time shortfall in 1/timerHz ns (TimerSnapshot)
+// Version 1 (48 bytes, no shortfall) is still decoded, with a shortfall of 0:
+// its whole ns resume the timer as they always did, at most a tick off with
+// an input clock that does not divide 1 GHz.
 constexpr uint32_t kHiddenMagic = 0x53484C56;  // "VLHS"
-constexpr uint16_t kHiddenVersion = 1;
-constexpr uint16_t kHiddenLength = 48;
+constexpr uint16_t kHiddenVersion = 2;
+constexpr uint16_t kHiddenLength = 56;
+constexpr uint16_t kHiddenVersion1Length = 48;
 
 struct HiddenState {
   uint32_t initialApicId = 0;
@@ -138,6 +143,7 @@ kj::Array<kj::byte> encodeHidden(const HiddenState& state) {
   put<uint32_t>(out, 28, state.timer.pendingExpiries);
   put<uint64_t>(out, 32, state.timer.remainingNs);
   put<uint64_t>(out, 40, state.timer.tscDeadline);
+  put<uint64_t>(out, 48, state.timer.remainingShortfall);
   return record;
 }
 
@@ -152,14 +158,15 @@ kj::Maybe<kj::String> decodeHidden(kj::ArrayPtr<const kj::byte> record, HiddenSt
     return kj::str("hidden-state record has a bad magic number");
   }
   uint16_t version = get<uint16_t>(in, 4);
-  if (version != kHiddenVersion) {
-    return kj::str("hidden-state record version ", version, " is not supported (expected ",
+  if (version != kHiddenVersion && version != 1) {
+    return kj::str("hidden-state record version ", version, " is not supported (expected 1 or ",
                    kHiddenVersion, ")");
   }
+  uint16_t expectedLength = version == 1 ? kHiddenVersion1Length : kHiddenLength;
   uint16_t length = get<uint16_t>(in, 6);
-  if (length != kHiddenLength || record.size() != kHiddenLength) {
+  if (length != expectedLength || record.size() != expectedLength) {
     return kj::str("hidden-state record length ", record.size(), " (header says ", length,
-                   "), expected ", kHiddenLength);
+                   "), expected ", expectedLength, " for version ", version);
   }
   state.initialApicId = get<uint32_t>(in, 8);
   state.esrPending = get<uint32_t>(in, 12);
@@ -188,6 +195,7 @@ kj::Maybe<kj::String> decodeHidden(kj::ArrayPtr<const kj::byte> record, HiddenSt
   state.timer.pendingExpiries = get<uint32_t>(in, 28);
   state.timer.remainingNs = get<uint64_t>(in, 32);
   state.timer.tscDeadline = get<uint64_t>(in, 40);
+  state.timer.remainingShortfall = version == 1 ? 0 : get<uint64_t>(in, 48);
   return nullptr;
 }
 

@@ -336,6 +336,12 @@ TimerSnapshot ApicTimer::save() const {
     snapshot.armed = true;
     SubTicks remaining = remainingAt(s, SubTicks(nowNs) * config.timerHz).left;
     snapshot.remainingNs = saturateU64(mulDiv(remaining, 1, config.timerHz, Rounding::UP));
+    // What the rounding up added, so restore() gets the time left exactly
+    // (0 if remainingNs saturated, which only a timerHz of a few Hz reaches).
+    SubTicks rounded = SubTicks(snapshot.remainingNs) * config.timerHz;
+    if (rounded >= remaining && rounded - remaining < config.timerHz) {
+      snapshot.remainingShortfall = uint64_t(rounded - remaining);
+    }
   }
   return snapshot;
 }
@@ -356,10 +362,15 @@ kj::Maybe<kj::StringPtr> ApicTimer::checkSnapshot(const TimerSnapshot& snapshot)
     if (snapshot.armed != (snapshot.tscDeadline != 0)) {
       return kj::StringPtr("TSC-deadline armed flag disagrees with the deadline");
     }
-    if (snapshot.remainingNs != 0) {
+    if (snapshot.remainingNs != 0 || snapshot.remainingShortfall != 0) {
       return kj::StringPtr("TSC-deadline timer with a countdown remaining");
     }
     return nullptr;
+  }
+  if (snapshot.remainingShortfall >= config.timerHz ||
+      SubTicks(snapshot.remainingShortfall) > SubTicks(snapshot.remainingNs) * config.timerHz) {
+    // save() takes off less than one ns, and never more than the whole ns.
+    return kj::StringPtr("remaining-time shortfall not below one ns of the remaining time");
   }
   if (snapshot.tscDeadline != 0) {
     return kj::StringPtr("TSC deadline set outside TSC-deadline mode");
@@ -405,7 +416,8 @@ void ApicTimer::restore(const TimerSnapshot& snapshot) {
     // long the running count was; it was a full period unless a mode switch
     // moved the clamp within the last 200 us of counting, so only the count
     // read back in that corner can differ, never the deadline.
-    SubTicks remaining = SubTicks(snapshot.remainingNs) * config.timerHz;
+    SubTicks remaining =
+        SubTicks(snapshot.remainingNs) * config.timerHz - snapshot.remainingShortfall;
     s.phase = kj::max(s.period, remaining);
     s.deadline = SubTicks(nowNs) * config.timerHz + remaining;
   }

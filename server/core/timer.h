@@ -57,6 +57,13 @@ struct TimerSnapshot {
   // Expiries that were due at save time but not yet collected by expire()
   // (the restored timer reports them at once, so no interrupt is lost).
   uint32_t pendingExpiries = 0;
+  // ---- Additions beyond the first contract ----
+  // remainingNs is rounded up to whole ns; with an input clock that does not
+  // divide 1 GHz that loses part of a tick, and the restored count would read
+  // one tick off. The exact time left is remainingNs * timerHz -
+  // remainingShortfall sub-ticks (1/timerHz ns), 0 <= shortfall < timerHz.
+  // 0 (older snapshots, KVM-layout restores) takes remainingNs as exact.
+  uint64_t remainingShortfall = 0;
 };
 
 class ApicTimer {

@@ -231,6 +231,24 @@ struct Mutation {
 
 void putHidden32(LapicSnapshot& s, size_t at, uint32_t v) { memcpy(s.hidden.begin() + at, &v, 4); }
 
+TEST_CASE("Restore still accepts a version 1 hidden-state record (no remaining-time shortfall)") {
+  // Version 1 records end before the shortfall field; their whole ns are
+  // taken as exact, which they are at the default 1 GHz input clock.
+  Env env;
+  auto a = busyLapic(env);
+  LapicSnapshot snapshot = a->save();
+  REQUIRE(snapshot.hidden.size() == 56);
+  snapshot.hidden = kj::heapArray(snapshot.hidden.slice(0, 48));
+  snapshot.hidden[4] = 1;
+  snapshot.hidden[6] = 48;
+  auto b = env.make({}, 1);
+  KJ_IF_MAYBE(problem, b->restore(snapshot)) FAIL(problem->cStr());
+  requireSameState(*a, *b);
+  env.clock.advance(1'000'000);
+  CHECK(a->onTimer() == b->onTimer());
+  CHECK(a->page().bytes() == b->page().bytes());
+}
+
 TEST_CASE("Restore rejects malformed snapshots with a reason and leaves the vCPU unchanged") {
   Env env;
   auto source = busyLapic(env);
@@ -268,7 +286,7 @@ TEST_CASE("Restore rejects malformed snapshots with a reason and leaves the vCPU
          s.hidden = kj::mv(longer);
        }},
       {"hidden: bad magic", [](auto& s) { s.hidden[0] ^= 0xFF; }},
-      {"hidden: unknown version", [](auto& s) { s.hidden[4] = 2; }},
+      {"hidden: unknown version", [](auto& s) { s.hidden[4] = 3; }},
       {"hidden: length field", [](auto& s) { s.hidden[6] = 40; }},
       {"hidden: other vCPU", [](auto& s) { putHidden32(s, 8, 9); }},
       {"hidden: ESR accumulator bit 8", [](auto& s) { putHidden32(s, 12, 0x100); }},
@@ -288,6 +306,16 @@ TEST_CASE("Restore rejects malformed snapshots with a reason and leaves the vCPU
        [](auto& s) {
          uint64_t tsc = 5;
          memcpy(s.hidden.begin() + 40, &tsc, 8);
+       }},
+      {"hidden: version 2 header on a version 1 length",
+       [](auto& s) {
+         s.hidden = kj::heapArray(s.hidden.slice(0, 48));
+         s.hidden[6] = 48;
+       }},
+      {"hidden: remaining-time shortfall of a whole ns",
+       [](auto& s) {
+         uint64_t shortfall = 1'000'000'000;  // the default input clock's sub-ticks in 1 ns
+         memcpy(s.hidden.begin() + 48, &shortfall, 8);
        }},
       {"KVM-only: current count above initial count",
        [](auto& s) {

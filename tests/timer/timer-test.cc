@@ -836,6 +836,73 @@ TEST_CASE("APIC Timer: save/restore continues a one-shot with its remaining coun
   CHECK(destination.timer.currentCount() == 0);
 }
 
+// Restores source's save() on a rig whose clock reads another time, then
+// checks at each later offset that both timers read the same current count,
+// expire together and keep the same time to their deadlines. Runs source's
+// clock on: each call needs a freshly armed source.
+void checkRestoreIsIdentity(Rig& source, const TimerConfig& config) {
+  source.timer.expire();  // due expiries restore as due "now": collect them first
+  TimerSnapshot snapshot = source.timer.save();
+  CHECK(snapshot.remainingShortfall < config.timerHz);
+  Rig copy(config);
+  copy.clock.set(55'000'000'000);  // another host: a different clock phase
+  REQUIRE(copy.timer.checkSnapshot(snapshot) == nullptr);
+  copy.timer.restore(snapshot);
+  uint64_t sourceStart = source.clock.nowNs(), copyStart = copy.clock.nowNs();
+  for (uint64_t offset : {uint64_t(0), uint64_t(1), uint64_t(333'333'333), uint64_t(1'000'000'000),
+                          uint64_t(3'000'000'001)}) {
+    source.clock.set(sourceStart + offset);
+    copy.clock.set(copyStart + offset);
+    CHECK(copy.timer.currentCount() == source.timer.currentCount());
+    CHECK(copy.timer.expire() == source.timer.expire());
+    CHECK(copy.timer.armed() == source.timer.armed());
+    if (source.timer.armed() && copy.timer.armed()) {
+      CHECK(deadlineOf(copy.timer) - copyStart == deadlineOf(source.timer) - sourceStart);
+    }
+  }
+}
+
+TEST_CASE("APIC Timer: save/restore keeps the current count exactly at 3 Hz input clock",
+          "[timer][save-restore][config]") {
+  // A tick lasts 1/3 s, a fraction no whole number of ns holds: the snapshot
+  // carries the part of a ns that remainingNs rounded up (SDM 11.5.4: the
+  // count must resume where it was, not a tick higher).
+  TimerConfig config = noMinimumPeriod();
+  config.timerHz = 3;
+  for (TimerMode mode : {TimerMode::ONE_SHOT, TimerMode::PERIODIC}) {
+    // At 1 s the count is exactly 997 with 997e9 sub-ticks left; 997e9 / 3
+    // rounds up by 2/3 ns, which alone would read back as 998.
+    for (uint64_t elapsed : {uint64_t(0), uint64_t(1), uint64_t(333'333'333),
+                             uint64_t(333'333'334), uint64_t(999'999'999),
+                             uint64_t(1'000'000'000), uint64_t(1'000'000'001),
+                             uint64_t(2'000'000'000), uint64_t(7'000'000'000)}) {
+      Rig source(config);
+      source.timer.setMode(mode);
+      source.timer.writeDivideConfig(kDcrDivideBy1);
+      source.timer.writeInitialCount(1000);  // 333.33... s
+      source.clock.set(kStart + elapsed);
+      CHECK(source.timer.currentCount() == uint32_t(1000 - (3 * elapsed) / 1'000'000'000));
+      checkRestoreIsIdentity(source, config);
+    }
+  }
+}
+
+TEST_CASE("APIC Timer: save/restore keeps the current count exactly at a prime input clock",
+          "[timer][save-restore][config][periodic]") {
+  TimerConfig config = noMinimumPeriod();
+  config.timerHz = 999'999'937;  // prime: no common factor with 1e9
+  for (uint32_t dcr : {kDcrDivideBy1, kDcrDivideBy128}) {
+    for (uint64_t elapsed = 0; elapsed < 2'000'000; elapsed += 9'973) {
+      Rig source(config);
+      source.timer.setMode(TimerMode::PERIODIC);
+      source.timer.writeDivideConfig(dcr);
+      source.timer.writeInitialCount(7'777);
+      source.clock.set(kStart + elapsed);
+      checkRestoreIsIdentity(source, config);
+    }
+  }
+}
+
 TEST_CASE("APIC Timer: save/restore continues a periodic timer on its phase",
           "[timer][save-restore][periodic]") {
   Rig source;

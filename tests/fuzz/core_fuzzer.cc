@@ -701,8 +701,10 @@ private:
              before.savedRegs.data() + regOffset(Reg::TIMER_CURRENT_COUNT), 4);
       if (regs == before.savedRegs) {
         // Only the current count moved. Documented in ApicTimer::restore():
-        // a periodic timer whose period is clamped to the minimum after a
-        // one-shot -> periodic switch may read back a different count.
+        // when the minimum-period clamp applies to this count, the running
+        // count's length may differ from what restore() derives (a one-shot
+        // <-> periodic switch keeps the running count's length), so a count
+        // in either mode may read back different.
         if (periodClamped()) return;
       }
     }
@@ -711,7 +713,7 @@ private:
 
   bool periodClamped() const {
     uint32_t lvt = lapic.readRegister(Reg::LVT_TIMER);
-    if (((lvt >> 17) & 3) != 1) return false;
+    if (((lvt >> 17) & 3) == 2) return false;  // TSC-deadline: no count
     uint32_t dcr = lapic.readRegister(Reg::TIMER_DIVIDE_CONFIG);
     uint32_t code = ((dcr & 8) >> 1) | (dcr & 3);
     unsigned __int128 ticks = (unsigned __int128)lapic.readRegister(Reg::TIMER_INITIAL_COUNT) *

@@ -60,7 +60,14 @@ if [ -x build/client/kvm/vlapic-kvm ] && [ -n "${VLAPIC_MAIN_GUEST:-}" -o -e bui
   echo
   echo "== vlapic-kvm: booting $(basename "$guest") with 4 vCPUs; every APIC access goes to vlapicd"
   if [ -r /dev/kvm ] && [ -w /dev/kvm ]; then
-    build/client/kvm/vlapic-kvm --vlapicd "$socket" --smp 4 --memory 64M --kernel "$guest"
+    # The guest ends through the debug-exit port: writing v exits with
+    # (v << 1) | 1, so a guest that wrote 0 (all checks passed) exits 1.
+    status=0
+    build/client/kvm/vlapic-kvm --vlapicd "$socket" --smp 4 --memory 64M --kernel "$guest" || status=$?
+    if [ "$status" -ne 1 ]; then
+      echo "main-demo failed: vlapic-kvm exited with status $status (1 means the guest passed)" >&2
+      exit 1
+    fi
   else
     echo "SKIP: /dev/kvm is not available on this machine; the guest run needs KVM"
   fi

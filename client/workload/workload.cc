@@ -224,29 +224,32 @@ public:
       return false;
     });
 
-    step("periodic timer, 1 ms period: 20 ticks, each acknowledged", [&]() {
+    step("periodic timer, 1 ms period: 20 expiries posted by vlapicd, every injection EOIed", [&]() {
       write(*cpus[2], kTimerDivide, 0xB);
       write(*cpus[2], kLvtTimer, 0x20051);  // periodic, vector 0x51
       uint64_t start = nowNs();
       write(*cpus[2], kTimerInit, 1'000'000);
-      uint32_t ticks = 0;
-      bool pendingAfterEoi = false;
-      while (ticks < 20) {
-        // A tick that lands while the previous one is in service stays in
-        // IRR; the EOI's own result says it is deliverable now, so the front
-        // needs no event for it (SDM "Interrupt Acceptance").
-        if (!pendingAfterEoi && log.take(2, EventKind::DELIVERABLE, 0x51, 1000) == nullptr) return false;
-        auto eoi = ackAndEoi(*cpus[2], 0x51);
-        KJ_IF_MAYBE(outcome, eoi) {
-          pendingAfterEoi = outcome->pendingVector == uint8_t(0x51);
-        } else {
-          return false;
+      // Like a front at each interrupt window: inject whatever is
+      // deliverable. Expiries that land while 0x51 is still pending merge in
+      // IRR, as on hardware; the TIMER events count every expiry.
+      uint32_t expiries = 0, injected = 0;
+      while (expiries < 20 && nowNs() - start < 2'000'000'000) {
+        KJ_IF_MAYBE(tick, log.take(2, EventKind::TIMER, -1, 5)) expiries += tick->event.count;
+        for (;;) {
+          auto ack = cpus[2]->acknowledge();
+          KJ_IF_MAYBE(vector, ack.vector) {
+            if (*vector != 0x51) return false;
+            injected++;
+            write(*cpus[2], kEoi, 0);
+          } else {
+            break;
+          }
         }
-        ticks++;
       }
       periodicElapsedMs = double(nowNs() - start) / 1e6;
+      periodicInjected = injected;
       write(*cpus[2], kTimerInit, 0);  // stop
-      return true;
+      return expiries >= 20 && injected >= 1 && injected <= expiries;
     });
 
     step("vCPU 3 enters x2APIC mode: 32-bit ID 6, derived LDR", [&]() {
@@ -281,7 +284,8 @@ public:
     printf("\n%u of %u checks passed\n", passed, passed + failed);
     printf("fixed IPI: BSP's ICR write to event at the front: %.1f us\n", ipiLatencyUs);
     printf("one-shot timer lateness seen by the front: %.1f us\n", oneShotLatenessUs);
-    printf("periodic timer: 20 ticks of 1 ms in %.2f ms\n", periodicElapsedMs);
+    printf("periodic timer: 20 expiries of 1 ms in %.2f ms, %u injections (the rest merged in IRR)\n",
+           periodicElapsedMs, periodicInjected);
     printf("TSC-deadline timer armed 3 ms ahead (minus the save round trip) fired after %.2f ms\n", tscDeadlineAfterMs);
 
     auto stats = vm->stats();
@@ -301,6 +305,7 @@ private:
   EventLog log;
   uint32_t passed = 0, failed = 0;
   double ipiLatencyUs = 0, oneShotLatenessUs = 0, periodicElapsedMs = 0, tscDeadlineAfterMs = 0;
+  uint32_t periodicInjected = 0;
 
   template <typename Func>
   void step(const char* what, Func&& check) {

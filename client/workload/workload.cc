@@ -249,7 +249,15 @@ public:
       periodicElapsedMs = double(nowNs() - start) / 1e6;
       periodicInjected = injected;
       write(*cpus[2], kTimerInit, 0);  // stop
-      return expiries >= 20 && injected >= 1 && injected <= expiries;
+      if (expiries < 20 || injected == 0) return false;
+      // Events travel on their own (flow-controlled) path and can trail the
+      // injections: once the timer is stopped, every expiry that was
+      // injected must have been reported.
+      for (;;) {
+        auto tick = log.take(2, EventKind::TIMER, -1, 200);
+        KJ_IF_MAYBE(t, tick) { expiries += t->event.count; } else { break; }
+      }
+      return injected <= expiries;
     });
 
     step("vCPU 3 enters x2APIC mode: 32-bit ID 6, derived LDR", [&]() {
@@ -284,7 +292,7 @@ public:
     printf("\n%u of %u checks passed\n", passed, passed + failed);
     printf("fixed IPI: BSP's ICR write to event at the front: %.1f us\n", ipiLatencyUs);
     printf("one-shot timer lateness seen by the front: %.1f us\n", oneShotLatenessUs);
-    printf("periodic timer: 20 expiries of 1 ms in %.2f ms, %u injections (the rest merged in IRR)\n",
+    printf("periodic timer (1 ms): 20 expiry reports reached the front after %.2f ms; %u injections\n",
            periodicElapsedMs, periodicInjected);
     printf("TSC-deadline timer armed 3 ms ahead (minus the save round trip) fired after %.2f ms\n", tscDeadlineAfterMs);
 

@@ -39,14 +39,20 @@ struct KnownFinding {
   const char* description;
   uint64_t hits = 0;
 };
-// None open: timer-save-rounding (the snapshot now carries the remaining
-// time exactly) and restore-timer-count-mismatch are fixed.
-std::vector<KnownFinding> knownFindings;
+// Fixed: timer-save-rounding (the snapshot now carries the remaining time
+// exactly) and restore-timer-count-mismatch. Open: the one below, found by
+// CI's fuzz run at the end of the first session (reproducer in repro/).
+std::vector<KnownFinding> knownFindings = {
+  {"restore-remaining-exceeds-period",
+   "restore(save()) of an armed one-shot/periodic timer can be rejected by "
+   "ApicTimer::checkSnapshot() with 'remaining time longer than the timer period': "
+   "some sequence leaves more time on the running count than the longest period "
+   "its initial count and divide allow"},
+};
 bool strictFindings = false;
 struct AbandonInput {};
 
-// Unused while no finding is open; a check calls it for an entry it adds.
-[[maybe_unused]] void knownFinding(kj::StringPtr id) {
+void knownFinding(kj::StringPtr id) {
   for (auto& finding : knownFindings) {
     if (id != finding.id) continue;
     if (strictFindings) {
@@ -690,6 +696,9 @@ private:
           *reinterpret_cast<const uint32_t*>(snapshot.regs + regOffset(Reg::LVT_TIMER)),
           *reinterpret_cast<const uint32_t*>(snapshot.regs + regOffset(Reg::TIMER_INITIAL_COUNT)));
     KJ_IF_MAYBE(error, lapic.restore(snapshot)) {
+      if (strstr(error->cStr(), "remaining time longer than the timer period")) {
+        knownFinding("restore-remaining-exceeds-period");
+      }
       fprintf(stderr, "restore of an unmodified snapshot failed: %s\n", error->cStr());
       violated(step, "restore(save()) failed", 0, 1);
     }

@@ -77,6 +77,7 @@ for name in "${harnesses[@]}"; do
   set +e
   ASAN_OPTIONS=detect_leaks=1:halt_on_error=1 \
     "$exe" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
+    ${FUZZ_SEED:+-seed="$FUZZ_SEED"} \
     -artifact_prefix="$build_dir/artifacts/$name-" "$scratch" "$corpus" >"$log" 2>&1
   rc=$?
   set -e

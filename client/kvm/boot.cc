@@ -58,10 +58,6 @@ kj::Array<kj::byte> readWholeFile(kj::StringPtr path) {
 
 namespace {
 
-constexpr uint32_t kMultibootHeaderMagic = 0x1BADB002;
-constexpr uint32_t kAoutKludge = 1u << 16;
-constexpr size_t kHeaderSearchBytes = 8192;
-
 // Where the loader puts the multiboot info, memory map, module list and
 // strings: conventional memory below the EBDA, above the real-mode IVT/BDA
 // (and above the page at 0x8000 our own guests use for their AP trampoline).
@@ -153,52 +149,55 @@ BootState loadMultiboot(GuestMemory& memory, kj::ArrayPtr<const kj::byte> kernel
   // Multiboot 0.6.96 section 3.1.1: the header is 32-bit aligned within
   // the first 8192 bytes, and magic + flags + checksum == 0.
   kj::Maybe<size_t> headerOffset;
-  for (size_t offset = 0; offset + 12 <= kj::min(kernel.size(), kHeaderSearchBytes); offset += 4) {
-    uint32_t magic = readAt<uint32_t>(kernel, offset);
-    uint32_t flags = readAt<uint32_t>(kernel, offset + 4);
-    uint32_t checksum = readAt<uint32_t>(kernel, offset + 8);
-    if (magic == kMultibootHeaderMagic && uint32_t(magic + flags + checksum) == 0) {
+  for (size_t offset = 0;
+       offset + multiboot::kHeaderChecksummedBytes <= kj::min(kernel.size(), multiboot::kHeaderSearchBytes);
+       offset += 4) {
+    uint32_t magic = readAt<uint32_t>(kernel, offset + multiboot::header::kMagic);
+    uint32_t flags = readAt<uint32_t>(kernel, offset + multiboot::header::kFlags);
+    uint32_t checksum = readAt<uint32_t>(kernel, offset + multiboot::header::kChecksum);
+    if (magic == multiboot::kHeaderMagic && uint32_t(magic + flags + checksum) == 0) {
       headerOffset = offset;
       break;
     }
   }
   size_t header = KJ_REQUIRE_NONNULL(headerOffset, "no multiboot v1 header in the kernel's first 8 KiB");
-  uint32_t flags = readAt<uint32_t>(kernel, header + 4);
+  uint32_t flags = readAt<uint32_t>(kernel, header + multiboot::header::kFlags);
 
   uint64_t entry, end;
-  if (flags & kAoutKludge) {
+  if (flags & multiboot::kFlagAoutKludge) {
     // Section 3.1.3: the address fields say where the file goes.
-    uint32_t headerAddr = readAt<uint32_t>(kernel, header + 12);
-    uint32_t loadAddr = readAt<uint32_t>(kernel, header + 16);
-    uint32_t loadEndAddr = readAt<uint32_t>(kernel, header + 20);
-    uint32_t bssEndAddr = readAt<uint32_t>(kernel, header + 24);
+    uint32_t headerAddr = readAt<uint32_t>(kernel, header + multiboot::header::kHeaderAddr);
+    uint32_t loadAddr = readAt<uint32_t>(kernel, header + multiboot::header::kLoadAddr);
+    uint32_t loadEndAddr = readAt<uint32_t>(kernel, header + multiboot::header::kLoadEndAddr);
+    uint32_t bssEndAddr = readAt<uint32_t>(kernel, header + multiboot::header::kBssEndAddr);
     KJ_REQUIRE(headerAddr >= loadAddr && headerAddr - loadAddr <= header,
                "multiboot header address fields are inconsistent");
     uint64_t fileStart = header - (headerAddr - loadAddr);
     uint64_t loadSize = loadEndAddr ? loadEndAddr - loadAddr : kernel.size() - fileStart;
     uint64_t memSize = bssEndAddr ? kj::max<uint64_t>(bssEndAddr - loadAddr, loadSize) : loadSize;
     end = loadSegment(memory, kernel, {fileStart, loadAddr, loadSize, memSize});
-    entry = readAt<uint32_t>(kernel, header + 28);
+    entry = readAt<uint32_t>(kernel, header + multiboot::header::kEntryAddr);
   } else {
     std::tie(entry, end) = loadElf(memory, kernel);
   }
 
+  // Section 3.3: the boot information, every field we do not fill zero.
+  namespace info = multiboot::info;
   StringArea strings(memory);
   uint32_t infoFlags = 0;
-  memset(memory.at(kInfoAddress, 0x100).begin(), 0, 0x100);
+  memset(memory.at(kInfoAddress, kMmapAddress - kInfoAddress).begin(), 0, kMmapAddress - kInfoAddress);
 
-  // flags bit 0: mem_lower / mem_upper in KiB.
-  infoFlags |= 1u << 0;
-  put32(memory, kInfoAddress + 4, kLowMemoryTop / 1024);
-  put32(memory, kInfoAddress + 8, uint32_t((memory.size() - 0x100000) / 1024));
+  infoFlags |= info::kFlagMemory;
+  put32(memory, kInfoAddress + info::kMemLower, kLowMemoryTop / 1024);
+  put32(memory, kInfoAddress + info::kMemUpper, uint32_t((memory.size() - 0x100000) / 1024));
 
-  // bit 2: command line.
-  infoFlags |= 1u << 2;
-  put32(memory, kInfoAddress + 16, strings.add(commandLine));
+  infoFlags |= info::kFlagCommandLine;
+  put32(memory, kInfoAddress + info::kCommandLine, strings.add(commandLine));
 
-  // bit 3: modules, each page-aligned after the kernel (as QEMU places them).
+  // Modules, each page-aligned after the kernel (as QEMU places them).
   if (modules.size() > 0) {
-    KJ_REQUIRE(modules.size() * 16 <= kStringsAddress - kModulesAddress, "too many modules");
+    KJ_REQUIRE(modules.size() * info::kModuleEntryBytes <= kStringsAddress - kModulesAddress,
+               "too many modules");
     uint64_t next = (end + 4095) & ~4095ull;
     for (size_t i = 0; i < modules.size(); i++) {
       auto& module = modules[i];
@@ -206,38 +205,39 @@ BootState loadMultiboot(GuestMemory& memory, kj::ArrayPtr<const kj::byte> kernel
                  module.contents.size());
       memcpy(memory.at(next, module.contents.size()).begin(), module.contents.begin(),
              module.contents.size());
-      uint32_t slot = kModulesAddress + i * 16;
-      put32(memory, slot, next);
-      put32(memory, slot + 4, next + module.contents.size());
-      put32(memory, slot + 8, strings.add(module.commandLine));
-      put32(memory, slot + 12, 0);
+      uint32_t slot = kModulesAddress + i * info::kModuleEntryBytes;
+      put32(memory, slot + info::kModuleStart, next);
+      put32(memory, slot + info::kModuleEnd, next + module.contents.size());
+      put32(memory, slot + info::kModuleString, strings.add(module.commandLine));
+      put32(memory, slot + info::kModuleReserved, 0);
       next = (next + module.contents.size() + 4095) & ~4095ull;
     }
-    infoFlags |= 1u << 3;
-    put32(memory, kInfoAddress + 20, modules.size());
-    put32(memory, kInfoAddress + 24, kModulesAddress);
+    infoFlags |= info::kFlagModules;
+    put32(memory, kInfoAddress + info::kModsCount, modules.size());
+    put32(memory, kInfoAddress + info::kModsAddr, kModulesAddress);
   }
 
-  // bit 6: memory map (conventional memory and RAM above 1 MiB).
-  struct Range { uint64_t base, length; uint32_t type; };
-  Range ranges[] = {{0, kLowMemoryTop, 1}, {0x100000, memory.size() - 0x100000, 1}};
+  // Memory map: conventional memory and RAM above 1 MiB.
+  struct Range { uint64_t base, length; };
+  Range ranges[] = {{0, kLowMemoryTop}, {0x100000, memory.size() - 0x100000}};
   uint32_t mmapBytes = 0;
   for (auto& range : ranges) {
-    put32(memory, kMmapAddress + mmapBytes, 20);  // size of the entry without this field
-    put64(memory, kMmapAddress + mmapBytes + 4, range.base);
-    put64(memory, kMmapAddress + mmapBytes + 12, range.length);
-    put32(memory, kMmapAddress + mmapBytes + 20, range.type);
-    mmapBytes += 24;
+    uint32_t mapEntry = kMmapAddress + mmapBytes;
+    // The size field counts the entry without itself.
+    put32(memory, mapEntry + info::kMmapEntrySize, info::kMmapEntryBytes - 4);
+    put64(memory, mapEntry + info::kMmapEntryBase, range.base);
+    put64(memory, mapEntry + info::kMmapEntryLength, range.length);
+    put32(memory, mapEntry + info::kMmapEntryType, info::kMmapTypeRam);
+    mmapBytes += info::kMmapEntryBytes;
   }
-  infoFlags |= 1u << 6;
-  put32(memory, kInfoAddress + 44, mmapBytes);
-  put32(memory, kInfoAddress + 48, kMmapAddress);
+  infoFlags |= info::kFlagMemoryMap;
+  put32(memory, kInfoAddress + info::kMmapLength, mmapBytes);
+  put32(memory, kInfoAddress + info::kMmapAddr, kMmapAddress);
 
-  // bit 9: boot loader name.
-  infoFlags |= 1u << 9;
-  put32(memory, kInfoAddress + 64, strings.add("vlapic-kvm"));
+  infoFlags |= info::kFlagLoaderName;
+  put32(memory, kInfoAddress + info::kLoaderName, strings.add("vlapic-kvm"));
 
-  put32(memory, kInfoAddress, infoFlags);
+  put32(memory, kInfoAddress + info::kFlags, infoFlags);
   BootState state;
   state.entry = entry;
   state.infoAddress = kInfoAddress;

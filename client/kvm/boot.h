@@ -2,6 +2,7 @@
 // -kernel does, so bare-metal test kernels run unchanged.
 #pragma once
 
+#include "client/kvm/multiboot.h"
 #include <kj/array.h>
 #include <kj/common.h>
 #include <kj/string.h>
@@ -38,10 +39,11 @@ struct BootModule {
   kj::String commandLine;
 };
 
-// The protected-mode entry state a multiboot v1 loader leaves the boot CPU
-// in (Multiboot Specification 0.6.96, "Machine state"): EAX = magic, EBX =
-// info, flat 32-bit segments, paging off, interrupts off.
-constexpr uint32_t kMultibootBootMagic = 0x2BADB002;  // EAX at entry
+// What the loader leaves for the boot CPU's entry state (Multiboot
+// Specification 0.6.96 section 3.2, "Machine state": EAX = magic, EBX =
+// info, flat 32-bit segments, paging off, interrupts off; the numbers are in
+// multiboot.h, Machine::setBootState() applies them).
+constexpr uint32_t kMultibootBootMagic = multiboot::kBootMagic;  // EAX at entry
 
 struct BootState {
   uint32_t entry = 0;

@@ -784,16 +784,16 @@ void Machine::setBootState(const BootState& state) {
   auto sregs = vcpu.getSregs();
   sregs.cs = flatSegment(0x10, 0xB);
   sregs.ds = sregs.es = sregs.fs = sregs.gs = sregs.ss = flatSegment(0x18, 0x3);
-  sregs.cr0 = 0x11;  // PE, ET: protected mode, paging off
+  sregs.cr0 = multiboot::kEntryCr0;
   sregs.cr4 = 0;
   sregs.efer = 0;
   vcpu.setSregs(sregs);
   kvm_regs regs;
   memset(&regs, 0, sizeof(regs));
-  regs.rax = kMultibootBootMagic;
+  regs.rax = multiboot::kBootMagic;
   regs.rbx = state.infoAddress;
   regs.rip = state.entry;
-  regs.rflags = 0x2;  // IF = 0
+  regs.rflags = multiboot::kEntryRflags;
   vcpu.setRegs(regs);
 }
 

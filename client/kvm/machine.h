@@ -91,7 +91,8 @@ public:
 
   // Required before run() with ApicLocation::SERVER.
   void attachApic(ApicBackend& backend);
-  // Multiboot protected-mode entry state for the boot vCPU (vCPU 0).
+  // Multiboot protected-mode entry state for the boot vCPU (vCPU 0): the
+  // Multiboot 0.6.96 section 3.2 values of multiboot.h plus the loader's EBX/EIP.
   void setBootState(const BootState& state);
 
   // Runs every vCPU until the guest exits, something fails or the timeout

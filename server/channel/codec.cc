@@ -231,6 +231,66 @@ size_t encodeReply(const Reply& reply, kj::ArrayPtr<kj::byte> slot) {
 
 namespace {
 
+// Every range check the decoders make on a field of an untrusted message, as
+// one table: the field (which names its message kind) and the largest value
+// it may carry. The decoders check fields only through within(), so a new
+// limit is one new row here (and one hostile-message test in
+// tests/channel/codec-test.cc). A field out of range makes a request
+// MALFORMED and a reply undecodable, like any other malformed message.
+enum class Field : uint8_t {
+  REQUEST_CR8,    // ChannelRequest.setCr8
+  REPLY_CR8,      // ChannelReply.cr8
+  REPLY_EVENTS,   // ChannelReply.events, the list's length
+  ACCESS_STATUS,  // AccessResult.status (a wire enum: a newer peer may send more)
+  ACCESS_REASON,  // AccessResult.reason
+  REJECTION,      // ChannelReply.rejected
+};
+
+struct FieldLimit {
+  Field field;
+  uint64_t max;
+};
+
+constexpr FieldLimit kFieldLimits[] = {
+    // CR8 is 4 bits wide; the front injects #GP for a guest setting bits
+    // 63:4 (SDM 10.8.6.1), so a value above 15 is a front bug.
+    {Field::REQUEST_CR8, 15},
+    // CR8 after the call is TPR[7:4] (SDM 10.8.6.1); the server's runHandler
+    // refuses a handler's reply above 15 where the bug is.
+    {Field::REPLY_CR8, 15},
+    // Enough for a whole Vm event queue; beyond it the server sets moreEvents.
+    {Field::REPLY_EVENTS, kMaxEventsPerReply},
+    {Field::ACCESS_STATUS, static_cast<uint64_t>(wire::AccessStatus::IGNORED)},
+    // AccessReason is only ever extended: a larger value is from the future.
+    {Field::ACCESS_REASON, static_cast<uint64_t>(kLastKnownReason)},
+    {Field::REJECTION, static_cast<uint64_t>(wire::Rejection::HANDLER_FAILED)},
+};
+
+// The table is indexed by Field: row i describes Field(i).
+constexpr bool limitsIndexedByField() {
+  for (size_t i = 0; i < kj::size(kFieldLimits); i++) {
+    if (static_cast<size_t>(kFieldLimits[i].field) != i) return false;
+  }
+  return true;
+}
+static_assert(limitsIndexedByField(), "kFieldLimits rows must follow the order of Field");
+
+constexpr bool within(Field field, uint64_t value) {
+  return value <= kFieldLimits[static_cast<size_t>(field)].max;
+}
+
+// A wire enum within its limit converts by number: both sides number alike.
+static_assert(static_cast<uint8_t>(AccessStatus::OK) == static_cast<uint16_t>(wire::AccessStatus::OK) &&
+              static_cast<uint8_t>(AccessStatus::GP) == static_cast<uint16_t>(wire::AccessStatus::GP) &&
+              static_cast<uint8_t>(AccessStatus::IGNORED) ==
+                  static_cast<uint16_t>(wire::AccessStatus::IGNORED));
+static_assert(static_cast<uint8_t>(Rejection::MALFORMED) == static_cast<uint16_t>(wire::Rejection::MALFORMED) &&
+              static_cast<uint8_t>(Rejection::OVERSIZED) == static_cast<uint16_t>(wire::Rejection::OVERSIZED) &&
+              static_cast<uint8_t>(Rejection::UNKNOWN_REQUEST) ==
+                  static_cast<uint16_t>(wire::Rejection::UNKNOWN_REQUEST) &&
+              static_cast<uint8_t>(Rejection::HANDLER_FAILED) ==
+                  static_cast<uint16_t>(wire::Rejection::HANDLER_FAILED));
+
 // Generous for our messages (a reply is < 60 words) yet small enough that a
 // hostile message cannot make a reader do real work.
 capnp::ReaderOptions untrustedReaderOptions() {
@@ -277,9 +337,7 @@ kj::OneOf<Request, Rejection> decodeRequestFields(kj::ArrayPtr<const capnp::word
       break;
     case wire::ChannelRequest::Operation::SET_CR8: {
       uint8_t cr8 = operation.getSetCr8();
-      // CR8 is 4 bits wide; the front injects #GP for a guest setting
-      // bits 63:4 (SDM 10.8.6.1), so a value above 15 is a front bug.
-      if (cr8 > 15) return Rejection::MALFORMED;
+      if (!within(Field::REQUEST_CR8, cr8)) return Rejection::MALFORMED;
       request = Request::setCr8(cr8);
       break;
     }
@@ -316,15 +374,13 @@ kj::Maybe<Reply> decodeReplyFields(kj::ArrayPtr<const capnp::word> message) {
   switch (result.which()) {
     case wire::ChannelReply::Result::ACCESS: {
       auto access = result.getAccess();
-      AccessResult decoded;
-      switch (access.getStatus()) {
-        case wire::AccessStatus::OK: decoded.status = AccessStatus::OK; break;
-        case wire::AccessStatus::GP: decoded.status = AccessStatus::GP; break;
-        case wire::AccessStatus::IGNORED: decoded.status = AccessStatus::IGNORED; break;
-        default: return nullptr;
-      }
+      auto status = static_cast<uint16_t>(access.getStatus());
       uint8_t reason = access.getReason();
-      if (reason > static_cast<uint8_t>(kLastKnownReason)) return nullptr;
+      if (!within(Field::ACCESS_STATUS, status) || !within(Field::ACCESS_REASON, reason)) {
+        return nullptr;
+      }
+      AccessResult decoded;
+      decoded.status = static_cast<AccessStatus>(status);
       decoded.reason = static_cast<AccessReason>(reason);
       decoded.value = access.getValue();
       reply = Reply::access(decoded);
@@ -333,19 +389,12 @@ kj::Maybe<Reply> decodeReplyFields(kj::ArrayPtr<const capnp::word> message) {
     case wire::ChannelReply::Result::DONE:
       reply = Reply::done();
       break;
-    case wire::ChannelReply::Result::REJECTED:
-      switch (result.getRejected()) {
-        case wire::Rejection::MALFORMED: reply = Reply::rejected(Rejection::MALFORMED); break;
-        case wire::Rejection::OVERSIZED: reply = Reply::rejected(Rejection::OVERSIZED); break;
-        case wire::Rejection::UNKNOWN_REQUEST:
-          reply = Reply::rejected(Rejection::UNKNOWN_REQUEST);
-          break;
-        case wire::Rejection::HANDLER_FAILED:
-          reply = Reply::rejected(Rejection::HANDLER_FAILED);
-          break;
-        default: return nullptr;
-      }
+    case wire::ChannelReply::Result::REJECTED: {
+      auto rejection = static_cast<uint16_t>(result.getRejected());
+      if (!within(Field::REJECTION, rejection)) return nullptr;
+      reply = Reply::rejected(static_cast<Rejection>(rejection));
       break;
+    }
     default:
       return nullptr;
   }
@@ -356,9 +405,9 @@ kj::Maybe<Reply> decodeReplyFields(kj::ArrayPtr<const capnp::word> message) {
     default: return nullptr;
   }
   reply.cr8 = root.getCr8();
-  if (reply.cr8 > 15) return nullptr;
+  if (!within(Field::REPLY_CR8, reply.cr8)) return nullptr;
   auto events = root.getEvents();
-  if (events.size() > kMaxEventsPerReply) return nullptr;
+  if (!within(Field::REPLY_EVENTS, events.size())) return nullptr;
   for (auto event: events) {
     KJ_IF_MAYBE(decoded, decodeEvent(event)) {
       reply.addEvent(*decoded);

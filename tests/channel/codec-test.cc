@@ -2,6 +2,8 @@
 // every request and reply kind survives a round trip, and whatever a hostile
 // peer writes decodes to a rejection, never to a crash or an exception.
 #include "tests/channel/test-support.h"
+#include "server/channel/channel.capnp.h"
+#include <capnp/serialize.h>
 #include <catch2/catch.hpp>
 #include <random>
 
@@ -115,6 +117,113 @@ TEST_CASE("channel: a request kind from a newer schema is rejected as unknown", 
   auto decoded = decodeRequest(ack.message());
   REQUIRE(decoded.is<Rejection>());
   CHECK(decoded.get<Rejection>() == Rejection::UNKNOWN_REQUEST);
+}
+
+// A reply built field by field, as a buggy or hostile server could write
+// it, bypassing encodeReply(): each case starts from a reply that decodes
+// and changes one field.
+struct HostileReply {
+  capnp::word scratch[4096] = {};
+  capnp::MallocMessageBuilder builder{kj::arrayPtr(scratch, kj::size(scratch))};
+  wire::ChannelReply::Builder root = builder.initRoot<wire::ChannelReply>();
+
+  HostileReply() {
+    auto access = root.initResult().initAccess();
+    access.setStatus(wire::AccessStatus::OK);
+    access.setReason(0);
+    access.setValue(0x1234);
+    root.initInject().setNone();
+  }
+  kj::Maybe<Reply> decoded() {
+    auto segments = builder.getSegmentsForOutput();
+    REQUIRE(segments.size() == 1);
+    flat = capnp::messageToFlatArray(builder);
+    return decodeReply(flat);
+  }
+  kj::Array<capnp::word> flat;
+};
+
+TEST_CASE("channel: a reply's fields out of range make it undecodable", "[codec]") {
+  SECTION("the unchanged reply decodes") {
+    HostileReply hostile;
+    CHECK(hostile.decoded() != nullptr);
+  }
+  SECTION("CR8 is TPR[7:4] (SDM 10.8.6.1): 15 at most") {
+    HostileReply highest, above;
+    highest.root.setCr8(15);
+    above.root.setCr8(16);
+    CHECK(highest.decoded() != nullptr);
+    CHECK(above.decoded() == nullptr);
+  }
+  SECTION("an access reason newer than this front knows") {
+    HostileReply last, newer;
+    last.root.getResult().getAccess().setReason(uint8_t(AccessReason::TIMER_MODE));
+    newer.root.getResult().getAccess().setReason(uint8_t(AccessReason::TIMER_MODE) + 1);
+    CHECK(last.decoded() != nullptr);
+    CHECK(newer.decoded() == nullptr);
+  }
+  SECTION("an access status beyond ok, gp and ignored") {
+    HostileReply ignored, unknown;
+    ignored.root.getResult().getAccess().setStatus(wire::AccessStatus::IGNORED);
+    unknown.root.getResult().getAccess().setStatus(static_cast<wire::AccessStatus>(3));
+    CHECK(ignored.decoded() != nullptr);
+    CHECK(unknown.decoded() == nullptr);
+  }
+  SECTION("a rejection beyond the four the channel knows") {
+    HostileReply failed, unknown;
+    failed.root.getResult().setRejected(wire::Rejection::HANDLER_FAILED);
+    unknown.root.getResult().setRejected(static_cast<wire::Rejection>(4));
+    CHECK(failed.decoded() != nullptr);
+    CHECK(unknown.decoded() == nullptr);
+  }
+  SECTION("more events than a reply holds") {
+    HostileReply full, overfull;
+    full.root.initEvents(kMaxEventsPerReply);
+    overfull.root.initEvents(kMaxEventsPerReply + 1);
+    for (auto event: full.root.getEvents()) event.setNmi();
+    for (auto event: overfull.root.getEvents()) event.setNmi();
+    CHECK(full.decoded() != nullptr);
+    CHECK(overfull.decoded() == nullptr);
+  }
+}
+
+// Encodes `a` and `b`, which must differ only in one union's discriminant,
+// sets that discriminant to a member nobody knows and decodes the result.
+kj::Maybe<Reply> replyWithUnknownMember(const Reply& a, const Reply& b) {
+  Slot first, second;
+  first.used = encodeReply(a, first.slot(kReplySlotBytes));
+  second.used = encodeReply(b, second.slot(kReplySlotBytes));
+  REQUIRE(first.used == second.used);
+  size_t differing = 0, at = 0;
+  for (size_t i = 0; i < first.used; i++) {
+    if (first.bytes[i] != second.bytes[i]) {
+      differing++;
+      at = i;
+    }
+  }
+  REQUIRE(differing == 1);
+  REQUIRE(decodeReply(first.message()) != nullptr);
+  first.bytes[at] = 0x77;
+  return decodeReply(first.message());
+}
+
+TEST_CASE("channel: a reply with a result, inject or event kind from a newer schema is refused",
+          "[codec]") {
+  SECTION("result") {
+    // rejected(malformed = 0) and done differ only in the discriminant.
+    CHECK(replyWithUnknownMember(Reply::rejected(Rejection::MALFORMED), Reply::done()) == nullptr);
+  }
+  SECTION("inject") {
+    Reply none = Reply::done(), vectorZero = Reply::done();
+    vectorZero.inject = uint8_t(0);
+    CHECK(replyWithUnknownMember(none, vectorZero) == nullptr);
+  }
+  SECTION("event") {
+    Reply nmi = Reply::done(), smi = Reply::done();
+    nmi.addEvent(Event{EventKind::NMI, 0, 1});
+    smi.addEvent(Event{EventKind::SMI, 0, 1});
+    CHECK(replyWithUnknownMember(nmi, smi) == nullptr);
+  }
 }
 
 TEST_CASE("channel: slot sizes the peer declares are checked before anything is copied", "[codec]") {

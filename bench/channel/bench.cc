@@ -14,6 +14,7 @@
 //
 // Every figure is a median over many samples with p10/p90 beside it. The
 // last line is `RESULT channel ...`.
+#include "bench/common/stats.h"
 #include "server/channel/channel.h"
 #include "server/channel/shared-layout.h"
 #include "echo.capnp.h"
@@ -22,7 +23,6 @@
 #include <kj/debug.h>
 #include <kj/mutex.h>
 #include <kj/thread.h>
-#include <algorithm>
 #include <sched.h>
 #include <cstring>
 #include <atomic>
@@ -41,21 +41,8 @@
 namespace vlapic::channel::bench {
 namespace {
 
-struct Figures {
-  double median = 0, p10 = 0, p90 = 0;
-  size_t samples = 0;
-};
-
-Figures summarize(std::vector<double> samples) {
-  KJ_REQUIRE(!samples.empty());
-  std::sort(samples.begin(), samples.end());
-  Figures f;
-  f.samples = samples.size();
-  f.median = samples[samples.size() / 2];
-  f.p10 = samples[samples.size() / 10];
-  f.p90 = samples[samples.size() * 9 / 10];
-  return f;
-}
+using vlapic::bench::Spread;
+using vlapic::bench::spreadOf;
 
 double nowUs() { return static_cast<double>(monotonicNowNs()) / 1000.0; }
 
@@ -347,7 +334,7 @@ Samples measureRpcEcho(const Placement& placement, size_t samples) {
   return rtt;
 }
 
-void printRow(const char* mode, const Figures& f, double rpcMedian) {
+void printRow(const char* mode, const Spread& f, double rpcMedian) {
   printf("%-40s %10.3f %9.3f %9.3f %8zu %9.3fx\n", mode, f.median, f.p10, f.p90, f.samples,
          rpcMedian > 0 ? f.median / rpcMedian : 0.0);
 }
@@ -384,12 +371,12 @@ int run(const Placement& placement) {
   auto idle = measureChannel(placement, PollPolicy::adaptivePolicy(), HandlerStyle::INLINE,
                              Gap::NONE, 100, 50, true);
 
-  Figures rpc = summarize(rpcSamples);
-  Figures futexFloor = summarize(futexSamples);
-  Figures busy = summarize(busySamples), adaptive = summarize(adaptiveSamples);
-  Figures gap50 = summarize(gap50Samples), gap2ms = summarize(gap2msSamples);
-  Figures sleepOnly = summarize(sleepSamples), mutex = summarize(mutexSamples);
-  Figures executor = summarize(executorSamples);
+  Spread rpc = spreadOf(rpcSamples);
+  Spread futexFloor = spreadOf(futexSamples);
+  Spread busy = spreadOf(busySamples), adaptive = spreadOf(adaptiveSamples);
+  Spread gap50 = spreadOf(gap50Samples), gap2ms = spreadOf(gap2msSamples);
+  Spread sleepOnly = spreadOf(sleepSamples), mutex = spreadOf(mutexSamples);
+  Spread executor = spreadOf(executorSamples);
 
   printRow("channel busy-poll", busy, rpc.median);
   printRow("channel adaptive, back to back", adaptive, rpc.median);

@@ -15,9 +15,9 @@
 // so the timer does not fire under the measurement. The last line is
 // `RESULT core read_ns=... write_ns=... cycle_ns=...` (MMIO read, MMIO write,
 // cycle).
+#include "bench/common/stats.h"
 #include "server/core/lapic.h"
 
-#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <vector>
@@ -29,12 +29,8 @@ constexpr uint64_t kBase = 0xFEE00000;
 constexpr int kBatch = 20000;
 constexpr int kRuns = 101;
 
-struct Figures {
-  double median, p10, p90;
-};
-
 template <typename Op>
-Figures measure(Op&& op) {
+Spread measure(Op&& op) {
   using Clock = std::chrono::steady_clock;
   for (int i = 0; i < kBatch; ++i) op();  // warm up caches and branch predictors
   std::vector<double> perOp;
@@ -45,11 +41,10 @@ Figures measure(Op&& op) {
     auto elapsed = std::chrono::duration<double, std::nano>(Clock::now() - start).count();
     perOp.push_back(elapsed / kBatch);
   }
-  std::sort(perOp.begin(), perOp.end());
-  return {perOp[kRuns / 2], perOp[kRuns / 10], perOp[kRuns * 9 / 10]};
+  return spreadOf(kj::mv(perOp));
 }
 
-void print(const char* what, Figures f) {
+void print(const char* what, const Spread& f) {
   printf("%-34s %8.1f ns   (p10 %6.1f, p90 %6.1f)\n", what, f.median, f.p10, f.p90);
 }
 
@@ -78,23 +73,23 @@ int run() {
   check(xapic.mmioWrite(kBase + 0x380, 4, 0xFFFFFFFF));  // a running count to read
 
   uint32_t tpr = 0;
-  Figures read = measure([&] {
+  Spread read = measure([&] {
     AccessResult r = xapic.mmioRead(kBase + 0x80, 4);
     sink = r.value;
   });
-  Figures write = measure([&] {
+  Spread write = measure([&] {
     AccessResult r = xapic.mmioWrite(kBase + 0x80, 4, (tpr++ & 0x7) << 4);
     sink = uint64_t(r.status);
   });
-  Figures msrRead = measure([&] {
+  Spread msrRead = measure([&] {
     AccessResult r = x2apic.msrRead(0x808);
     sink = r.value;
   });
-  Figures msrWrite = measure([&] {
+  Spread msrWrite = measure([&] {
     AccessResult r = x2apic.msrWrite(0x808, (tpr++ & 0x7) << 4);
     sink = uint64_t(r.status);
   });
-  Figures countRead = measure([&] {
+  Spread countRead = measure([&] {
     AccessResult r = xapic.mmioRead(kBase + 0x390, 4);
     sink = r.value;
   });
@@ -102,28 +97,28 @@ int run() {
   check(x2apic.msrWrite(0x808, 0));
 
   uint8_t vector = 0x20;
-  Figures cycle = measure([&] {
+  Spread cycle = measure([&] {
     xapic.acceptInterrupt(vector, TriggerMode::EDGE);
     KJ_IF_MAYBE(v, xapic.acknowledge()) { sink = *v; }
     AccessResult r = xapic.mmioWrite(kBase + 0xB0, 4, 0);
     sink = uint64_t(r.status);
     vector = vector == 0xFE ? 0x20 : vector + 1;
   });
-  Figures msrCycle = measure([&] {
+  Spread msrCycle = measure([&] {
     x2apic.acceptInterrupt(vector, TriggerMode::EDGE);
     KJ_IF_MAYBE(v, x2apic.acknowledge()) { sink = *v; }
     AccessResult r = x2apic.msrWrite(0x80B, 0);
     sink = uint64_t(r.status);
     vector = vector == 0xFE ? 0x20 : vector + 1;
   });
-  Figures nested = measure([&] {
+  Spread nestedBatch = measure([&] {
     for (uint8_t v = 0x30; v <= 0xA0; v += 0x10) {
       xapic.acceptInterrupt(v, TriggerMode::EDGE);
       KJ_IF_MAYBE(got, xapic.acknowledge()) { sink = *got; }
     }
     for (int i = 0; i < 8; ++i) sink = uint64_t(xapic.mmioWrite(kBase + 0xB0, 4, 0).status);
   });
-  nested = {nested.median / 8, nested.p10 / 8, nested.p90 / 8};
+  Spread nested = nestedBatch.dividedBy(8);
 
   if (xapic.pendingVector() != nullptr || xapic.ppr() != 0) {
     fprintf(stderr, "bench-core: the cycle left state behind\n");

@@ -8,12 +8,12 @@
 // batches, untimed, the targets acknowledge and EOI everything and the event
 // queues are drained. Printed: median, p10 and p90 over the batches, per
 // operation, and how the cost grows with VM size.
+#include "bench/common/stats.h"
 #include "server/vm/vm.h"
 #include "server/core/registers.h"
 #include "hal/hal.h"
 #include <kj/debug.h>
 #include <kj/main.h>
-#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <vector>
@@ -30,15 +30,7 @@ uint64_t icr(uint8_t vector, DeliveryMode mode, bool logical, uint32_t destinati
          (uint64_t(shorthand) << 18) | (uint64_t(destination) << 32);
 }
 
-struct Figures {
-  double median = 0, p10 = 0, p90 = 0;
-};
-
-Figures summarize(std::vector<double>& samples) {
-  std::sort(samples.begin(), samples.end());
-  auto at = [&](double q) { return samples[size_t(q * double(samples.size() - 1))]; };
-  return Figures{at(0.5), at(0.1), at(0.9)};
-}
+using bench::Spread;
 
 class Bench {
 public:
@@ -68,7 +60,7 @@ public:
   // Times `batches` batches of `perBatch` operations; op(i) performs the
   // i-th operation of a batch (i selects the vector).
   template <typename Op>
-  Figures measure(uint32_t batches, uint32_t perBatch, Op&& op) {
+  Spread measure(uint32_t batches, uint32_t perBatch, Op&& op) {
     std::vector<double> samples;
     samples.reserve(batches);
     for (uint32_t b = 0; b < batches; b++) {
@@ -79,7 +71,7 @@ public:
                                    .count()) / perBatch);
       cleanUp();
     }
-    return summarize(samples);
+    return bench::spreadOf(kj::mv(samples));
   }
 
   Vm& operator*() { return *vm; }
@@ -91,7 +83,7 @@ private:
   kj::Own<Vm> vm;
 };
 
-void print(const char* what, const Figures& f, double baseline = 0) {
+void print(const char* what, const Spread& f, double baseline = 0) {
   if (baseline > 0) {
     std::printf("%-58s %9.0f %9.0f %9.0f   %6.1fx\n", what, f.median, f.p10, f.p90,
                 f.median / baseline);
@@ -144,7 +136,7 @@ private:
     });
     print("MSI, fixed, physical, to one vCPU", msi, base);
 
-    Figures broadcast[3];
+    Spread broadcast[3];
     uint32_t sizes[3] = {4, 64, 1024};
     uint32_t batchesFor[3] = {500, 100, 30};
     for (int s = 0; s < 3; s++) {
@@ -155,10 +147,7 @@ private:
       });
       auto line = kj::str("broadcast 0xFFFFFFFF to all ", sizes[s], " vCPUs");
       print(line.cStr(), broadcast[s], base);
-      Figures perTarget{broadcast[s].median / sizes[s], broadcast[s].p10 / sizes[s],
-                        broadcast[s].p90 / sizes[s]};
-      auto perLine = kj::str("  ... per target vCPU");
-      print(perLine.cStr(), perTarget);
+      print("  ... per target vCPU", broadcast[s].dividedBy(sizes[s]));
     }
 
     Bench mid(64);

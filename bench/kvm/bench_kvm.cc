@@ -8,6 +8,7 @@
 // (min..max of the batch medians) per operation, in microseconds. Then it
 // measures the CPU that vlapicd and vlapic-kvm's machine use while a guest
 // sits halted.
+#include "bench/common/stats.h"
 #include "client/kvm/machine.h"
 #include "client/kvm/spawn.h"
 #include "client/kvm/vlapicd_backend.h"
@@ -15,7 +16,6 @@
 #include <kj/debug.h>
 #include <kj/map.h>
 #include <kj/vector.h>
-#include <algorithm>
 #include <ctime>
 #include <kj/thread.h>
 #include <cstdio>
@@ -25,10 +25,8 @@
 namespace vlapic::kvm {
 namespace {
 
-struct Figures {
-  double medianUs = 0, minUs = 0, maxUs = 0;
-  size_t batches = 0;
-};
+// One operation's batch times in microseconds.
+using Figures = bench::Spread;
 
 struct RunResult {
   kj::HashMap<kj::String, Figures> figures;
@@ -56,15 +54,9 @@ kj::HashMap<kj::String, Figures> summarise(kj::StringPtr output, uint64_t tscHz)
       w = e + 1;
     }
     if (words.size() < 2) continue;
-    kj::Vector<double> values;
-    for (size_t i = 1; i < words.size(); i++) values.add(double(strtoull(words[i].cStr(), nullptr, 10)) * usPerCycle);
-    std::sort(values.begin(), values.end());
-    Figures figures;
-    figures.batches = values.size();
-    figures.medianUs = values[values.size() / 2];
-    figures.minUs = values[0];
-    figures.maxUs = values[values.size() - 1];
-    result.insert(kj::mv(words[0]), figures);
+    std::vector<double> values;
+    for (size_t i = 1; i < words.size(); i++) values.push_back(double(strtoull(words[i].cStr(), nullptr, 10)) * usPerCycle);
+    result.insert(kj::mv(words[0]), bench::spreadOf(kj::mv(values)));
   }
   return result;
 }
@@ -205,14 +197,14 @@ kj::Maybe<Figures> find(RunResult& run, kj::StringPtr name) {
 kj::String cell(kj::Maybe<Figures> figures) {
   KJ_IF_MAYBE(f, figures) {
     char buffer[64];
-    snprintf(buffer, sizeof(buffer), "%6.2f [%6.2f..%7.2f]", f->medianUs, f->minUs, f->maxUs);
+    snprintf(buffer, sizeof(buffer), "%6.2f [%6.2f..%7.2f]", f->median, f->min, f->max);
     return kj::str(buffer);
   }
   return kj::str("   (not measured)     ");
 }
 
 double median(kj::Maybe<Figures> figures) {
-  KJ_IF_MAYBE(f, figures) return f->medianUs;
+  KJ_IF_MAYBE(f, figures) return f->median;
   return 0;
 }
 
@@ -265,9 +257,9 @@ int runBench() {
     KJ_IF_MAYBE(f, find(column.run, name)) {
       Figures out = *f;
       if (perLoop) {
-        out.medianUs -= column.loop;
-        out.minUs -= column.loop;
-        out.maxUs -= column.loop;
+        out.median -= column.loop;
+        out.min -= column.loop;
+        out.max -= column.loop;
       }
       return out;
     }

@@ -23,6 +23,7 @@
 //   --socket/--server-pid: load an already running vlapicd instead of
 //   starting one (e.g. under valgrind, or an ASan build whose
 //   LeakSanitizer report at exit is the point of the run).
+#include "bench/common/stats.h"
 #include "client/lib/vlapic_client.h"
 #include "tests/integration/daemon_process.h"
 
@@ -190,12 +191,6 @@ uint64_t residentKb(pid_t pid) {
   return 0;
 }
 
-double percentile(std::vector<double>& values, double p) {
-  if (values.empty()) return 0;
-  std::sort(values.begin(), values.end());
-  return values[std::min(values.size() - 1, size_t(p * values.size()))];
-}
-
 // A front in its own process, killed mid-run: hammers until SIGKILL.
 pid_t startDoomedFront(kj::StringPtr socket, uint32_t vcpus) {
   pid_t child = fork();
@@ -287,7 +282,8 @@ int run(uint32_t fronts, uint32_t vcpus, uint32_t seconds, kj::Maybe<kj::StringP
 
   std::vector<double> latencies;
   for (auto& s : samplers) latencies.insert(latencies.end(), s.samples.begin(), s.samples.end());
-  double medianUs = percentile(latencies, 0.5), p99Us = percentile(latencies, 0.99);
+  bench::Samples latencySamples(kj::mv(latencies));
+  double medianUs = latencySamples.median(), p99Us = latencySamples.percentile(0.99);
   uint64_t warm = rss.size() > 5 ? rss[4] : (rss.empty() ? 0 : rss.front());
   uint64_t last = rss.empty() ? 0 : rss.back();
   uint64_t peak = rss.empty() ? 0 : *std::max_element(rss.begin(), rss.end());
@@ -303,7 +299,7 @@ int run(uint32_t fronts, uint32_t vcpus, uint32_t seconds, kj::Maybe<kj::StringP
          totals.ipisSent / elapsed, (unsigned long long)totals.ipisSent.load(),
          (unsigned long long)totals.ipisAcknowledged.load(), (unsigned long long)lost);
   printf("  %-34s %12.1f us median, %.1f us p99 (%zu samples)\n", "MMIO read round trip", medianUs,
-         p99Us, latencies.size());
+         p99Us, latencySamples.count());
   printf("  %-34s %12llu events for %llu expiries, %llu acknowledged\n", "timer (10 ms periodic)",
          (unsigned long long)totals.timerEvents.load(), (unsigned long long)totals.timerExpiries.load(),
          (unsigned long long)totals.timerAcks.load());

@@ -7,6 +7,7 @@
 // three kinds interleaved block by block so that drift in machine load hits
 // them alike; figures are the median over blocks with the 10th-90th
 // percentile spread.
+#include "bench/common/stats.h"
 #include "client/lib/vlapic_client.h"
 #include "tests/integration/daemon_process.h"
 #include "tests/integration/xapic_addresses.h"
@@ -14,7 +15,6 @@
 #include <kj/debug.h>
 #include <kj/main.h>
 
-#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <vector>
@@ -27,15 +27,8 @@ using namespace testing;   // xapic_addresses.h
 
 constexpr uint32_t kMsrTpr = 0x808;
 
-struct Spread {
-  double median, p10, p90, min;
-};
-
-Spread spreadOf(std::vector<double> samples) {
-  std::sort(samples.begin(), samples.end());
-  auto at = [&](double q) { return samples[size_t(q * (samples.size() - 1) + 0.5)]; };
-  return Spread{at(0.5), at(0.1), at(0.9), samples.front()};
-}
+using bench::Spread;
+using bench::spreadOf;
 
 double secondsSince(Clock::time_point start) {
   return std::chrono::duration<double>(Clock::now() - start).count();

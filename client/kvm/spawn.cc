@@ -9,7 +9,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <ctime>
-#include <sys/prctl.h>
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -57,11 +57,30 @@ SpawnedVlapicd::SpawnedVlapicd(kj::StringPtr binary, kj::ArrayPtr<const kj::Stri
   directory = kj::str(pattern);
   socket = kj::str(directory, "/vlapicd.sock");
 
+  // vlapicd must end with us however we end, SIGKILL included. It watches
+  // the read end of a pipe whose only write end we hold (O_CLOEXEC, so no
+  // other program we start holds it): when we exit, the kernel closes it and
+  // vlapicd reads end of file (vlapicd --exit-with-parent-fd). Not
+  // PR_SET_PDEATHSIG: the kernel clears it when vlapicd drops from root to
+  // an unprivileged user, it follows the thread that forked rather than the
+  // process, and a parent that dies before the child sets it is missed. An
+  // end of file cannot be missed: it stays readable.
+  int pipeEnds[2];
+  if (pipe2(pipeEnds, O_CLOEXEC) < 0) {
+    int error = errno;
+    KJ_FAIL_SYSCALL("pipe2", error);
+  }
+  kj::AutoCloseFd parentEnd(pipeEnds[0]);
+  parentAlive = kj::AutoCloseFd(pipeEnds[1]);
+  auto parentEndNumber = kj::str(parentEnd.get());
+
   // The argument vector is built before fork(): the child only execs.
   kj::Vector<const char*> argv;
   argv.add(binary.cStr());
   argv.add("--socket");
   argv.add(socket.cStr());
+  argv.add("--exit-with-parent-fd");
+  argv.add(parentEndNumber.cStr());
   for (auto& argument : arguments) argv.add(argument.cStr());
   argv.add(nullptr);
 
@@ -73,10 +92,9 @@ SpawnedVlapicd::SpawnedVlapicd(kj::StringPtr binary, kj::ArrayPtr<const kj::Stri
   if (pid == 0) {
     // vlapicd's log goes to our stderr; the guest owns stdout.
     dup2(STDERR_FILENO, STDOUT_FILENO);
-    // Die with us if we die without cleaning up. (The kernel clears this
-    // when vlapicd later drops to an unprivileged user; the destructor's
-    // SIGTERM covers every orderly exit.)
-    prctl(PR_SET_PDEATHSIG, SIGTERM);
+    // The read end survives the exec (in this process only); the write end
+    // closes at it.
+    fcntl(parentEnd.get(), F_SETFD, 0);
     execvp(binary.cStr(), const_cast<char* const*>(argv.begin()));
     fprintf(stderr, "vlapic-kvm: cannot execute %s: %s\n", binary.cStr(), strerror(errno));
     _exit(127);

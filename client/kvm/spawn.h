@@ -1,9 +1,11 @@
 // Starting a private vlapicd for one run (--spawn-vlapicd): a child process
 // listening on a socket in a fresh temporary directory, terminated and
-// cleaned up when the run ends.
+// cleaned up when the run ends, and ending by itself when this process dies
+// without cleaning up (vlapicd --exit-with-parent-fd).
 #pragma once
 
 #include <kj/common.h>
+#include <kj/io.h>
 #include <kj/string.h>
 #include <sys/types.h>
 
@@ -37,6 +39,9 @@ private:
   kj::String directory;
   kj::String socket;
   pid_t pid = -1;
+  // The write end of the pipe whose read end vlapicd watches: open for as
+  // long as we live (never written).
+  kj::AutoCloseFd parentAlive;
 };
 
 }  // namespace vlapic::kvm

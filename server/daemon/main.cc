@@ -12,6 +12,7 @@
 
 #include <cerrno>
 #include <csignal>
+#include <cstdint>
 #include <cstdlib>
 #include <fcntl.h>
 #include <sys/socket.h>
@@ -89,6 +90,21 @@ int listenOnPath(kj::StringPtr path, mode_t mode) {
   return owned.release();
 }
 
+// Resolves when `pipe` reaches end of file. With --exit-with-parent-fd only
+// the parent holds the write end, and the kernel closes it when the parent
+// exits however it exits (SIGKILL included); anything read is ignored. Not
+// PR_SET_PDEATHSIG: dropping root in applySandbox() clears it (see
+// client/kvm/spawn.cc for the other reasons). An end of file that came
+// before we looked stays readable, so no getppid() check is needed.
+kj::Promise<void> untilEndOfFile(kj::AsyncInputStream& pipe) {
+  auto buffer = kj::heapArray<kj::byte>(64);
+  auto read = pipe.tryRead(buffer.begin(), 1, buffer.size());
+  return read.then([&pipe, buffer = kj::mv(buffer)](size_t bytes) -> kj::Promise<void> {
+    if (bytes == 0) return kj::READY_NOW;
+    return untilEndOfFile(pipe);
+  });
+}
+
 class Vlapicd {
 public:
   explicit Vlapicd(kj::ProcessContext& context): context(context) {}
@@ -129,6 +145,11 @@ public:
             "Do not confine vlapicd (debugging, profiling).")
         .addOptionWithArg({"user"}, KJ_BIND_METHOD(*this, setUser), "<name>",
             "When started as root, the unprivileged user to run as once confined.")
+        .addOptionWithArg({"exit-with-parent-fd"}, KJ_BIND_METHOD(*this, setParentFd), "<fd>",
+            "<fd> is the read end of a pipe whose write end only the parent process holds: "
+            "stop (as on SIGTERM) when it reaches end of file, i.e. when the parent exits or "
+            "is killed. A front that spawns a private vlapicd passes it (vlapic-kvm "
+            "--spawn-vlapicd), so the daemon never outlives its front.")
         .addOption({'q', "quiet"}, KJ_BIND_METHOD(*this, setQuiet),
             "Log errors only; print nothing on start-up.")
         .callAfterParsing(KJ_BIND_METHOD(*this, run))
@@ -143,6 +164,7 @@ private:
   daemon::ServerOptions options;
   SandboxOptions sandbox;
   kj::Maybe<kj::String> user;
+  kj::Maybe<int> parentFd;
   bool quiet = false;
 
   kj::MainBuilder::Validity setSocket(kj::StringPtr path) {
@@ -190,6 +212,18 @@ private:
     user = kj::heapString(name);
     return true;
   }
+  kj::MainBuilder::Validity setParentFd(kj::StringPtr text) {
+    char* end;
+    long fd = strtol(text.cStr(), &end, 10);
+    if (text.size() == 0 || *end != '\0' || fd < 0 || fd > INT32_MAX) {
+      return kj::str("--exit-with-parent-fd wants a file descriptor number");
+    }
+    if (fcntl(int(fd), F_GETFD) < 0) {
+      return kj::str("--exit-with-parent-fd ", fd, " is not an open file descriptor");
+    }
+    parentFd = int(fd);
+    return true;
+  }
   kj::MainBuilder::Validity setQuiet() {
     kj::_::Debug::setLogLevel(kj::LogSeverity::ERROR);
     quiet = true;
@@ -219,6 +253,11 @@ private:
     }
     auto listener = io.lowLevelProvider->wrapListenSocketFd(
         listenFd, kj::LowLevelAsyncIoProvider::TAKE_OWNERSHIP);
+    // kj makes it close-on-exec and non-blocking.
+    kj::Maybe<kj::Own<kj::AsyncInputStream>> parentPipe;
+    KJ_IF_MAYBE(fd, parentFd) {
+      parentPipe = io.lowLevelProvider->wrapInputFd(*fd, kj::LowLevelAsyncIoProvider::TAKE_OWNERSHIP);
+    }
 
     sandbox.listenFd = listenFd;
     KJ_IF_MAYBE(p, ownedPath) sandbox.socketPath = kj::StringPtr(*p);
@@ -242,17 +281,20 @@ private:
 
     auto stop = io.unixEventPort.onSignal(SIGTERM)
         .exclusiveJoin(io.unixEventPort.onSignal(SIGINT))
-        .then([](siginfo_t info) { return info.si_signo; });
-    auto serving = server.listen(*listener).then([]() { return 0; });
-    int signo = serving.exclusiveJoin(kj::mv(stop)).wait(io.waitScope);
-    KJ_LOG(INFO, "shutting down", strsignal(signo));
+        .then([](siginfo_t info) { return kj::str(strsignal(info.si_signo)); });
+    KJ_IF_MAYBE(pipe, parentPipe) {
+      stop = stop.exclusiveJoin(untilEndOfFile(**pipe).then([]() { return kj::str("parent exited"); }));
+    }
+    auto serving = server.listen(*listener).then([]() { return kj::str("listening socket closed"); });
+    kj::String why = serving.exclusiveJoin(kj::mv(stop)).wait(io.waitScope);
+    KJ_LOG(INFO, "shutting down", why);
 
     KJ_IF_MAYBE(p, ownedPath) {
       // Best effort: a confined daemon may not be allowed to unlink; the next
       // start replaces a stale socket anyway.
       unlink(p->cStr());
     }
-    if (!quiet) context.warning(kj::str("vlapicd: stopped (", strsignal(signo), ")"));
+    if (!quiet) context.warning(kj::str("vlapicd: stopped (", why, ")"));
     return true;
   }
 };

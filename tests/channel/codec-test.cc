@@ -25,6 +25,22 @@ struct Slot {
   }
 };
 
+// Where two encodings of the same size differ, which must be in exactly one
+// byte: the low byte of a union discriminant, when the two messages differ
+// only in which Void (or zero) member is set.
+size_t onlyDifferingByte(const Slot& a, const Slot& b) {
+  REQUIRE(a.used == b.used);
+  size_t differing = 0, at = 0;
+  for (size_t i = 0; i < a.used; i++) {
+    if (a.bytes[i] != b.bytes[i]) {
+      differing++;
+      at = i;
+    }
+  }
+  REQUIRE(differing == 1);
+  return at;
+}
+
 Request roundTrip(const Request& request) {
   Slot slot;
   slot.used = encodeRequest(request, slot.slot(kRequestSlotBytes));
@@ -104,16 +120,7 @@ TEST_CASE("channel: a request kind from a newer schema is rejected as unknown", 
   Slot ack, fetch;
   ack.used = encodeRequest(Request::acknowledge(), ack.slot(kRequestSlotBytes));
   fetch.used = encodeRequest(Request::fetchEvents(), fetch.slot(kRequestSlotBytes));
-  REQUIRE(ack.used == fetch.used);
-  size_t differing = 0, at = 0;
-  for (size_t i = 0; i < ack.used; i++) {
-    if (ack.bytes[i] != fetch.bytes[i]) {
-      differing++;
-      at = i;
-    }
-  }
-  REQUIRE(differing == 1);
-  ack.bytes[at] = 0x77;
+  ack.bytes[onlyDifferingByte(ack, fetch)] = 0x77;
   auto decoded = decodeRequest(ack.message());
   REQUIRE(decoded.is<Rejection>());
   CHECK(decoded.get<Rejection>() == Rejection::UNKNOWN_REQUEST);
@@ -193,15 +200,7 @@ kj::Maybe<Reply> replyWithUnknownMember(const Reply& a, const Reply& b) {
   Slot first, second;
   first.used = encodeReply(a, first.slot(kReplySlotBytes));
   second.used = encodeReply(b, second.slot(kReplySlotBytes));
-  REQUIRE(first.used == second.used);
-  size_t differing = 0, at = 0;
-  for (size_t i = 0; i < first.used; i++) {
-    if (first.bytes[i] != second.bytes[i]) {
-      differing++;
-      at = i;
-    }
-  }
-  REQUIRE(differing == 1);
+  size_t at = onlyDifferingByte(first, second);
   REQUIRE(decodeReply(first.message()) != nullptr);
   first.bytes[at] = 0x77;
   return decodeReply(first.message());

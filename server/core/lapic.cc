@@ -88,7 +88,7 @@ uint64_t onesOfSize(uint8_t size) {
 
 // ---- The hidden-state record (LapicSnapshot::hidden) ----
 //
-// Little-endian, fixed layout; version 2 is 56 bytes:
+// Little-endian, fixed layout; version 3 is 72 bytes:
 //   0 u32 magic "VLHS"        4 u16 version          6 u16 length (bytes)
 //   8 u32 initial APIC ID    12 u32 ESR accumulator
 //  16 u8  run state          17 u8  LINT levels (bit 0: LINT0, bit 1: LINT1)
@@ -97,13 +97,18 @@ uint64_t onesOfSize(uint8_t size) {
 //  28 u32 timer expiries due but not yet delivered
 //  32 u64 timer remaining ns 40 u64 TSC deadline
 //  48 u64 timer remaining-time shortfall in 1/timerHz ns (TimerSnapshot)
-// Version 1 (48 bytes, no shortfall) is still decoded, with a shortfall of 0:
-// its whole ns resume the timer as they always did, at most a tick off with
-// an input clock that does not divide 1 GHz.
+//  56 u64 running count's length, ns  64 u64 its shortfall (TimerSnapshot)
+// Older versions are still decoded. Version 2 (56 bytes) has no count
+// length: the timer resumes with a full period's count (the current count
+// can read back differently only after a one-shot <-> periodic switch moved
+// the minimum-period clamp). Version 1 (48 bytes) has no shortfall either:
+// its whole ns resume the timer at most a tick off with an input clock that
+// does not divide 1 GHz.
 constexpr uint32_t kHiddenMagic = 0x53484C56;  // "VLHS"
-constexpr uint16_t kHiddenVersion = 2;
-constexpr uint16_t kHiddenLength = 56;
-constexpr uint16_t kHiddenVersion1Length = 48;
+constexpr uint16_t kHiddenVersion = 3;
+constexpr uint16_t kHiddenLength = 72;
+// Indexed by version: the length each version's record has.
+constexpr uint16_t kHiddenLengthOfVersion[] = {0, 48, 56, kHiddenLength};
 
 struct HiddenState {
   uint32_t initialApicId = 0;
@@ -144,6 +149,8 @@ kj::Array<kj::byte> encodeHidden(const HiddenState& state) {
   put<uint64_t>(out, 32, state.timer.remainingNs);
   put<uint64_t>(out, 40, state.timer.tscDeadline);
   put<uint64_t>(out, 48, state.timer.remainingShortfall);
+  put<uint64_t>(out, 56, state.timer.countLengthNs);
+  put<uint64_t>(out, 64, state.timer.countLengthShortfall);
   return record;
 }
 
@@ -158,11 +165,11 @@ kj::Maybe<kj::String> decodeHidden(kj::ArrayPtr<const kj::byte> record, HiddenSt
     return kj::str("hidden-state record has a bad magic number");
   }
   uint16_t version = get<uint16_t>(in, 4);
-  if (version != kHiddenVersion && version != 1) {
-    return kj::str("hidden-state record version ", version, " is not supported (expected 1 or ",
+  if (version < 1 || version > kHiddenVersion) {
+    return kj::str("hidden-state record version ", version, " is not supported (expected 1 to ",
                    kHiddenVersion, ")");
   }
-  uint16_t expectedLength = version == 1 ? kHiddenVersion1Length : kHiddenLength;
+  uint16_t expectedLength = kHiddenLengthOfVersion[version];
   uint16_t length = get<uint16_t>(in, 6);
   if (length != expectedLength || record.size() != expectedLength) {
     return kj::str("hidden-state record length ", record.size(), " (header says ", length,
@@ -195,7 +202,9 @@ kj::Maybe<kj::String> decodeHidden(kj::ArrayPtr<const kj::byte> record, HiddenSt
   state.timer.pendingExpiries = get<uint32_t>(in, 28);
   state.timer.remainingNs = get<uint64_t>(in, 32);
   state.timer.tscDeadline = get<uint64_t>(in, 40);
-  state.timer.remainingShortfall = version == 1 ? 0 : get<uint64_t>(in, 48);
+  state.timer.remainingShortfall = version >= 2 ? get<uint64_t>(in, 48) : 0;
+  state.timer.countLengthNs = version >= 3 ? get<uint64_t>(in, 56) : 0;
+  state.timer.countLengthShortfall = version >= 3 ? get<uint64_t>(in, 64) : 0;
   return nullptr;
 }
 

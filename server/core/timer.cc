@@ -68,6 +68,35 @@ uint32_t saturateU32(u128 value) { return value > kMaxU32 ? kMaxU32 : uint32_t(v
 
 uint32_t addSaturating(uint32_t a, u128 b) { return saturateU32(u128(a) + b); }
 
+// A span of sub-ticks (1/timerHz ns) as a snapshot carries it: whole ns
+// rounded up, and the shortfall the rounding added (0 <= shortfall <
+// timerHz). A span too long for 64-bit ns saturates with no shortfall (only
+// a timerHz of a few Hz reaches that).
+struct NsWithShortfall {
+  uint64_t ns = 0;
+  uint64_t shortfall = 0;
+};
+
+NsWithShortfall splitSubTicks(u128 subTicks, uint64_t timerHz) {
+  NsWithShortfall out;
+  out.ns = saturateU64(mulDiv(subTicks, 1, timerHz, Rounding::UP));
+  u128 rounded = u128(out.ns) * timerHz;
+  if (rounded >= subTicks && rounded - subTicks < timerHz) {
+    out.shortfall = uint64_t(rounded - subTicks);
+  }
+  return out;
+}
+
+// The inverse; the caller has checked shortfallValid().
+u128 joinSubTicks(uint64_t ns, uint64_t shortfall, uint64_t timerHz) {
+  return u128(ns) * timerHz - shortfall;
+}
+
+bool shortfallValid(uint64_t ns, uint64_t shortfall, uint64_t timerHz) {
+  // The rounding takes off less than one ns, and never more than the whole.
+  return shortfall < timerHz && u128(shortfall) <= u128(ns) * timerHz;
+}
+
 }  // namespace
 
 // ---------------------------------------------------------------------------
@@ -334,14 +363,15 @@ TimerSnapshot ApicTimer::save() const {
     snapshot.tscDeadline = s.tscDeadline;  // guest TSC terms: host-independent
   } else if (s.countdownArmed) {
     snapshot.armed = true;
-    SubTicks remaining = remainingAt(s, SubTicks(nowNs) * config.timerHz).left;
-    snapshot.remainingNs = saturateU64(mulDiv(remaining, 1, config.timerHz, Rounding::UP));
-    // What the rounding up added, so restore() gets the time left exactly
-    // (0 if remainingNs saturated, which only a timerHz of a few Hz reaches).
-    SubTicks rounded = SubTicks(snapshot.remainingNs) * config.timerHz;
-    if (rounded >= remaining && rounded - remaining < config.timerHz) {
-      snapshot.remainingShortfall = uint64_t(rounded - remaining);
-    }
+    Remaining remaining = remainingAt(s, SubTicks(nowNs) * config.timerHz);
+    NsWithShortfall left = splitSubTicks(remaining.left, config.timerHz);
+    snapshot.remainingNs = left.ns;
+    snapshot.remainingShortfall = left.shortfall;
+    // The running count's length too, so the current count reads back the
+    // same even when a mode switch left it other than a full period.
+    NsWithShortfall length = splitSubTicks(remaining.countLength, config.timerHz);
+    snapshot.countLengthNs = length.ns;
+    snapshot.countLengthShortfall = length.shortfall;
   }
   return snapshot;
 }
@@ -367,30 +397,58 @@ kj::Maybe<kj::StringPtr> ApicTimer::checkSnapshot(const TimerSnapshot& snapshot)
     }
     return nullptr;
   }
-  if (snapshot.remainingShortfall >= config.timerHz ||
-      SubTicks(snapshot.remainingShortfall) > SubTicks(snapshot.remainingNs) * config.timerHz) {
-    // save() takes off less than one ns, and never more than the whole ns.
+  if (!shortfallValid(snapshot.remainingNs, snapshot.remainingShortfall, config.timerHz)) {
     return kj::StringPtr("remaining-time shortfall not below one ns of the remaining time");
+  }
+  if (!shortfallValid(snapshot.countLengthNs, snapshot.countLengthShortfall, config.timerHz)) {
+    return kj::StringPtr("count-length shortfall not below one ns of the count length");
   }
   if (snapshot.tscDeadline != 0) {
     return kj::StringPtr("TSC deadline set outside TSC-deadline mode");
   }
-  if (snapshot.armed) {
-    if (snapshot.initialCount == 0) {
-      return kj::StringPtr("armed countdown with an initial count of 0");
+  if (!snapshot.armed) {
+    if (snapshot.remainingNs != 0) return kj::StringPtr("stopped timer with time remaining");
+    if (snapshot.countLengthNs != 0) return kj::StringPtr("stopped timer with a running count");
+    return nullptr;
+  }
+  if (snapshot.initialCount == 0) {
+    return kj::StringPtr("armed countdown with an initial count of 0");
+  }
+  SubTicks remaining =
+      joinSubTicks(snapshot.remainingNs, snapshot.remainingShortfall, config.timerHz);
+  SubTicks longest = longestCount(snapshot.initialCount, snapshot.divideConfig);
+  if (snapshot.countLengthNs == 0) {
+    // Older records carry no length; their whole ns are rounded up.
+    if (remaining >= longest + config.timerHz) {
+      return kj::StringPtr("remaining time longer than the longest count");
     }
-    // The longest count this initial count and divide can run: the
-    // clamped periodic one (a running count keeps that length across a
-    // switch to one-shot). Saved time is rounded up to whole ns.
-    SubTicks longest = effectivePeriod(TimerMode::PERIODIC, snapshot.initialCount,
-                                       snapshot.divideConfig);
-    if (SubTicks(snapshot.remainingNs) * config.timerHz >= longest + config.timerHz) {
-      return kj::StringPtr("remaining time longer than the timer period");
-    }
-  } else if (snapshot.remainingNs != 0) {
-    return kj::StringPtr("stopped timer with time remaining");
+    return nullptr;
+  }
+  SubTicks length =
+      joinSubTicks(snapshot.countLengthNs, snapshot.countLengthShortfall, config.timerHz);
+  if (length > longest) {
+    return kj::StringPtr("running count longer than its initial count and divide allow");
+  }
+  if (remaining > length) {
+    return kj::StringPtr("remaining time longer than the running count");
   }
   return nullptr;
+}
+
+ApicTimer::SubTicks ApicTimer::longestCount(uint32_t count, uint32_t dcr) const {
+  // The longest count an initial count and divide can run. A count is a
+  // full period (periodic ones clamped to the minimum period), or, after a
+  // one-shot <-> periodic switch kept a clamped count running, the minimum
+  // period m clamped at divide d0 and rescaled by divide changes since
+  // (writeDivideConfig). Each rescale is by a power of two and rounds up,
+  // so at divide d it is ceil(m * dmin / d0) * d / dmin, dmin being the
+  // smallest divide on the way: at most m * d / d0 + d / dmin, which stays
+  // within m * d + d for any d0 >= 1.
+  SubTicks fullPeriod = effectivePeriod(TimerMode::PERIODIC, count, dcr);
+  if (config.minPeriodNs == 0) return fullPeriod;
+  SubTicks divide = divideValue(dcr);
+  SubTicks rescaledClamp = SubTicks(config.minPeriodNs) * config.timerHz * divide + divide;
+  return kj::max(fullPeriod, rescaledClamp);
 }
 
 void ApicTimer::restore(const TimerSnapshot& snapshot) {
@@ -412,13 +470,15 @@ void ApicTimer::restore(const TimerSnapshot& snapshot) {
     s.countdownArmed = true;
     s.period = effectivePeriod(s.mode, s.initialCount, s.divideConfig);
     // Continue with the remaining time; a periodic timer then keeps its grid
-    // of full periods from that deadline on. The snapshot does not say how
-    // long the running count was; it was a full period unless a mode switch
-    // moved the clamp within the last 200 us of counting, so only the count
-    // read back in that corner can differ, never the deadline.
+    // of full periods from that deadline on. The running count keeps the
+    // length it was saved with; a record without one (older versions, KVM's
+    // layout) takes a full period, or the remaining time if longer.
     SubTicks remaining =
-        SubTicks(snapshot.remainingNs) * config.timerHz - snapshot.remainingShortfall;
-    s.phase = kj::max(s.period, remaining);
+        joinSubTicks(snapshot.remainingNs, snapshot.remainingShortfall, config.timerHz);
+    s.phase = snapshot.countLengthNs != 0
+                  ? joinSubTicks(snapshot.countLengthNs, snapshot.countLengthShortfall,
+                                 config.timerHz)
+                  : kj::max(s.period, remaining);
     s.deadline = SubTicks(nowNs) * config.timerHz + remaining;
   }
   state = s;

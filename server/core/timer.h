@@ -64,6 +64,15 @@ struct TimerSnapshot {
   // remainingShortfall sub-ticks (1/timerHz ns), 0 <= shortfall < timerHz.
   // 0 (older snapshots, KVM-layout restores) takes remainingNs as exact.
   uint64_t remainingShortfall = 0;
+  // The length of the count now running (initial count down to 0), in the
+  // same terms: countLengthNs * timerHz - countLengthShortfall sub-ticks. It
+  // differs from a full period only after a one-shot <-> periodic switch
+  // moved the minimum-period clamp (the running count keeps its length, as
+  // KVM keeps its deadline) and divide changes scaled it; the current count
+  // reads back from it. 0 (older snapshots, KVM-layout restores) means a full
+  // period, or the remaining time if that is longer.
+  uint64_t countLengthNs = 0;
+  uint64_t countLengthShortfall = 0;
 };
 
 class ApicTimer {
@@ -118,8 +127,9 @@ public:
   // DCR (bits 3,1,0) -> divide value: 000->2 ... 110->128, 111->1.
   static uint32_t divideValue(uint32_t dcr);
   // A reason the snapshot cannot be restored (mode out of range, reserved
-  // DCR bits, an armed countdown with initial count 0, remaining time longer
-  // than the period), or nullptr if restore() would accept it.
+  // DCR bits, an armed countdown with initial count 0, a running count longer
+  // than its initial count and divide allow, remaining time longer than the
+  // running count), or nullptr if restore() would accept it.
   kj::Maybe<kj::StringPtr> checkSnapshot(const TimerSnapshot& snapshot) const;
   // The snapshot KVM's kvm_lapic_state implies when it carries no hidden
   // state: the timer restarts from the saved current count, a current count
@@ -158,6 +168,8 @@ private:
 
   SubTicks nowSubTicks() const;
   SubTicks effectivePeriod(TimerMode mode, uint32_t count, uint32_t dcr) const;
+  // The longest running count `count` at `dcr` can have (checkSnapshot).
+  SubTicks longestCount(uint32_t count, uint32_t dcr) const;
   // Time left to the next expiry at `now` on the countdown's grid (a
   // periodic timer that is late reloads on its grid; a one-shot past its
   // deadline has 0 left), and the length of the count it belongs to.

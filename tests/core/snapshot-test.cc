@@ -231,22 +231,39 @@ struct Mutation {
 
 void putHidden32(LapicSnapshot& s, size_t at, uint32_t v) { memcpy(s.hidden.begin() + at, &v, 4); }
 
-TEST_CASE("Restore still accepts a version 1 hidden-state record (no remaining-time shortfall)") {
-  // Version 1 records end before the shortfall field; their whole ns are
-  // taken as exact, which they are at the default 1 GHz input clock.
-  Env env;
-  auto a = busyLapic(env);
-  LapicSnapshot snapshot = a->save();
-  REQUIRE(snapshot.hidden.size() == 56);
-  snapshot.hidden = kj::heapArray(snapshot.hidden.slice(0, 48));
-  snapshot.hidden[4] = 1;
-  snapshot.hidden[6] = 48;
-  auto b = env.make({}, 1);
-  KJ_IF_MAYBE(problem, b->restore(snapshot)) FAIL(problem->cStr());
-  requireSameState(*a, *b);
-  env.clock.advance(1'000'000);
-  CHECK(a->onTimer() == b->onTimer());
-  CHECK(a->page().bytes() == b->page().bytes());
+// Older hidden-state records are shorter prefixes of the current one.
+LapicSnapshot asOlderVersion(LapicSnapshot snapshot, kj::byte version, kj::byte length) {
+  snapshot.hidden = kj::heapArray(snapshot.hidden.slice(0, length));
+  snapshot.hidden[4] = version;
+  snapshot.hidden[6] = length;
+  return snapshot;
+}
+
+TEST_CASE("Restore still accepts version 1 and 2 hidden-state records") {
+  // Version 1 records end before the remaining-time shortfall: their whole
+  // ns are taken as exact, which they are at the default 1 GHz input clock.
+  // Version 2 records end before the running count's length: the count is
+  // taken as a full period, which it is unless a mode switch moved the
+  // minimum-period clamp.
+  struct OlderVersion {
+    kj::byte version, length;
+  };
+  for (OlderVersion older : {OlderVersion{1, 48}, OlderVersion{2, 56}}) {
+    INFO("version " << int(older.version));
+    Env env;
+    auto a = busyLapic(env);
+    LapicSnapshot snapshot = a->save();
+    REQUIRE(snapshot.hidden.size() == 72);
+    auto b = env.make({}, 1);
+    KJ_IF_MAYBE(problem,
+                b->restore(asOlderVersion(kj::mv(snapshot), older.version, older.length))) {
+      FAIL(problem->cStr());
+    }
+    requireSameState(*a, *b);
+    env.clock.advance(1'000'000);
+    CHECK(a->onTimer() == b->onTimer());
+    CHECK(a->page().bytes() == b->page().bytes());
+  }
 }
 
 TEST_CASE("Restore rejects malformed snapshots with a reason and leaves the vCPU unchanged") {
@@ -286,7 +303,8 @@ TEST_CASE("Restore rejects malformed snapshots with a reason and leaves the vCPU
          s.hidden = kj::mv(longer);
        }},
       {"hidden: bad magic", [](auto& s) { s.hidden[0] ^= 0xFF; }},
-      {"hidden: unknown version", [](auto& s) { s.hidden[4] = 3; }},
+      {"hidden: unknown version", [](auto& s) { s.hidden[4] = 4; }},
+      {"hidden: version 0", [](auto& s) { s.hidden[4] = 0; }},
       {"hidden: length field", [](auto& s) { s.hidden[6] = 40; }},
       {"hidden: other vCPU", [](auto& s) { putHidden32(s, 8, 9); }},
       {"hidden: ESR accumulator bit 8", [](auto& s) { putHidden32(s, 12, 0x100); }},
@@ -307,7 +325,7 @@ TEST_CASE("Restore rejects malformed snapshots with a reason and leaves the vCPU
          uint64_t tsc = 5;
          memcpy(s.hidden.begin() + 40, &tsc, 8);
        }},
-      {"hidden: version 2 header on a version 1 length",
+      {"hidden: version 3 header on a version 1 length",
        [](auto& s) {
          s.hidden = kj::heapArray(s.hidden.slice(0, 48));
          s.hidden[6] = 48;
@@ -316,6 +334,21 @@ TEST_CASE("Restore rejects malformed snapshots with a reason and leaves the vCPU
        [](auto& s) {
          uint64_t shortfall = 1'000'000'000;  // the default input clock's sub-ticks in 1 ns
          memcpy(s.hidden.begin() + 48, &shortfall, 8);
+       }},
+      {"hidden: count-length shortfall of a whole ns",
+       [](auto& s) {
+         uint64_t shortfall = 1'000'000'000;
+         memcpy(s.hidden.begin() + 64, &shortfall, 8);
+       }},
+      {"hidden: running count shorter than the remaining time",
+       [](auto& s) {
+         uint64_t ns = 1;
+         memcpy(s.hidden.begin() + 56, &ns, 8);
+       }},
+      {"hidden: running count longer than its initial count and divide allow",
+       [](auto& s) {
+         uint64_t ns = 10'000'000'000ull;
+         memcpy(s.hidden.begin() + 56, &ns, 8);
        }},
       {"KVM-only: current count above initial count",
        [](auto& s) {

@@ -514,17 +514,24 @@ TEST_CASE("APIC Timer: a divide change after a mode switch rescales the running 
   CHECK(deadlineOf(rig.timer) == kStart + 15'000 + 200'000);  // 20 us, clamped
 }
 
+// A periodic timer of 1000 counts at divide 1 (1 us asked, clamped to the
+// 200 us minimum), switched to one-shot a quarter into its count: the
+// running count keeps its 200 us length (KVM), a one-shot period is 1 us.
+void switchClampedCountToOneShot(Rig& rig) {
+  rig.timer.setMode(TimerMode::PERIODIC);
+  rig.timer.writeDivideConfig(kDcrDivideBy1);
+  rig.timer.writeInitialCount(1'000);
+  rig.clock.advance(50'000);
+  rig.timer.setMode(TimerMode::ONE_SHOT);
+}
+
 TEST_CASE("APIC Timer: save/restore right after a mode switch keeps the deadline",
           "[timer][mode][save-restore]") {
   // A clamped periodic count (1 us asked, 200 us run) switched to one-shot
   // runs longer than the one-shot period; the snapshot still restores its
   // deadline exactly.
   Rig source;
-  source.timer.setMode(TimerMode::PERIODIC);
-  source.timer.writeDivideConfig(kDcrDivideBy1);
-  source.timer.writeInitialCount(1'000);
-  source.clock.advance(50'000);
-  source.timer.setMode(TimerMode::ONE_SHOT);
+  switchClampedCountToOneShot(source);
   CHECK(source.timer.currentCount() == 750);
   TimerSnapshot snapshot = source.timer.save();
   CHECK(snapshot.remainingNs == 150'000);
@@ -533,10 +540,57 @@ TEST_CASE("APIC Timer: save/restore right after a mode switch keeps the deadline
   Rig destination;
   destination.timer.restore(snapshot);
   CHECK(deadlineOf(destination.timer) == kStart + 150'000);
-  CHECK(destination.timer.currentCount() <= 1'000);
+  // The snapshot carries the running count's length (200 us, not the 1 us
+  // one-shot period), so the count reads back at the same rate.
+  CHECK(snapshot.countLengthNs == 200'000);
+  CHECK(destination.timer.currentCount() == 750);
+  destination.clock.advance(100'000);
+  CHECK(destination.timer.currentCount() == 250);
   destination.clock.set(kStart + 150'000);
   CHECK(destination.timer.expire() == 1);
   CHECK_FALSE(destination.timer.armed());
+}
+
+TEST_CASE("APIC Timer: save/restore after a mode switch and a divide change keeps the count",
+          "[timer][mode][dcr][min-period][save-restore]") {
+  // Fuzz finding restore-remaining-exceeds-period: a clamped periodic count
+  // (1000 counts asked at divide 1, 200 us run) switched to one-shot, then
+  // rescaled to divide 128 (SDM 11.5.4: the count continues at the new
+  // rate). The time left is then 128 times the rest of the clamped count,
+  // longer than any full period of 1000 counts at divide 128 (128 us), and
+  // the snapshot must still restore, with the same count and deadline.
+  Rig source;
+  switchClampedCountToOneShot(source);
+  source.timer.writeDivideConfig(kDcrDivideBy128);
+  CHECK(source.timer.currentCount() == 750);
+  CHECK(deadlineOf(source.timer) == kStart + 50'000 + 128 * 150'000);
+  TimerSnapshot snapshot = source.timer.save();
+  CHECK(snapshot.remainingNs == 128 * 150'000);
+  CHECK(snapshot.countLengthNs == 128 * 200'000);
+  REQUIRE(source.timer.checkSnapshot(snapshot) == nullptr);
+
+  Rig destination;
+  destination.clock.set(kStart + 50'000);
+  destination.timer.restore(snapshot);
+  CHECK(destination.timer.currentCount() == 750);
+  CHECK(deadlineOf(destination.timer) == deadlineOf(source.timer));
+  for (uint64_t step : {1ull, 25'600ull, 1'000'000ull, 18'173'399ull}) {
+    source.clock.advance(step);
+    destination.clock.advance(step);
+    CHECK(destination.timer.currentCount() == source.timer.currentCount());
+  }
+  destination.clock.set(deadlineOf(source.timer));
+  CHECK(destination.timer.expire() == 1);
+  CHECK_FALSE(destination.timer.armed());
+
+  // A running count longer than even the rescaled clamp allows is refused.
+  TimerSnapshot tooLong = snapshot;
+  tooLong.countLengthNs = 128 * 200'000 + 1;
+  CHECK(source.timer.checkSnapshot(tooLong) != nullptr);
+  // So is time left beyond the running count.
+  TimerSnapshot beyond = snapshot;
+  beyond.remainingNs = snapshot.countLengthNs + 1;
+  CHECK(source.timer.checkSnapshot(beyond) != nullptr);
 }
 
 TEST_CASE("APIC Timer: switching into TSC-deadline mode disarms and zeroes the count",

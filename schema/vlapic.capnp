@@ -129,6 +129,13 @@ struct AccessResult {
 
   interruptPending @8 :Bool;   # after the access, a vector beats PPR
   pendingVector @9 :UInt8;     #   ... this one (see Vcpu.acknowledge)
+
+  timerDeadlineNs @10 :UInt64;
+  # After the access, when this vCPU's timer expires next (host
+  # CLOCK_MONOTONIC ns, as VcpuInfo.timerDeadlineNs); 0: not armed. A hint
+  # for the front's wait, the way KVM's timer advance knows the deadline:
+  # sleep until shortly before it, then poll for the expiry's events
+  # (client/lib/wake_ahead.h). The expiry itself never happens before it.
 }
 
 # ---------------------------------------------------------------------------
@@ -156,6 +163,7 @@ struct InterruptState {
   runState @5 :RunState;
   apicMode @6 :ApicMode;
   apicId @7 :UInt32;           # current APIC ID (32-bit in x2APIC mode)
+  timerDeadlineNs @8 :UInt64;  # next timer expiry, as AccessResult's; 0: none
 }
 
 struct VcpuState {
@@ -330,6 +338,11 @@ struct Event {
   count @9 :UInt32;
   # timer: expiries merged into this event (periods the host was late by);
   # eoi: EOIs of `eoi` merged into this event; 1 for every other kind.
+
+  timerDeadlineNs @10 :UInt64;
+  # timer: when this vCPU's timer expires next (a periodic timer's next
+  # period; host CLOCK_MONOTONIC ns), as the batch leaves the server; 0: not
+  # armed. 0 on every other kind, and in saved state.
 }
 
 interface EventSink {

@@ -25,6 +25,7 @@
 // this one through a pipe (two wake-ups, the shape of any timer server, with
 // no RPC).
 
+#include "bench/common/stats.h"
 #include "client/lib/vlapic_client.h"
 
 #include <kj/async-io.h>
@@ -82,38 +83,44 @@ uint64_t nowNs() {
 // ---------------------------------------------------------------------------
 // Figures
 
+// Lateness figures in us, by bench/common/stats.h's nearest rank (the p99
+// is the one figure beyond its Spread).
 struct Summary {
   size_t samples = 0;
-  double medianUs = 0, p90Us = 0, p99Us = 0, maxUs = 0, minUs = 0;
+  double medianUs = 0, p10Us = 0, p90Us = 0, p99Us = 0, maxUs = 0, minUs = 0;
 };
 
 Summary summarize(kj::ArrayPtr<const int64_t> latenessNs) {
+  std::vector<double> us;
+  us.reserve(latenessNs.size());
+  for (int64_t ns: latenessNs) us.push_back(double(ns) / 1000.0);
+  Samples samples(std::move(us));
   Summary s;
-  s.samples = latenessNs.size();
-  if (s.samples == 0) return s;
-  kj::Vector<int64_t> sorted;
-  sorted.addAll(latenessNs);
-  std::sort(sorted.begin(), sorted.end());
-  auto at = [&](double q) {
-    size_t i = std::min(sorted.size() - 1, size_t(q * double(sorted.size())));
-    return double(sorted[i]) / 1000.0;
-  };
-  s.minUs = double(sorted[0]) / 1000.0;
-  s.medianUs = at(0.5);
-  s.p90Us = at(0.9);
-  s.p99Us = at(0.99);
-  s.maxUs = double(sorted[sorted.size() - 1]) / 1000.0;
+  s.samples = samples.count();
+  s.minUs = samples.min();
+  s.p10Us = samples.percentile(0.1);
+  s.medianUs = samples.median();
+  s.p90Us = samples.percentile(0.9);
+  s.p99Us = samples.percentile(0.99);
+  s.maxUs = samples.max();
   return s;
 }
 
 void printRow(const char* label, const Summary& s) {
-  printf("  %-34s %8zu %10.1f %10.1f %10.1f %10.1f %10.1f\n", label, s.samples, s.minUs,
-         s.medianUs, s.p90Us, s.p99Us, s.maxUs);
+  printf("  %-38s %8zu %9.1f %9.1f %9.1f %9.1f %9.1f %9.1f\n", label, s.samples, s.minUs,
+         s.p10Us, s.medianUs, s.p90Us, s.p99Us, s.maxUs);
 }
 
 void printHeader() {
-  printf("  %-34s %8s %10s %10s %10s %10s %10s\n", "lateness (us)", "samples", "min",
+  printf("  %-38s %8s %9s %9s %9s %9s %9s %9s\n", "lateness (us)", "samples", "min", "p10",
          "median", "p90", "p99", "max");
+}
+
+// CPU time of this whole process (the client: vlapicd is another process).
+uint64_t processCpuNs() {
+  struct timespec ts;
+  KJ_SYSCALL(clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts));
+  return uint64_t(ts.tv_sec) * 1'000'000'000ull + uint64_t(ts.tv_nsec);
 }
 
 // ---------------------------------------------------------------------------
@@ -327,6 +334,9 @@ void requireOk(const AccessOutcome& outcome, const char* what) {
 struct Run {
   Connection& connection;
   AsyncVm& vm;
+  // The client's wait: plain blocking (nullptr) or waking ahead of the
+  // deadlines vlapicd reports (client/lib/wake_ahead.h).
+  kj::Maybe<client::WakeAheadWaiter&> waiter;
   kj::ArrayPtr<kj::Own<AsyncVcpu>> vcpus;
   ExpiryWatch& watch;
   kj::Timer& timer;
@@ -387,10 +397,19 @@ struct Run {
     uint64_t endNs = nowNs() + durationNs;
     auto loops = kj::heapArrayBuilder<kj::Promise<void>>(vcpus.size());
     for (uint32_t i = 0; i < vcpus.size(); ++i) loops.add(loop(i, endNs));
-    kj::joinPromises(loops.finish()).wait(waitScope);
+    waitFor(kj::joinPromises(loops.finish()));
   }
 
-  // One-shot: initial count = delay; the deadline is what vlapicd reports.
+  void waitFor(kj::Promise<void> done) {
+    KJ_IF_MAYBE(w, waiter) {
+      w->wait(kj::mv(done), waitScope, vm.timerDeadlines());
+    } else {
+      done.wait(waitScope);
+    }
+  }
+
+  // One-shot: initial count = delay; the deadline is what vlapicd reports
+  // in the write's reply (AccessResult.timerDeadlineNs).
   kj::Promise<void> oneShotLoop(uint32_t index, uint64_t endNs, kj::Vector<int64_t>& out,
                                 size_t& estimated) {
     if (nowNs() >= endNs) return kj::READY_NOW;
@@ -398,18 +417,15 @@ struct Run {
     uint64_t count = delay();
     auto expiry = watch.nextDeliverable(index);
     uint64_t sentNs = nowNs();
-    auto write = vcpu.mmioWrite(kInitialCount, 4, count);
-    auto info = vcpu.info();  // pipelined: served right after the write
-    return write.then([info = kj::mv(info)](AccessOutcome o) mutable {
+    return vcpu.mmioWrite(kInitialCount, 4, count)
+        .then([this, expiry = kj::mv(expiry), sentNs, count, &estimated](AccessOutcome o) mutable {
       requireOk(o, "initial count");
-      return kj::mv(info);
-    }).then([this, expiry = kj::mv(expiry), sentNs, count, &estimated](VcpuInfo info) mutable {
       uint64_t deadline;
-      KJ_IF_MAYBE(d, info.timerDeadlineNs) {
+      KJ_IF_MAYBE(d, o.timerDeadlineNs) {
         deadline = *d;
       } else {
-        // Fired before the info call was served: the deadline was at least
-        // sentNs + count; this underestimates its lateness, never inflates it.
+        // Not armed after the write (cannot happen for a count of 10 us or
+        // more): take send time + count, which underestimates the lateness.
         deadline = sentNs + count;
         ++estimated;
       }
@@ -481,7 +497,7 @@ struct Run {
         firstDeadline.add(first);
       }
     }
-    timer.afterDelay(durationNs * kj::NANOSECONDS).wait(waitScope);
+    waitFor(timer.afterDelay(durationNs * kj::NANOSECONDS));
     // The server's grid after thousands of periods, before stopping it.
     kj::Vector<uint64_t> finalDeadline;
     for (auto& vcpu: vcpus) {
@@ -638,26 +654,46 @@ int run(const Options& options) {
   auto vcpuArray = vcpus.finish();
   int64_t tscOffset = vm->save().wait(io.waitScope).tscOffset;
 
-  Run runner{*connection, *vm, vcpuArray, watch, io.provider->getTimer(), io.waitScope, rng,
-             tscOffset};
+  client::WakeAheadWaiter waiter(io.unixEventPort);
+  Run runner{*connection, *vm, nullptr, vcpuArray, watch, io.provider->getTimer(), io.waitScope,
+             rng, tscOffset};
 
-  // One-shot.
-  runner.setUp(kModeOneShot);
-  kj::Vector<int64_t> oneShot;
-  size_t estimated = 0;
-  runner.onEveryVcpu(uint64_t(5e9 * options.seconds), [&](uint32_t i, uint64_t endNs) {
-    return runner.oneShotLoop(i, endNs, oneShot, estimated);
-  });
+  // One-shot and TSC-deadline timers, once with each wait: the client
+  // blocking in epoll until the event wakes it (what any plain front does),
+  // and the client waking ahead of the deadline vlapicd reported and
+  // polling for the event. CPU time is this process's (the client's).
+  struct ArmedRuns {
+    kj::Vector<int64_t> oneShot, tscDeadline;
+    size_t estimated = 0, pastOnArrival = 0;
+    uint64_t cpuNs = 0, wallNs = 0;
+    kj::Vector<int64_t> all() const {
+      kj::Vector<int64_t> both;
+      both.addAll(oneShot);
+      both.addAll(tscDeadline);
+      return both;
+    }
+  };
+  auto armedRuns = [&](kj::Maybe<client::WakeAheadWaiter&> wait, ArmedRuns& out) {
+    runner.waiter = wait;
+    uint64_t cpuBefore = processCpuNs(), wallBefore = nowNs();
+    runner.setUp(kModeOneShot);
+    runner.onEveryVcpu(uint64_t(5e9 * options.seconds), [&](uint32_t i, uint64_t endNs) {
+      return runner.oneShotLoop(i, endNs, out.oneShot, out.estimated);
+    });
+    runner.setUp(kModeTscDeadline);
+    runner.onEveryVcpu(uint64_t(5e9 * options.seconds), [&](uint32_t i, uint64_t endNs) {
+      return runner.tscDeadlineLoop(i, endNs, out.tscDeadline, out.pastOnArrival);
+    });
+    out.cpuNs = processCpuNs() - cpuBefore;
+    out.wallNs = nowNs() - wallBefore;
+  };
+  ArmedRuns blocking, ahead;
+  armedRuns(nullptr, blocking);
+  armedRuns(waiter, ahead);
+  auto waiterStats = waiter.stats();
 
-  // TSC-deadline.
-  runner.setUp(kModeTscDeadline);
-  kj::Vector<int64_t> tscDeadline;
-  size_t pastOnArrival = 0;
-  runner.onEveryVcpu(uint64_t(5e9 * options.seconds), [&](uint32_t i, uint64_t endNs) {
-    return runner.tscDeadlineLoop(i, endNs, tscDeadline, pastOnArrival);
-  });
-
-  // Periodic.
+  // Periodic, waking ahead of each period (TIMER events carry the next one).
+  runner.waiter = waiter;
   runner.setUp(kModePeriodic);
   auto periodic = runner.periodic(uint64_t(10e9 * options.seconds));
 
@@ -672,10 +708,10 @@ int run(const Options& options) {
   // The headline is the timers armed at random deadlines: the periodic ones
   // are reported beside them, not pooled in (their sample count is only a
   // matter of how many periods run).
-  kj::Vector<int64_t> armed;
-  armed.addAll(oneShot);
-  armed.addAll(tscDeadline);
-  Summary summaryArmed = summarize(armed);
+  auto armedAhead = ahead.all();
+  auto armedBlocking = blocking.all();
+  Summary summaryArmed = summarize(armedAhead);
+  Summary summaryBlocking = summarize(armedBlocking);
   Summary summaryPeriodic = summarize(periodic.latenessNs);
 
   double worstDrift = 0;
@@ -687,18 +723,42 @@ int run(const Options& options) {
   printHeader();
   printRow("timerfd in this process", summarize(floor));
   printRow("timerfd in a 2nd process + pipe", summarize(twoProcessFloor));
-  printRow("one-shot via vlapicd", summarize(oneShot));
-  printRow("TSC-deadline via vlapicd", summarize(tscDeadline));
-  printRow("one-shot + TSC-deadline", summaryArmed);
-  printRow("periodic 1 ms via vlapicd", summaryPeriodic);
+  printRow("one-shot, client blocks", summarize(blocking.oneShot));
+  printRow("TSC-deadline, client blocks", summarize(blocking.tscDeadline));
+  printRow("one-shot + TSC-deadline, client blocks", summaryBlocking);
+  printRow("one-shot, client wakes ahead", summarize(ahead.oneShot));
+  printRow("TSC-deadline, client wakes ahead", summarize(ahead.tscDeadline));
+  printRow("one-shot + TSC-deadline, wakes ahead", summaryArmed);
+  printRow("periodic 1 ms, client wakes ahead", summaryPeriodic);
   Summary floorSummary = summarize(floor);
   Summary twoProcessSummary = summarize(twoProcessFloor);
   if (floorSummary.medianUs > 0 && twoProcessSummary.medianUs > 0) {
-    printf("  median ratio, one-shot + TSC-deadline via vlapicd / in-process timerfd: %.2fx,"
-           " / two-process timerfd: %.2fx\n",
+    printf("  median ratio, one-shot + TSC-deadline woken ahead / in-process timerfd: %.2fx,"
+           " / two-process timerfd: %.2fx; blocking / in-process timerfd: %.2fx\n",
            summaryArmed.medianUs / floorSummary.medianUs,
-           summaryArmed.medianUs / twoProcessSummary.medianUs);
+           summaryArmed.medianUs / twoProcessSummary.medianUs,
+           summaryBlocking.medianUs / floorSummary.medianUs);
   }
+  auto cpuPerExpiryUs = [](const ArmedRuns& r) {
+    size_t n = r.oneShot.size() + r.tscDeadline.size();
+    return n == 0 ? 0.0 : double(r.cpuNs) / 1000.0 / double(n);
+  };
+  auto corePercent = [](const ArmedRuns& r) {
+    return r.wallNs == 0 ? 0.0 : 100.0 * double(r.cpuNs) / double(r.wallNs);
+  };
+  printf("  client CPU, one-shot + TSC-deadline phases: blocking %.1f us per expiry (%.1f%% of a"
+         " core), waking ahead %.1f us per expiry (%.1f%% of a core)\n",
+         cpuPerExpiryUs(blocking), corePercent(blocking), cpuPerExpiryUs(ahead),
+         corePercent(ahead));
+  printf("  wake-ahead: %llu timed wake-ups, %llu polls caught their event, %llu ran out,"
+         " %llu stopped as contended; %.1f us polled per expiry; learned margin %.1f us,"
+         " poll past the deadline %.1f us\n",
+         (unsigned long long)waiterStats.timedWakeUps, (unsigned long long)waiterStats.pollHits,
+         (unsigned long long)waiterStats.pollMisses, (unsigned long long)waiterStats.contended,
+         armedAhead.size() == 0 ? 0.0
+                                : double(waiterStats.pollNs) / 1000.0 / double(armedAhead.size()),
+         double(waiter.policy().marginNs()) / 1000.0,
+         double(waiter.policy().pollAfterNs()) / 1000.0);
   printf("  the timer arithmetic per periodic expiry (expire, deadline, count): %.0f ns\n",
          coreExpiryNs);
   printf("\n  periodic: %llu periods on %u vCPUs over %.1f s\n",
@@ -716,12 +776,13 @@ int run(const Options& options) {
          (unsigned long long)expiriesCounted, (unsigned long long)reported,
          expiriesCounted == reported ? "" : " (the rest raised their vector without a TIMER event)");
   printf("  TSC deadlines already past when the WRMSR reached vlapicd: %zu of %zu\n",
-         pastOnArrival, tscDeadline.size());
+         blocking.pastOnArrival + ahead.pastOnArrival,
+         blocking.tscDeadline.size() + ahead.tscDeadline.size());
   printf("  armed timers whose vector never became deliverable (lost): %zu\n", runner.lost);
-  if (estimated != 0) {
-    printf("  one-shot timers that fired before their deadline could be queried: %zu\n"
+  if (blocking.estimated + ahead.estimated != 0) {
+    printf("  one-shot timers not armed after their write: %zu\n"
            "  (their deadline taken as send time + count: lateness under-counted)\n",
-           estimated);
+           blocking.estimated + ahead.estimated);
   }
 
   KJ_IF_MAYBE(d, daemon) {
@@ -732,10 +793,14 @@ int run(const Options& options) {
   printf("RESULT timer lateness_median_us=%.1f lateness_p99_us=%.1f lateness_max_us=%.1f "
          "periodic_lateness_median_us=%.1f periodic_lateness_p99_us=%.1f drift_ppm=%.3f "
          "floor_median_us=%.1f two_process_floor_median_us=%.1f core_expiry_ns=%.0f "
-         "samples=%zu\n",
+         "samples=%zu blocking_lateness_median_us=%.1f blocking_lateness_p99_us=%.1f "
+         "client_cpu_us_per_expiry=%.1f blocking_client_cpu_us_per_expiry=%.1f "
+         "client_core_percent=%.1f blocking_client_core_percent=%.1f\n",
          summaryArmed.medianUs, summaryArmed.p99Us, summaryArmed.maxUs, summaryPeriodic.medianUs,
          summaryPeriodic.p99Us, worstDrift, floorSummary.medianUs, twoProcessSummary.medianUs,
-         coreExpiryNs, summaryArmed.samples + summaryPeriodic.samples);
+         coreExpiryNs, summaryArmed.samples + summaryPeriodic.samples, summaryBlocking.medianUs,
+         summaryBlocking.p99Us, cpuPerExpiryUs(ahead), cpuPerExpiryUs(blocking),
+         corePercent(ahead), corePercent(blocking));
   return 0;
 }
 

@@ -105,6 +105,7 @@ AccessOutcome fromProto(proto::AccessResult::Reader in) {
   if (in.getEoiBroadcast()) out.eoiBroadcast = in.getEoiVector();
   out.timerChanged = in.getTimerChanged();
   if (in.getInterruptPending()) out.pendingVector = in.getPendingVector();
+  if (in.getTimerDeadlineNs() != 0) out.timerDeadlineNs = in.getTimerDeadlineNs();
   return out;
 }
 
@@ -117,6 +118,7 @@ InterruptState fromProto(proto::InterruptState::Reader in) {
   out.runState = fromProto(in.getRunState());
   out.apicMode = fromProto(in.getApicMode());
   out.apicId = in.getApicId();
+  if (in.getTimerDeadlineNs() != 0) out.timerDeadlineNs = in.getTimerDeadlineNs();
   return out;
 }
 
@@ -132,7 +134,10 @@ Event fromProto(proto::Event::Reader in) {
     case proto::Event::SIPI: out.kind = EventKind::SIPI; out.vector = in.getSipi(); break;
     case proto::Event::EXTINT: out.kind = EventKind::EXTINT; break;
     case proto::Event::EOI: out.kind = EventKind::EOI; out.vector = in.getEoi(); break;
-    case proto::Event::TIMER: out.kind = EventKind::TIMER; break;
+    case proto::Event::TIMER:
+      out.kind = EventKind::TIMER;
+      if (in.getTimerDeadlineNs() != 0) out.timerDeadlineNs = in.getTimerDeadlineNs();
+      break;
     default: KJ_FAIL_REQUIRE("unknown event kind from vlapicd", uint16_t(in.which()));
   }
   return out;
@@ -295,26 +300,51 @@ kj::Array<T> listFromProto(ListReader list) {
 // ---------------------------------------------------------------------------
 // Promise-based implementation
 
+// A VM's TimerDeadlines, shared by its AsyncVm, its vCPU handles and its
+// event sink (all on the loop of the connection that created it).
+class SharedDeadlines final: public kj::Refcounted {
+public:
+  explicit SharedDeadlines(uint32_t vcpus): book(vcpus) {}
+  TimerDeadlines book;
+};
+
 class EventSinkImpl final: public proto::EventSink::Server {
 public:
-  explicit EventSinkImpl(EventCallback callback): callback(kj::mv(callback)) {}
+  EventSinkImpl(EventCallback callback, kj::Own<SharedDeadlines> deadlines)
+      : callback(kj::mv(callback)), deadlines(kj::mv(deadlines)) {}
 
   kj::Promise<void> deliver(DeliverContext context) override {
     auto list = context.getParams().getEvents();
     auto events = kj::heapArrayBuilder<Event>(list.size());
     for (auto event: list) events.add(fromProto(event));
-    callback(events.finish());
+    auto batch = events.finish();
+    // The expiry has arrived: its vCPU's deadline moves on (a periodic
+    // timer's next period) or goes (one-shot, INIT's reset).
+    uint64_t now = monotonicNowNs();
+    for (auto& event: batch) {
+      if (event.kind == EventKind::TIMER) {
+        deadlines->book.note(event.vcpu, event.timerDeadlineNs, now);
+      } else if (event.kind == EventKind::INIT) {
+        deadlines->book.note(event.vcpu, nullptr, now);
+      }
+    }
+    callback(batch);
     return kj::READY_NOW;
   }
 
 private:
   EventCallback callback;
+  kj::Own<SharedDeadlines> deadlines;
 };
 
 class AsyncVcpuImpl final: public AsyncVcpu {
 public:
-  AsyncVcpuImpl(proto::Vcpu::Client cap, uint32_t index, kj::StringPtr socketPath)
-      : cap(kj::mv(cap)), vcpuIndex(index), socketPath(socketPath) {}
+  // `deadlines`: the VM's book this handle keeps up to date (nullptr for a
+  // handle attached from a ticket, whose VM lives on another connection).
+  AsyncVcpuImpl(proto::Vcpu::Client cap, uint32_t index, kj::StringPtr socketPath,
+                kj::Maybe<kj::Own<SharedDeadlines>> deadlines = nullptr)
+      : cap(kj::mv(cap)), vcpuIndex(index), socketPath(socketPath),
+        deadlines(kj::mv(deadlines)) {}
 
   uint32_t index() const override { return vcpuIndex; }
 
@@ -322,7 +352,7 @@ public:
     auto request = cap.mmioReadRequest(capnp::MessageSize{4, 0});
     request.setAddress(gpa);
     request.setSize(size);
-    return request.send().then([](auto response) { return fromProto(response.getResult()); });
+    return request.send().then([n = noter()](auto response) { return n(fromProto(response.getResult())); });
   }
 
   kj::Promise<AccessOutcome> mmioWrite(uint64_t gpa, uint8_t size, uint64_t value) override {
@@ -330,40 +360,40 @@ public:
     request.setAddress(gpa);
     request.setSize(size);
     request.setValue(value);
-    return request.send().then([](auto response) { return fromProto(response.getResult()); });
+    return request.send().then([n = noter()](auto response) { return n(fromProto(response.getResult())); });
   }
 
   kj::Promise<AccessOutcome> msrRead(uint32_t msr) override {
     auto request = cap.msrReadRequest(capnp::MessageSize{4, 0});
     request.setMsr(msr);
-    return request.send().then([](auto response) { return fromProto(response.getResult()); });
+    return request.send().then([n = noter()](auto response) { return n(fromProto(response.getResult())); });
   }
 
   kj::Promise<AccessOutcome> msrWrite(uint32_t msr, uint64_t value) override {
     auto request = cap.msrWriteRequest(capnp::MessageSize{4, 0});
     request.setMsr(msr);
     request.setValue(value);
-    return request.send().then([](auto response) { return fromProto(response.getResult()); });
+    return request.send().then([n = noter()](auto response) { return n(fromProto(response.getResult())); });
   }
 
   kj::Promise<Acknowledged> acknowledge() override {
-    return cap.acknowledgeRequest().send().then([](auto response) {
+    return cap.acknowledgeRequest().send().then([n = noter()](auto response) {
       Acknowledged out;
       if (response.getDelivered()) out.vector = response.getVector();
-      out.state = fromProto(response.getState());
+      out.state = n(fromProto(response.getState()));
       return out;
     });
   }
 
   kj::Promise<InterruptState> interruptState() override {
     return cap.interruptStateRequest().send().then(
-        [](auto response) { return fromProto(response.getState()); });
+        [n = noter()](auto response) { return n(fromProto(response.getState())); });
   }
 
   kj::Promise<InterruptState> setCr8(uint8_t cr8) override {
     auto request = cap.setCr8Request();
     request.setCr8(cr8);
-    return request.send().then([](auto response) { return fromProto(response.getState()); });
+    return request.send().then([n = noter()](auto response) { return n(fromProto(response.getState())); });
   }
 
   kj::Promise<StartupResult> startup(uint8_t vector) override {
@@ -441,19 +471,40 @@ private:
   proto::Vcpu::Client cap;
   uint32_t vcpuIndex;
   kj::StringPtr socketPath;   // owned by the Connection
+  kj::Maybe<kj::Own<SharedDeadlines>> deadlines;
+
+  // Every reply says when the timer expires next: keep the VM's book. The
+  // handle may be gone before the reply (a temporary), so the continuation
+  // holds its own reference.
+  struct Noter {
+    mutable kj::Maybe<kj::Own<SharedDeadlines>> deadlines;
+    uint32_t vcpu;
+    template <typename Result>
+    Result operator()(Result result) const {
+      KJ_IF_MAYBE(d, deadlines) (*d)->book.note(vcpu, result.timerDeadlineNs, monotonicNowNs());
+      return result;
+    }
+  };
+  Noter noter() {
+    kj::Maybe<kj::Own<SharedDeadlines>> ref;
+    KJ_IF_MAYBE(d, deadlines) ref = kj::addRef(**d);
+    return Noter{kj::mv(ref), vcpuIndex};
+  }
 };
 
 class AsyncVmImpl final: public AsyncVm {
 public:
-  AsyncVmImpl(proto::Vm::Client cap, uint32_t vcpus, kj::StringPtr socketPath)
-      : cap(kj::mv(cap)), vcpus(vcpus), socketPath(socketPath) {}
+  AsyncVmImpl(proto::Vm::Client cap, uint32_t vcpus, kj::StringPtr socketPath,
+              kj::Own<SharedDeadlines> deadlines)
+      : cap(kj::mv(cap)), vcpus(vcpus), socketPath(socketPath), deadlines(kj::mv(deadlines)) {}
 
   uint32_t vcpuCount() const override { return vcpus; }
 
   kj::Own<AsyncVcpu> vcpu(uint32_t index) override {
     auto request = cap.vcpuRequest();
     request.setIndex(index);
-    return kj::heap<AsyncVcpuImpl>(request.send().getVcpu(), index, socketPath);
+    return kj::heap<AsyncVcpuImpl>(request.send().getVcpu(), index, socketPath,
+                                   kj::addRef(*deadlines));
   }
 
   kj::Promise<kj::Array<VcpuInfo>> listVcpus() override {
@@ -511,10 +562,13 @@ public:
     return cap.releaseRequest().send().ignoreResult();
   }
 
+  TimerDeadlines& timerDeadlines() override { return deadlines->book; }
+
 private:
   proto::Vm::Client cap;
   uint32_t vcpus;
   kj::StringPtr socketPath;
+  kj::Own<SharedDeadlines> deadlines;
 };
 
 class AsyncAdminImpl final: public AsyncAdmin {
@@ -533,7 +587,8 @@ public:
   kj::Own<AsyncVm> openVm(uint64_t id, uint32_t vcpuCount) override {
     auto request = cap.openVmRequest();
     request.setId(id);
-    return kj::heap<AsyncVmImpl>(request.send().getVm(), vcpuCount, socketPath);
+    return kj::heap<AsyncVmImpl>(request.send().getVm(), vcpuCount, socketPath,
+                                 kj::refcounted<SharedDeadlines>(vcpuCount));
   }
 
 private:
@@ -584,10 +639,12 @@ public:
     config.setName(options.name);
     config.setMaxBatchesInFlight(options.maxBatchesInFlight);
     config.setMaxEventsPerBatch(options.maxEventsPerBatch);
-    request.setSink(kj::heap<EventSinkImpl>(kj::mv(onEvents)));
+    auto deadlines = kj::refcounted<SharedDeadlines>(options.vcpuCount);
+    request.setSink(kj::heap<EventSinkImpl>(kj::mv(onEvents), kj::addRef(*deadlines)));
     uint32_t vcpus = options.vcpuCount;
-    return request.send().then([this, vcpus](auto response) -> kj::Own<AsyncVm> {
-      return kj::heap<AsyncVmImpl>(response.getVm(), vcpus, path);
+    return request.send().then(
+        [this, vcpus, deadlines = kj::mv(deadlines)](auto response) mutable -> kj::Own<AsyncVm> {
+      return kj::heap<AsyncVmImpl>(response.getVm(), vcpus, path, kj::mv(deadlines));
     });
   }
 

@@ -33,6 +33,7 @@
 
 #include "server/core/types.h"
 #include "server/core/regview.h"   // typed register views, re-exported
+#include "client/lib/wake_ahead.h"   // waking ahead of timer deadlines
 #include <kj/async.h>
 #include <kj/async-io.h>
 #include <kj/array.h>
@@ -79,6 +80,9 @@ struct AccessOutcome {
   kj::Maybe<uint8_t> eoiBroadcast;  // level-triggered EOI vector, if any
   bool timerChanged = false;
   kj::Maybe<uint8_t> pendingVector; // deliverable after the access
+  // When this vCPU's timer expires next, after the access (host
+  // CLOCK_MONOTONIC ns); nullptr: not armed. See wake_ahead.h.
+  kj::Maybe<uint64_t> timerDeadlineNs;
 };
 
 enum class RunState : uint8_t { RUNNING, WAIT_FOR_SIPI };
@@ -89,6 +93,7 @@ struct InterruptState {
   RunState runState = RunState::RUNNING;
   ApicMode apicMode = ApicMode::XAPIC;
   uint32_t apicId = 0;
+  kj::Maybe<uint64_t> timerDeadlineNs;   // next timer expiry, as AccessOutcome's
 };
 
 struct Acknowledged {
@@ -109,6 +114,9 @@ struct Event {
   EventKind kind = EventKind::DELIVERABLE;
   uint8_t vector = 0;               // DELIVERABLE, SIPI, EOI
   uint32_t count = 1;               // TIMER/EOI: merged occurrences
+  // TIMER: when the timer expires next (a periodic timer's next period),
+  // as the batch left vlapicd; nullptr: not armed (and for other kinds).
+  kj::Maybe<uint64_t> timerDeadlineNs;
 };
 
 // Called with each batch, in order per vCPU. Runs on the thread whose event
@@ -275,6 +283,10 @@ public:
   virtual kj::Promise<VmInfo> info() = 0;
   virtual kj::Promise<PageInfo> apicAccessPage() = 0;
   virtual kj::Promise<void> release() = 0;
+  // Each vCPU's next timer deadline, kept up to date by the library from
+  // the replies of this VM's vCPU handles (vcpu() above) and its TIMER and
+  // INIT events: what a WakeAheadWaiter on this loop wakes ahead of.
+  virtual TimerDeadlines& timerDeadlines() = 0;
 };
 
 class AsyncAdmin {

@@ -492,7 +492,14 @@ private:
     if (batchesInFlight >= maxBatchesInFlight || sinkGone || dirtyOrder.empty()) return;
 
     // Collect whole per-vCPU queues, oldest vCPU first, up to the batch size.
-    kj::Vector<std::pair<uint32_t, kj::Vector<VcpuEvent>>> taken;
+    struct Taken {
+      uint32_t vcpu;
+      kj::Vector<VcpuEvent> events;
+      // The next expiry as the batch leaves: a TIMER event's hint for the
+      // front's wake-ahead wait (a periodic timer's next period).
+      kj::Maybe<uint64_t> timerDeadlineNs;
+    };
+    kj::Vector<Taken> taken;
     size_t total = 0;
     {
       auto guard = lock();
@@ -506,7 +513,7 @@ private:
         auto events = vm.takeEvents(v);
         total += events.size();
         eventsPostedPerVcpu[v] += events.size();
-        taken.add(v, kj::mv(events));
+        taken.add(Taken{v, kj::mv(events), vm.timerDeadlineNs(v)});
       }
     }
     if (total == 0) return;
@@ -515,7 +522,13 @@ private:
     auto list = request.initEvents(total);
     size_t i = 0;
     for (auto& entry: taken) {
-      for (auto& event: entry.second) fillEvent(list[i++], entry.first, event);
+      for (auto& event: entry.events) {
+        auto out = list[i++];
+        fillEvent(out, entry.vcpu, event);
+        KJ_IF_MAYBE(deadline, entry.timerDeadlineNs) {
+          if (event.kind == VcpuEvent::Kind::TIMER_EXPIRED) out.setTimerDeadlineNs(*deadline);
+        }
+      }
     }
     {
       auto guard = lock();
@@ -564,6 +577,7 @@ void fillInterruptState(proto::InterruptState::Builder out, const Vm& vm, uint32
   out.setRunState(toProto(vm.runState(vcpu)));
   out.setApicMode(toProto(lapic.mode()));
   out.setApicId(lapic.apicId());
+  KJ_IF_MAYBE(deadline, vm.timerDeadlineNs(vcpu)) out.setTimerDeadlineNs(*deadline);
 }
 
 void fillAccess(proto::AccessResult::Builder out, const AccessResult& result, const Vm& vm,
@@ -588,6 +602,7 @@ void fillAccess(proto::AccessResult::Builder out, const AccessResult& result, co
     out.setInterruptPending(true);
     out.setPendingVector(*vector);
   }
+  KJ_IF_MAYBE(deadline, vm.timerDeadlineNs(vcpu)) out.setTimerDeadlineNs(*deadline);
 }
 
 void fillPageInfo(proto::PageInfo::Builder out, const hal::Page& page) {

@@ -219,19 +219,21 @@ static unsigned members(cpu_set set) {
   return n;
 }
 
-/* Sets each CPU's TPR to tprs[i], sends `count` lowest-priority IPIs to
- * the logical destination of `set` and checks that each was taken by
- * exactly one CPU, always one of `winners`, the winners taking turns: after
- * k IPIs each of the n winners has floor(k/n) or ceil(k/n) of them (with
- * one winner: all of them). */
-static void arbitrate(struct mode *m, const char *scenario, cpu_set set, const uint8_t *tprs,
-                      unsigned count, cpu_set winners) {
+/* Each CPU sets its TPR to tprs[i] and reports its PPR when done. */
+static bool set_tprs(const struct mode *m, const char *scenario, const uint8_t *tprs) {
+  for (unsigned i = 0; i < m->cpus; i++) wanted_tpr[i] = tprs[i];
+  bool ready = on_every_cpu(m->cpus, apply_wanted_tpr);
+  for (unsigned i = 0; i < m->cpus; i++) ready &= reported_ppr[i] == tprs[i];
+  return check(ready, label(m, scenario, "every vCPU set its TPR and reports PPR = TPR", NOBODY));
+}
+
+/* Sends `count` lowest-priority IPIs to the logical destination of `set`
+ * and checks that each was taken by exactly one CPU, always one of
+ * `winners`, the winners taking turns: after k IPIs each of the n winners
+ * has floor(k/n) or ceil(k/n) of them (with one winner: all of them). */
+static void expect_winners(struct mode *m, const char *scenario, cpu_set set, unsigned count, cpu_set winners) {
   unsigned cpus = m->cpus;
   unsigned vector = m->next_vector++;
-  for (unsigned i = 0; i < cpus; i++) wanted_tpr[i] = tprs[i];
-  bool ready = on_every_cpu(cpus, apply_wanted_tpr);
-  for (unsigned i = 0; i < cpus; i++) ready &= reported_ppr[i] == tprs[i];
-  if (!check(ready, label(m, scenario, "every vCPU set its TPR and reports PPR = TPR", NOBODY))) return;
   uint32_t destination = 0;
   if (!check(destination_of(set, cpus, &destination), label(m, scenario, "one logical destination", NOBODY)))
     return;
@@ -267,6 +269,47 @@ static void arbitrate(struct mode *m, const char *scenario, cpu_set set, const u
     else check_eq(got, count, label(m, scenario, "took every one", (int)i));
   }
   check_eq(total, count, label(m, scenario, "delivered exactly once each in total", NOBODY));
+}
+
+static void arbitrate(struct mode *m, const char *scenario, cpu_set set, const uint8_t *tprs, unsigned count,
+                      cpu_set winners) {
+  if (set_tprs(m, scenario, tprs)) expect_winners(m, scenario, set, count, winners);
+}
+
+static volatile uint32_t parked, release_parked;
+
+/* Runs on an AP (interrupts disabled): software-disables its APIC and
+ * stays so until the BSP releases it. */
+static void park_software_disabled(void) {
+  apic_write(APIC_SVR, VECTOR_SPURIOUS); /* bit 8 clear */
+  __atomic_store_n(&parked, 1, __ATOMIC_RELEASE);
+  while (!__atomic_load_n(&release_parked, __ATOMIC_ACQUIRE)) pause();
+  apic_software_enable();
+}
+
+/* Only software-enabled LAPICs are candidates (server/vm/README.md; SDM
+ * 11.4.7.2: a software-disabled LAPIC accepts no fixed interrupt): cpu1,
+ * with the lowest TPR but software-disabled, is passed over. */
+static void software_disabled_member(struct mode *m) {
+  const char *scenario = "cpu1 software-disabled, lowest TPR";
+  unsigned cpus = m->cpus;
+  uint8_t tprs[MAX_LOGICAL_CPUS];
+  tprs[0] = 0;
+  for (unsigned i = 1; i < cpus; i++) tprs[i] = i == 1 ? 0x00 : i == 2 ? 0x10 : 0x30;
+  if (!set_tprs(m, scenario, tprs)) return;
+  /* run_on() cannot be used: it waits for the work to finish, and a
+   * software-disabled APIC does not take the runtime's wake-up vector. */
+  struct cpu *c = cpu_at(1);
+  uint32_t done = c->work_done;
+  parked = 0;
+  release_parked = 0;
+  c->work = park_software_disabled;
+  send_ipi(c->apic_id, ICR_FIXED | ICR_ASSERT | VECTOR_WAKE);
+  if (!check(wait_for(&parked, 1, IPI_TIMEOUT_MS, false), label(m, scenario, "cpu1 software-disabled", NOBODY)))
+    return;
+  expect_winners(m, scenario, (1u << cpus) - 2, 3, 1u << 2);
+  __atomic_store_n(&release_parked, 1, __ATOMIC_RELEASE);
+  check(wait_for(&c->work_done, done + 1, IPI_TIMEOUT_MS, false), label(m, scenario, "cpu1 software-enabled again", NOBODY));
 }
 
 /* A lowest-priority IPI to a logical destination nobody matches is
@@ -353,6 +396,7 @@ static void run_scenarios(struct mode *m) {
   for (unsigned i = 1; i < cpus; i++) tprs[i] = 0x20;
   arbitrate(m, "equal TPRs", aps, tprs, 10 * (cpus - 1), aps);
 
+  software_disabled_member(m);
   empty_set(m);
 
   for (unsigned i = 0; i < cpus; i++) wanted_tpr[i] = 0;

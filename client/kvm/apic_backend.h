@@ -6,6 +6,7 @@
 #pragma once
 
 #include <kj/common.h>
+#include <kj/function.h>
 #include <kj/string.h>
 #include <cstdint>
 
@@ -63,6 +64,15 @@ public:
   virtual void backendLost(kj::StringPtr why) = 0;
 };
 
+// How a halted vCPU's thread sleeps, for ApicBackend::waitWhileHalted.
+struct HaltWait {
+  // Blocks until something is posted that ends the halt (true), or until
+  // `wakeAtNs` (host CLOCK_MONOTONIC) passes (false); nullptr: no limit.
+  kj::Function<bool(kj::Maybe<uint64_t> wakeAtNs)> sleepUntil;
+  // Whether something that ends the halt was posted, without blocking.
+  kj::Function<bool()> posted;
+};
+
 // Synchronous per-vCPU calls, made from that vCPU's thread.
 class ApicBackend {
 public:
@@ -99,6 +109,12 @@ public:
   virtual ApicAcknowledge acknowledge(uint32_t vcpu) = 0;
   // MOV to CR8 seen at an exit (kvm_run->cr8).
   virtual ApicInterruptState setCr8(uint32_t vcpu, uint8_t cr8) = 0;
+  // The vCPU halted and nothing wakes it yet: wait until something may
+  // have (the caller fetches events and looks again). A backend that knows
+  // when the vCPU's timer expires sleeps only until shortly before and
+  // then polls for the expiry, boundedly (halt polling ahead of the
+  // timer, client/lib/wake_ahead.h); otherwise it just sleeps.
+  virtual void waitWhileHalted(uint32_t vcpu, HaltWait& wait) = 0;
   virtual kj::StringPtr name() const = 0;
 };
 

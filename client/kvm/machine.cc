@@ -285,11 +285,30 @@ private:
           bool wake = locked->nmis > 0 || (interruptWanted && haltedWithInterruptsOn);
           if (!wake) {
             machine.stats.halts++;
-            locked.wait([&](const Pending& p) {
+            auto haltEnds = [&](const Pending& p) {
               return machine.stopping.load() || p.attention || p.restored || p.init || p.nmis > 0 ||
                      (haltedWithInterruptsOn && (p.interrupt || interruptWanted));
-            });
-            continue;
+            };
+            // The backend sleeps, or polls ahead of the LAPIC timer, with
+            // the lock released: events must reach `pending` meanwhile.
+            locked = {};
+            HaltWait wait;
+            wait.sleepUntil = [&](kj::Maybe<uint64_t> wakeAtNs) {
+              auto relocked = pending.lockExclusive();
+              KJ_IF_MAYBE(at, wakeAtNs) {
+                uint64_t now = monotonicNs();
+                if (*at > now) relocked.wait(haltEnds, int64_t(*at - now) * kj::NANOSECONDS);
+              } else {
+                relocked.wait(haltEnds);
+              }
+              return haltEnds(*relocked);
+            };
+            wait.posted = [&]() { return haltEnds(*pending.lockShared()); };
+            backend().waitWhileHalted(index, wait);
+            // What ended the wait may be events the backend holds for this
+            // thread (a channel's attention seen while polling): fetch them.
+            fetch = true;
+            break;
           }
           halted = false;
         }

@@ -25,6 +25,19 @@ ApicAccess accessResult(AccessStatus status, AccessReason reason, uint64_t value
   return access;
 }
 
+// Accesses that may move the timer's deadline (what a channel reply does not
+// report): the timer's registers in either mode, IA32_TSC_DEADLINE, and
+// IA32_APIC_BASE (disabling the APIC or a mode change resets the timer).
+bool movesTimerMmio(uint64_t gpa) {
+  uint64_t offset = gpa & 0xFF0;
+  return offset == regOffset(Reg::LVT_TIMER) || offset == regOffset(Reg::TIMER_INITIAL_COUNT) ||
+         offset == regOffset(Reg::TIMER_DIVIDE_CONFIG);
+}
+bool movesTimerMsr(uint32_t msr) {
+  return msr == regMsr(Reg::LVT_TIMER) || msr == regMsr(Reg::TIMER_INITIAL_COUNT) ||
+         msr == regMsr(Reg::TIMER_DIVIDE_CONFIG) || msr == kMsrTscDeadline || msr == kMsrApicBase;
+}
+
 ApicAccess fromOutcome(const client::AccessOutcome& outcome) {
   ApicAccess access = accessResult(outcome.status, outcome.reason, outcome.value);
   access.interruptPending = outcome.pendingVector != nullptr;
@@ -110,6 +123,10 @@ VlapicdBackend::VlapicdBackend(kj::StringPtr socketPath, const VlapicdVmSettings
   settings.transport = settingsIn.transport;
   settings.pageReads = settingsIn.pageReads && settingsIn.transport == ApicTransport::CHANNEL;
   links = kj::heapArray<kj::Maybe<kj::Own<VcpuLink>>>(settings.vcpuCount);
+  auto hints = kj::heapArrayBuilder<kj::MutexGuarded<TimerHint>>(settings.vcpuCount);
+  for (uint32_t i = 0; i < settings.vcpuCount; i++) hints.add();
+  timerHints = hints.finish();
+  haltPolling = kj::heapArray<HaltPolling>(settings.vcpuCount);
   auto isrs = kj::heapArrayBuilder<kj::MutexGuarded<VectorSet>>(settings.vcpuCount);
   for (uint32_t i = 0; i < settings.vcpuCount; i++) isrs.add();
   inService = isrs.finish();
@@ -247,7 +264,10 @@ void VlapicdBackend::recover() {
          socket);
   // Each vCPU reopens its link on its own thread at its next call; parked
   // ones are woken so that they do it now and fetch their events.
-  for (uint32_t i = 0; i < settings.vcpuCount; i++) sink.restored(i);
+  for (uint32_t i = 0; i < settings.vcpuCount; i++) {
+    timerMayHaveMoved(i);
+    sink.restored(i);
+  }
 }
 
 bool VlapicdBackend::awaitRecovery(uint64_t lostGeneration) {
@@ -275,6 +295,7 @@ void VlapicdBackend::deliver(uint32_t vcpu, client::EventKind kind, uint8_t vect
   // INIT resets the LAPIC: nothing is in service any more.
   if (kind == client::EventKind::INIT && vcpu < inService.size()) {
     *inService[vcpu].lockExclusive() = VectorSet();
+    noteTimer(vcpu, nullptr);
   }
   switch (kind) {
     case client::EventKind::DELIVERABLE: sink.interruptDeliverable(vcpu); break;
@@ -293,7 +314,76 @@ void VlapicdBackend::deliver(uint32_t vcpu, client::EventKind kind, uint8_t vect
 }
 
 void VlapicdBackend::onEvents(kj::ArrayPtr<const client::Event> events) {
-  for (auto& event : events) deliver(event.vcpu, event.kind, event.vector);
+  for (auto& event : events) {
+    // A TIMER event names the timer's next deadline (periodic) or none.
+    if (event.kind == client::EventKind::TIMER) noteTimer(event.vcpu, event.timerDeadlineNs);
+    deliver(event.vcpu, event.kind, event.vector);
+  }
+}
+
+void VlapicdBackend::deliverFromChannel(uint32_t vcpu, const channel::Event& event) {
+  auto kind = fromChannelKind(event.kind);
+  // The channel's TIMER event does not name the next deadline: ask at the
+  // next halt.
+  if (kind == client::EventKind::TIMER) timerMayHaveMoved(vcpu);
+  deliver(vcpu, kind, event.vector);
+}
+
+ApicAccess VlapicdBackend::rpcAccess(uint32_t vcpu, const client::AccessOutcome& outcome) {
+  noteTimer(vcpu, outcome.timerDeadlineNs);
+  return fromOutcome(outcome);
+}
+
+void VlapicdBackend::noteTimer(uint32_t vcpu, kj::Maybe<uint64_t> deadlineNs) {
+  if (vcpu >= timerHints.size()) return;
+  auto locked = timerHints[vcpu].lockExclusive();
+  locked->deadlineNs = deadlineNs;
+  locked->stale = false;
+}
+
+void VlapicdBackend::timerMayHaveMoved(uint32_t vcpu) {
+  if (vcpu >= timerHints.size()) return;
+  timerHints[vcpu].lockExclusive()->stale = true;
+}
+
+kj::Maybe<uint64_t> VlapicdBackend::timerDeadline(uint32_t vcpu) {
+  KJ_REQUIRE(vcpu < timerHints.size(), "no such vCPU", vcpu);
+  {
+    auto locked = timerHints[vcpu].lockShared();
+    if (!locked->stale) return locked->deadlineNs;
+  }
+  // One round trip on this vCPU's own connection, at a halt after the
+  // timer may have moved (never while the guest runs).
+  auto info = call(vcpu, [&](VcpuLink& l) { return l.handle->info(); });
+  noteTimer(vcpu, info.timerDeadlineNs);
+  return info.timerDeadlineNs;
+}
+
+void VlapicdBackend::waitWhileHalted(uint32_t vcpu, HaltWait& wait) {
+  auto deadline = timerDeadline(vcpu);
+  auto& polling = haltPolling[vcpu];
+  client::WakeAheadHooks hooks;
+  hooks.nowNs = []() { return monotonicNowNs(); };
+  hooks.sleepUntil = [&wait](kj::Maybe<uint64_t> wakeAtNs) { return wait.sleepUntil(wakeAtNs); };
+  hooks.arrived = [&]() {
+    // The channel's attention flag is one shared load, and is raised by
+    // vlapicd itself: polling it skips the watcher thread's wake-up too.
+    KJ_IF_MAYBE(l, links[vcpu]) {
+      KJ_IF_MAYBE(front, (*l)->channel) {
+        if ((*front)->attentionPending()) return true;
+      }
+    }
+    return wait.posted();
+  };
+  if (settings.transport == ApicTransport::CHANNEL) {
+    // vlapicd's channel thread sleeps on its doorbell too: one request at
+    // the wake-up time has it awake, inside its poll window, when the
+    // expiry's FETCH_EVENTS comes (and collects anything queued already).
+    hooks.wokeAhead = kj::Function<void()>([this, vcpu]() {
+      callChannel(vcpu, channel::Request::fetchEvents());
+    });
+  }
+  client::waitAhead(polling.policy, polling.stats, deadline, hooks);
 }
 
 void VlapicdBackend::openOnThisThread(uint32_t vcpu) {
@@ -387,13 +477,13 @@ channel::Reply VlapicdBackend::serveChannel(uint32_t vcpu, VcpuLink& l, const ch
   auto reply = front.call(request);
   KJ_REQUIRE(reply.kind != channel::Reply::Kind::REJECTED,
              "vlapicd rejected a channel request", channel::rejectionName(reply.rejection));
-  for (auto& event : reply.events()) deliver(vcpu, fromChannelKind(event.kind), event.vector);
+  for (auto& event : reply.events()) deliverFromChannel(vcpu, event);
   // A reply holds a whole event queue; more only if events kept coming.
   while (reply.moreEvents) {
     auto more = front.call(channel::Request::fetchEvents());
     KJ_REQUIRE(more.kind != channel::Reply::Kind::REJECTED,
                "vlapicd rejected a channel request", channel::rejectionName(more.rejection));
-    for (auto& event : more.events()) deliver(vcpu, fromChannelKind(event.kind), event.vector);
+    for (auto& event : more.events()) deliverFromChannel(vcpu, event);
     reply.moreEvents = more.moreEvents;
   }
   return reply;
@@ -418,7 +508,7 @@ ApicAccess VlapicdBackend::mmioRead(uint32_t vcpu, uint64_t gpa, uint8_t size, b
   if (settings.transport == ApicTransport::CHANNEL) {
     return channelAccess(vcpu, channel::Request::mmioRead(gpa, size), canInject);
   }
-  return call(vcpu, [&](VcpuLink& l) { return fromOutcome(l.handle->mmioRead(gpa, size)); });
+  return call(vcpu, [&](VcpuLink& l) { return rpcAccess(vcpu, l.handle->mmioRead(gpa, size)); });
 }
 
 ApicAccess VlapicdBackend::mmioWrite(uint32_t vcpu, uint64_t gpa, uint8_t size, uint64_t value,
@@ -426,8 +516,9 @@ ApicAccess VlapicdBackend::mmioWrite(uint32_t vcpu, uint64_t gpa, uint8_t size, 
   ApicAccess access;
   if (settings.transport == ApicTransport::CHANNEL) {
     access = channelAccess(vcpu, channel::Request::mmioWrite(gpa, size, value), canInject);
+    if (movesTimerMmio(gpa)) timerMayHaveMoved(vcpu);
   } else {
-    access = call(vcpu, [&](VcpuLink& l) { return fromOutcome(l.handle->mmioWrite(gpa, size, value)); });
+    access = call(vcpu, [&](VcpuLink& l) { return rpcAccess(vcpu, l.handle->mmioWrite(gpa, size, value)); });
   }
   // The window is 4 KiB aligned: the offset is the address's low bits.
   if ((gpa & 0xFF0) == regOffset(Reg::EOI)) eoiWritten(vcpu, access);
@@ -438,15 +529,16 @@ ApicAccess VlapicdBackend::msrRead(uint32_t vcpu, uint32_t msr, bool canInject) 
   if (settings.transport == ApicTransport::CHANNEL) {
     return channelAccess(vcpu, channel::Request::msrRead(msr), canInject);
   }
-  return call(vcpu, [&](VcpuLink& l) { return fromOutcome(l.handle->msrRead(msr)); });
+  return call(vcpu, [&](VcpuLink& l) { return rpcAccess(vcpu, l.handle->msrRead(msr)); });
 }
 
 ApicAccess VlapicdBackend::msrWrite(uint32_t vcpu, uint32_t msr, uint64_t value, bool canInject) {
   ApicAccess access;
   if (settings.transport == ApicTransport::CHANNEL) {
     access = channelAccess(vcpu, channel::Request::msrWrite(msr, value), canInject);
+    if (movesTimerMsr(msr)) timerMayHaveMoved(vcpu);
   } else {
-    access = call(vcpu, [&](VcpuLink& l) { return fromOutcome(l.handle->msrWrite(msr, value)); });
+    access = call(vcpu, [&](VcpuLink& l) { return rpcAccess(vcpu, l.handle->msrWrite(msr, value)); });
   }
   if (msr == regMsr(Reg::EOI)) eoiWritten(vcpu, access);
   return access;
@@ -487,6 +579,7 @@ ApicAcknowledge VlapicdBackend::acknowledge(uint32_t vcpu) {
   }
   return call(vcpu, [&](VcpuLink& l) {
     auto acked = l.handle->acknowledge();
+    noteTimer(vcpu, acked.state.timerDeadlineNs);
     injected(vcpu, acked.vector);
     ApicAcknowledge result;
     result.vector = acked.vector;
@@ -502,7 +595,11 @@ ApicInterruptState VlapicdBackend::setCr8(uint32_t vcpu, uint8_t cr8) {
     state.tpr = reply.cr8 << 4;
     return state;
   }
-  return call(vcpu, [&](VcpuLink& l) { return fromState(l.handle->setCr8(cr8)); });
+  return call(vcpu, [&](VcpuLink& l) {
+    auto state = l.handle->setCr8(cr8);
+    noteTimer(vcpu, state.timerDeadlineNs);
+    return fromState(state);
+  });
 }
 
 }  // namespace vlapic::kvm

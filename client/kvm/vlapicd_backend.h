@@ -72,6 +72,7 @@ public:
   void fetchEvents(uint32_t vcpu) override;
   ApicAcknowledge acknowledge(uint32_t vcpu) override;
   ApicInterruptState setCr8(uint32_t vcpu, uint8_t cr8) override;
+  void waitWhileHalted(uint32_t vcpu, HaltWait& wait) override;
   kj::StringPtr name() const override {
     return settings.transport == ApicTransport::CHANNEL ? "vlapicd (channel)" : "vlapicd (rpc)";
   }
@@ -121,6 +122,27 @@ private:
   void injected(uint32_t vcpu, kj::Maybe<uint8_t> vector);
   void eoiWritten(uint32_t vcpu, const ApicAccess& access);
 
+  // Per vCPU, when its LAPIC timer expires next as far as this front knows
+  // (halt polling wakes ahead of it). With RPC, every access reply,
+  // acknowledge and TIMER event says (schema timerDeadlineNs); the channel's
+  // replies do not, so a channel access that may move the timer (a timer
+  // register, IA32_TSC_DEADLINE, IA32_APIC_BASE), a TIMER or INIT event and
+  // a recovery make it stale, and the next halt asks vlapicd (Vcpu.info).
+  struct TimerHint {
+    kj::Maybe<uint64_t> deadlineNs;
+    bool stale = true;
+  };
+  kj::Array<kj::MutexGuarded<TimerHint>> timerHints;
+  void noteTimer(uint32_t vcpu, kj::Maybe<uint64_t> deadlineNs);
+  void timerMayHaveMoved(uint32_t vcpu);
+  kj::Maybe<uint64_t> timerDeadline(uint32_t vcpu);
+  // Halt polling per vCPU: used on that vCPU's thread only.
+  struct HaltPolling {
+    client::WakeAheadPolicy policy;
+    client::WakeAheadStats stats;
+  };
+  kj::Array<HaltPolling> haltPolling;
+
   ApicEventSink& sink;
   VlapicdVmSettings settings;
   // `control` and `vm` are used by the control thread only (and replaced by
@@ -146,6 +168,9 @@ private:
   channel::Reply serveChannel(uint32_t vcpu, VcpuLink& l, const channel::Request& request);
   void onEvents(kj::ArrayPtr<const client::Event> events);
   void deliver(uint32_t vcpu, client::EventKind kind, uint8_t vector);
+  void deliverFromChannel(uint32_t vcpu, const channel::Event& event);
+  // An RPC access's result, with the timer deadline it reports noted.
+  ApicAccess rpcAccess(uint32_t vcpu, const client::AccessOutcome& outcome);
   channel::Reply callChannel(uint32_t vcpu, const channel::Request& request);
   ApicAccess channelAccess(uint32_t vcpu, channel::Request request, bool canInject);
   template <typename Func>

@@ -473,8 +473,11 @@ private:
       timers[vcpu]->set(vm.timerDeadlineNs(vcpu));
     }
     // Post now rather than on a later turn: timer lateness is what the
-    // front measures.
-    if (!flushScheduled && batchesInFlight < maxBatchesInFlight) flush();
+    // front measures. (onTimer's listener call has just scheduled a flush
+    // for the next turn, behind whatever the loop has queued: requests
+    // streaming in, other VMs' work. That one then finds nothing left, or
+    // what flow control held back.)
+    flush();
   }
 
   void scheduleFlush() {

@@ -194,5 +194,60 @@ TEST_CASE("TSC-deadline: the reply's deadline is the written TSC on the host clo
   CHECK(msr.timerDeadlineNs == nullptr);
 }
 
+// Keeps `inFlight` acknowledge calls outstanding on one vCPU, so vlapicd's
+// socket never runs dry, until `stop()` holds or `limit` calls were made.
+struct RequestStream {
+  AsyncVcpu& vcpu;
+  kj::Function<bool()> stop;
+  uint64_t limit;
+  uint64_t sent = 0, answered = 0;
+  bool stoppedByLimit = false;
+
+  kj::Promise<void> run(uint32_t inFlight) {
+    auto lanes = kj::heapArrayBuilder<kj::Promise<void>>(inFlight);
+    for (uint32_t i = 0; i < inFlight; i++) lanes.add(lane());
+    return kj::joinPromises(lanes.finish());
+  }
+  kj::Promise<void> lane() {
+    if (stop()) return kj::READY_NOW;
+    if (sent >= limit) {
+      stoppedByLimit = true;
+      return kj::READY_NOW;
+    }
+    ++sent;
+    return vcpu.acknowledge().then([this](Acknowledged) {
+      ++answered;
+      return lane();
+    });
+  }
+};
+
+TEST_CASE("timer events are posted while a front streams requests without pause",
+          "[integration][wake-ahead][starvation]") {
+  // vlapicd serves RPCs, timers and events on one kj loop. kj looks at its
+  // fds (epoll) only when it has nothing else to run, and a socket that
+  // always holds the next request never lets it run out: the timerfd's
+  // expiry went unnoticed until the stream paused, so TIMER events trailed
+  // by as long as the stream lasted (the main job saw ~150 ms).
+  LoopFront front(2);
+  auto& ws = front.io.waitScope;
+  auto timed = front.vm->vcpu(0);
+  auto streamed = front.vm->vcpu(1);
+  write(*timed, ws, kSvr, 0x1FF);
+  write(*timed, ws, kDivide, kDivideBy1);
+  write(*timed, ws, kLvtTimer, kVector | kTimerPeriodic);
+  write(*timed, ws, kInitialCount, 1'000'000);   // every 1 ms
+
+  // 20000 acknowledges take far longer than the 3 ms three periods need,
+  // however fast the host: the stream ends by the limit only if the timer's
+  // events could not get out while it ran.
+  RequestStream stream{*streamed, [&]() { return front.count(0, EventKind::TIMER) >= 3; }, 20'000};
+  stream.run(256).wait(ws);
+  INFO("acknowledges answered while streaming: " << stream.answered);
+  CHECK(!stream.stoppedByLimit);
+  CHECK(front.count(0, EventKind::TIMER) >= 3);
+  write(*timed, ws, kInitialCount, 0);
+}
+
 }  // namespace
 }  // namespace vlapic

@@ -151,6 +151,35 @@ TEST_CASE("waitAhead: sleeps until the wake-up time, then polls until the event"
   CHECK(thread.clock.nowNs() <= KJ_ASSERT_NONNULL(thread.eventAtNs) + thread.pollCostNs);
 }
 
+TEST_CASE("waitAhead: wokeAhead runs once, at the timed wake-up, before polling", "[wake-ahead]") {
+  WakeAheadPolicy policy(testConfig());
+  WakeAheadStats stats;
+  FakeThread thread;
+  uint64_t deadline = thread.clock.nowNs() + 5'000'000;
+  thread.eventAtNs = deadline + 5'000;
+  auto hooks = thread.hooks();
+  uint32_t warmed = 0, pollsBeforeWarm = 0;
+  hooks.wokeAhead = kj::Function<void()>([&]() {
+    ++warmed;
+    pollsBeforeWarm = thread.polls;
+    CHECK(thread.clock.nowNs() == deadline - 60'000);
+  });
+  CHECK(waitAhead(policy, stats, deadline, hooks));
+  CHECK(warmed == 1);
+  CHECK(pollsBeforeWarm == 0);
+  CHECK(stats.pollHits == 1);
+
+  // Woken early by something else, or with a deadline already within the
+  // margin: no timed wake-up, so nothing to warm.
+  FakeThread early;
+  early.eventAtNs = early.clock.nowNs() + 1'000;
+  auto earlyHooks = early.hooks();
+  earlyHooks.wokeAhead = kj::Function<void()>([&]() { ++warmed; });
+  CHECK(waitAhead(policy, stats, early.clock.nowNs() + 5'000'000, earlyHooks));
+  CHECK(waitAhead(policy, stats, early.clock.nowNs() + 10'000, earlyHooks));
+  CHECK(warmed == 1);
+}
+
 TEST_CASE("waitAhead: a poll that runs out sleeps until the event and learns it was late",
           "[wake-ahead]") {
   WakeAheadPolicy policy(testConfig());

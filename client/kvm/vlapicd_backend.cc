@@ -379,7 +379,7 @@ void VlapicdBackend::waitWhileHalted(uint32_t vcpu, HaltWait& wait) {
     // vlapicd's channel thread sleeps on its doorbell too: one request at
     // the wake-up time has it awake, inside its poll window, when the
     // expiry's FETCH_EVENTS comes (and collects anything queued already).
-    hooks.wokeAhead = kj::Function<void()>([this, vcpu]() {
+    hooks.keepWarm = kj::Function<void()>([this, vcpu]() {
       callChannel(vcpu, channel::Request::fetchEvents());
     });
   }

@@ -277,13 +277,20 @@ bool waitAhead(WakeAheadPolicy& policy, WakeAheadStats& stats, kj::Maybe<uint64_
     now = hooks.nowNs();
     ++stats.timedWakeUps;
     policy.observeWakeUp(plan.wakeAtNs, now);
-    KJ_IF_MAYBE(warm, hooks.wokeAhead) {
+    KJ_IF_MAYBE(warm, hooks.keepWarm) {
       (*warm)();
       now = hooks.nowNs();
     }
   }
-  uint64_t start = now, last = now;
+  uint64_t start = now, last = now, warmed = now;
   for (;;) {
+    KJ_IF_MAYBE(warm, hooks.keepWarm) {
+      if (hooks.keepWarmEveryNs != 0 && now - warmed >= hooks.keepWarmEveryNs) {
+        (*warm)();
+        warmed = now = hooks.nowNs();
+        last = now;   // the request's own time is no sign of contention
+      }
+    }
     if (hooks.arrived()) {
       ++stats.pollHits;
       policy.observeArrival(deadline, now);

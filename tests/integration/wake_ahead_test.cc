@@ -89,14 +89,19 @@ AccessOutcome write(AsyncVcpu& vcpu, kj::WaitScope& ws, uint64_t gpa, uint32_t v
   return outcome;
 }
 
+// APIC software-enabled, timer at divide 1 (1 ns a count), LVT Timer `lvt`.
+void setUpTimer(AsyncVcpu& vcpu, kj::WaitScope& ws, uint32_t lvt) {
+  write(vcpu, ws, kSvr, 0x1FF);
+  write(vcpu, ws, kDivide, kDivideBy1);
+  write(vcpu, ws, kLvtTimer, lvt);
+}
+
 TEST_CASE("one-shot: the write's reply carries the deadline; the vector is never deliverable "
           "before it (SDM 11.5.4)", "[integration][wake-ahead]") {
   LoopFront front(1);
   auto& ws = front.io.waitScope;
   auto vcpu = front.vm->vcpu(0);
-  write(*vcpu, ws, kSvr, 0x1FF);
-  write(*vcpu, ws, kDivide, kDivideBy1);
-  write(*vcpu, ws, kLvtTimer, kVector);   // one-shot
+  setUpTimer(*vcpu, ws, kVector);   // one-shot
   CHECK(front.vm->timerDeadlines().deadline(0) == nullptr);
 
   uint64_t sentNs = monotonicNowNs();
@@ -141,9 +146,7 @@ TEST_CASE("periodic: each TIMER event carries the next period's deadline, on the
   LoopFront front(1);
   auto& ws = front.io.waitScope;
   auto vcpu = front.vm->vcpu(0);
-  write(*vcpu, ws, kSvr, 0x1FF);
-  write(*vcpu, ws, kDivide, kDivideBy1);
-  write(*vcpu, ws, kLvtTimer, kVector | kTimerPeriodic);
+  setUpTimer(*vcpu, ws, kVector | kTimerPeriodic);
   constexpr uint64_t kPeriod = 1'000'000;
   uint64_t first = KJ_ASSERT_NONNULL(write(*vcpu, ws, kInitialCount, kPeriod).timerDeadlineNs);
 
@@ -169,8 +172,7 @@ TEST_CASE("TSC-deadline: the reply's deadline is the written TSC on the host clo
   LoopFront front(2);
   auto& ws = front.io.waitScope;
   auto vcpu = front.vm->vcpu(1);
-  write(*vcpu, ws, kSvr, 0x1FF);
-  write(*vcpu, ws, kLvtTimer, kVector | kTscDeadlineMode);
+  setUpTimer(*vcpu, ws, kVector | kTscDeadlineMode);
   int64_t offset = front.vm->save().wait(ws).tscOffset;
 
   uint64_t deadline = monotonicNowNs() + 2'000'000;
@@ -233,9 +235,7 @@ TEST_CASE("timer events are posted while a front streams requests without pause"
   auto& ws = front.io.waitScope;
   auto timed = front.vm->vcpu(0);
   auto streamed = front.vm->vcpu(1);
-  write(*timed, ws, kSvr, 0x1FF);
-  write(*timed, ws, kDivide, kDivideBy1);
-  write(*timed, ws, kLvtTimer, kVector | kTimerPeriodic);
+  setUpTimer(*timed, ws, kVector | kTimerPeriodic);
   write(*timed, ws, kInitialCount, 1'000'000);   // every 1 ms
 
   // 20000 acknowledges take far longer than the 3 ms three periods need,

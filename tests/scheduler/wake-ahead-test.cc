@@ -130,126 +130,130 @@ struct FakeThread {
   }
 };
 
-TEST_CASE("waitAhead: sleeps until the wake-up time, then polls until the event", "[wake-ahead]") {
-  WakeAheadPolicy policy(testConfig());
+// One wait of a FakeThread with a fresh policy.
+struct Waiting {
+  WakeAheadPolicy policy{testConfig()};
   WakeAheadStats stats;
   FakeThread thread;
-  uint64_t deadline = thread.clock.nowNs() + 5'000'000;
-  thread.eventAtNs = deadline + 8'000;   // the event's trip
-  thread.lateWakeNs = 20'000;            // the timed sleep ends late
-  auto hooks = thread.hooks();
-  CHECK(waitAhead(policy, stats, deadline, hooks));
-  CHECK(thread.timedSleeps == 1);
-  CHECK(thread.openSleeps == 0);
-  CHECK(stats.timedWakeUps == 1);
-  CHECK(stats.pollHits == 1);
-  CHECK(stats.pollMisses == 0);
+  WakeAheadHooks hooks = thread.hooks();
+  uint64_t in(uint64_t ns) const { return thread.clock.nowNs() + ns; }
+  bool wait(kj::Maybe<uint64_t> deadline) { return waitAhead(policy, stats, deadline, hooks); }
+};
+
+TEST_CASE("waitAhead: sleeps until the wake-up time, then polls until the event", "[wake-ahead]") {
+  Waiting w;
+  uint64_t deadline = w.in(5'000'000);
+  w.thread.eventAtNs = deadline + 8'000;   // the event's trip
+  w.thread.lateWakeNs = 20'000;            // the timed sleep ends late
+  CHECK(w.wait(deadline));
+  CHECK(w.thread.timedSleeps == 1);
+  CHECK(w.thread.openSleeps == 0);
+  CHECK(w.stats.timedWakeUps == 1);
+  CHECK(w.stats.pollHits == 1);
+  CHECK(w.stats.pollMisses == 0);
   // Polled from deadline - 60 us + 20 us to the event: about 48 us.
-  CHECK(stats.pollNs >= 47'000);
-  CHECK(stats.pollNs <= 50'000);
+  CHECK(w.stats.pollNs >= 47'000);
+  CHECK(w.stats.pollNs <= 50'000);
   // Seen within one poll of its arrival.
-  CHECK(thread.clock.nowNs() <= KJ_ASSERT_NONNULL(thread.eventAtNs) + thread.pollCostNs);
+  CHECK(w.thread.clock.nowNs() <= KJ_ASSERT_NONNULL(w.thread.eventAtNs) + w.thread.pollCostNs);
 }
 
-TEST_CASE("waitAhead: wokeAhead runs once, at the timed wake-up, before polling", "[wake-ahead]") {
-  WakeAheadPolicy policy(testConfig());
-  WakeAheadStats stats;
-  FakeThread thread;
-  uint64_t deadline = thread.clock.nowNs() + 5'000'000;
-  thread.eventAtNs = deadline + 5'000;
-  auto hooks = thread.hooks();
+TEST_CASE("waitAhead: keepWarm runs once, at the timed wake-up, before polling", "[wake-ahead]") {
+  Waiting w;
+  uint64_t deadline = w.in(5'000'000);
+  w.thread.eventAtNs = deadline + 5'000;
   uint32_t warmed = 0, pollsBeforeWarm = 0;
-  hooks.wokeAhead = kj::Function<void()>([&]() {
+  w.hooks.keepWarm = kj::Function<void()>([&]() {
     ++warmed;
-    pollsBeforeWarm = thread.polls;
-    CHECK(thread.clock.nowNs() == deadline - 60'000);
+    pollsBeforeWarm = w.thread.polls;
+    CHECK(w.thread.clock.nowNs() == deadline - 60'000);
   });
-  CHECK(waitAhead(policy, stats, deadline, hooks));
+  CHECK(w.wait(deadline));
   CHECK(warmed == 1);
   CHECK(pollsBeforeWarm == 0);
-  CHECK(stats.pollHits == 1);
+  CHECK(w.stats.pollHits == 1);
 
   // Woken early by something else, or with a deadline already within the
   // margin: no timed wake-up, so nothing to warm.
-  FakeThread early;
-  early.eventAtNs = early.clock.nowNs() + 1'000;
-  auto earlyHooks = early.hooks();
-  earlyHooks.wokeAhead = kj::Function<void()>([&]() { ++warmed; });
-  CHECK(waitAhead(policy, stats, early.clock.nowNs() + 5'000'000, earlyHooks));
-  CHECK(waitAhead(policy, stats, early.clock.nowNs() + 10'000, earlyHooks));
+  Waiting early;
+  early.thread.eventAtNs = early.in(1'000);
+  early.hooks.keepWarm = kj::Function<void()>([&]() { ++warmed; });
+  CHECK(early.wait(early.in(5'000'000)));
+  CHECK(early.wait(early.in(10'000)));
   CHECK(warmed == 1);
+}
+
+TEST_CASE("waitAhead: keepWarmEveryNs repeats the request while polling, no more often",
+          "[wake-ahead]") {
+  Waiting w;
+  uint64_t deadline = w.in(5'000'000);
+  w.thread.eventAtNs = deadline + 25'000;   // polled from deadline - 60 us: 85 us
+  kj::Vector<uint64_t> warmedAt;
+  w.hooks.keepWarm = kj::Function<void()>([&]() { warmedAt.add(w.thread.clock.nowNs()); });
+  w.hooks.keepWarmEveryNs = 30'000;
+  CHECK(w.wait(deadline));
+  // At the wake-up, then every 30 us of the 85 us poll: 3 in all.
+  REQUIRE(warmedAt.size() == 3);
+  CHECK(warmedAt[0] == deadline - 60'000);
+  for (size_t i = 1; i < warmedAt.size(); i++) CHECK(warmedAt[i] - warmedAt[i - 1] >= 30'000);
+  CHECK(w.stats.contended == 0);
 }
 
 TEST_CASE("waitAhead: a poll that runs out sleeps until the event and learns it was late",
           "[wake-ahead]") {
-  WakeAheadPolicy policy(testConfig());
-  WakeAheadStats stats;
-  FakeThread thread;
-  uint64_t deadline = thread.clock.nowNs() + 1'000'000;
-  thread.eventAtNs = deadline + 2'000'000;   // far later than any poll
-  auto hooks = thread.hooks();
-  uint64_t pollAfterBefore = policy.pollAfterNs();
-  CHECK(waitAhead(policy, stats, deadline, hooks));
-  CHECK(stats.pollMisses == 1);
-  CHECK(thread.openSleeps == 1);
+  Waiting w;
+  uint64_t deadline = w.in(1'000'000);
+  w.thread.eventAtNs = deadline + 2'000'000;   // far later than any poll
+  uint64_t pollAfterBefore = w.policy.pollAfterNs();
+  CHECK(w.wait(deadline));
+  CHECK(w.stats.pollMisses == 1);
+  CHECK(w.thread.openSleeps == 1);
   // Bounded: it stopped polling within one poll of deadline + the window.
-  CHECK(stats.pollNs <= policy.config().initialMarginNs + pollAfterBefore + thread.pollCostNs);
-  CHECK(thread.polls <= (60'000 + 30'000) / thread.pollCostNs + 2);
-  CHECK(policy.pollAfterNs() > pollAfterBefore);
+  CHECK(w.stats.pollNs <= w.policy.config().initialMarginNs + pollAfterBefore + w.thread.pollCostNs);
+  CHECK(w.thread.polls <= (60'000 + 30'000) / w.thread.pollCostNs + 2);
+  CHECK(w.policy.pollAfterNs() > pollAfterBefore);
 }
 
 TEST_CASE("waitAhead: an event that never comes costs one bounded poll, then a plain sleep",
           "[wake-ahead]") {
-  WakeAheadPolicy policy(testConfig());
-  WakeAheadStats stats;
-  FakeThread thread;   // no event at all (a masked timer, a stale hint)
-  uint64_t deadline = thread.clock.nowNs() + 1'000'000;
-  auto hooks = thread.hooks();
-  CHECK(!waitAhead(policy, stats, deadline, hooks));
-  CHECK(stats.pollMisses == 1);
-  CHECK(thread.openSleeps == 1);
-  CHECK(thread.polls <= (60'000 + 30'000) / thread.pollCostNs + 2);
+  Waiting w;   // no event at all (a masked timer, a stale hint)
+  uint64_t deadline = w.in(1'000'000);
+  CHECK(!w.wait(deadline));
+  CHECK(w.stats.pollMisses == 1);
+  CHECK(w.thread.openSleeps == 1);
+  CHECK(w.thread.polls <= (60'000 + 30'000) / w.thread.pollCostNs + 2);
 }
 
 TEST_CASE("waitAhead: a descheduled poll stops polling at once (the CPU is wanted)",
           "[wake-ahead]") {
-  WakeAheadPolicy policy(testConfig());
-  WakeAheadStats stats;
-  FakeThread thread;
-  uint64_t deadline = thread.clock.nowNs() + 1'000'000;
-  thread.eventAtNs = deadline + 200'000;
-  thread.descheduleAtNs = deadline - 50'000;
-  auto hooks = thread.hooks();
-  CHECK(waitAhead(policy, stats, deadline, hooks));
-  CHECK(stats.contended == 1);
-  CHECK(stats.pollHits == 0);
-  CHECK(thread.openSleeps == 1);
+  Waiting w;
+  uint64_t deadline = w.in(1'000'000);
+  w.thread.eventAtNs = deadline + 200'000;
+  w.thread.descheduleAtNs = deadline - 50'000;
+  CHECK(w.wait(deadline));
+  CHECK(w.stats.contended == 1);
+  CHECK(w.stats.pollHits == 0);
+  CHECK(w.thread.openSleeps == 1);
 }
 
 TEST_CASE("waitAhead: something else arriving during the sleep ends the wait unpolled",
           "[wake-ahead]") {
-  WakeAheadPolicy policy(testConfig());
-  WakeAheadStats stats;
-  FakeThread thread;
-  uint64_t deadline = thread.clock.nowNs() + 5'000'000;
-  thread.eventAtNs = thread.clock.nowNs() + 1'000'000;   // e.g. an IPI, long before
-  auto hooks = thread.hooks();
-  CHECK(waitAhead(policy, stats, deadline, hooks));
-  CHECK(thread.polls == 1);   // the caller's look at what arrived, no polling
-  CHECK(stats.timedWakeUps == 0);
-  CHECK(stats.pollNs == 0);
+  Waiting w;
+  uint64_t deadline = w.in(5'000'000);
+  w.thread.eventAtNs = w.thread.clock.nowNs() + 1'000'000;   // e.g. an IPI, long before
+  CHECK(w.wait(deadline));
+  CHECK(w.thread.polls == 1);   // the caller's look at what arrived, no polling
+  CHECK(w.stats.timedWakeUps == 0);
+  CHECK(w.stats.pollNs == 0);
 }
 
 TEST_CASE("waitAhead: without a deadline it only sleeps", "[wake-ahead]") {
-  WakeAheadPolicy policy(testConfig());
-  WakeAheadStats stats;
-  FakeThread thread;
-  thread.eventAtNs = thread.clock.nowNs() + 3'000'000;
-  auto hooks = thread.hooks();
-  CHECK(waitAhead(policy, stats, nullptr, hooks));
-  CHECK(thread.openSleeps == 1);
-  CHECK(thread.timedSleeps == 0);
-  CHECK(stats.pollNs == 0);
+  Waiting w;
+  w.thread.eventAtNs = w.thread.clock.nowNs() + 3'000'000;
+  CHECK(w.wait(nullptr));
+  CHECK(w.thread.openSleeps == 1);
+  CHECK(w.thread.timedSleeps == 0);
+  CHECK(w.stats.pollNs == 0);
 }
 
 TEST_CASE("TimerDeadlines: earliest of the vCPUs; a past deadline replaced is an arrival",

@@ -96,7 +96,7 @@ void setUpTimer(AsyncVcpu& vcpu, kj::WaitScope& ws, uint32_t lvt) {
   write(vcpu, ws, kLvtTimer, lvt);
 }
 
-TEST_CASE("one-shot: the write's reply carries the deadline; the vector is never deliverable "
+TEST_CASE("one-shot: the write's reply carries the deadline, the vector is never deliverable "
           "before it (SDM 11.5.4)", "[integration][wake-ahead]") {
   LoopFront front(1);
   auto& ws = front.io.waitScope;
@@ -167,7 +167,7 @@ TEST_CASE("periodic: each TIMER event carries the next period's deadline, on the
   CHECK(front.vm->timerDeadlines().deadline(0) == nullptr);
 }
 
-TEST_CASE("TSC-deadline: the reply's deadline is the written TSC on the host clock; the waiter "
+TEST_CASE("TSC-deadline: the reply's deadline is the written TSC on the host clock, the waiter "
           "returns with the expiry, not before", "[integration][wake-ahead]") {
   LoopFront front(2);
   auto& ws = front.io.waitScope;

@@ -282,15 +282,8 @@ bool waitAhead(WakeAheadPolicy& policy, WakeAheadStats& stats, kj::Maybe<uint64_
       now = hooks.nowNs();
     }
   }
-  uint64_t start = now, last = now, warmed = now;
+  uint64_t start = now, last = now;
   for (;;) {
-    KJ_IF_MAYBE(warm, hooks.keepWarm) {
-      if (hooks.keepWarmEveryNs != 0 && now - warmed >= hooks.keepWarmEveryNs) {
-        (*warm)();
-        warmed = now = hooks.nowNs();
-        last = now;   // the request's own time is no sign of contention
-      }
-    }
     if (hooks.arrived()) {
       ++stats.pollHits;
       policy.observeArrival(deadline, now);

@@ -173,18 +173,17 @@ private:
 // are there. Returns when they are (true), or when `sleepUntil` came back
 // true for another reason (the caller looks at what arrived and waits
 // again). Polling ends by `pollUntilNs`, or at a descheduled poll; then it
-// sleeps with no time limit. `keepWarm`, if set, runs when the timed sleep
-// ends, before polling, and then every `keepWarmEveryNs` while polling (0:
-// only that once): a front whose events come through a server thread that
-// sleeps too (the shared-memory channel's, whose poll window after a
-// request is adaptive and short) keeps that thread awake with requests, so
-// the expiry finds it awake.
+// sleeps with no time limit. `keepWarm`, if set, runs once when the timed
+// sleep ends, before polling: a front whose events come through a server
+// thread that sleeps too (the shared-memory channel's) wakes it now with a
+// request, so that it is awake, in its own poll window, for the expiry.
+// (Repeating the request while polling gained nothing measurable here:
+// that window collapses to 0 on a contended host, whatever the front does.)
 struct WakeAheadHooks {
   kj::Function<uint64_t()> nowNs;
   kj::Function<bool(kj::Maybe<uint64_t> wakeAtNs)> sleepUntil;
   kj::Function<bool()> arrived;
   kj::Maybe<kj::Function<void()>> keepWarm;
-  uint64_t keepWarmEveryNs = 0;
 };
 bool waitAhead(WakeAheadPolicy& policy, WakeAheadStats& stats, kj::Maybe<uint64_t> deadlineNs,
                WakeAheadHooks& hooks);

@@ -26,13 +26,15 @@ kj::AutoCloseFd newTimerFd() {
 }  // namespace
 
 TimerAdvance::TimerAdvance(Config config)
-    : maxNs(config.maxNs), margin(kj::min(config.initialNs, config.maxNs)) {}
+    : maxNs(config.maxNs),
+      // The margin is 1.5x the average: start from the configured margin.
+      lateness(kj::min(config.initialNs, config.maxNs) * 2 / 3) {}
 
 void TimerAdvance::observe(uint64_t latenessNs) {
-  // margin += (sample - margin) / 8: a convex step, so the margin stays
-  // within [0, maxNs].
+  // average += (sample - average) / 8: a convex step, so it stays within
+  // [0, maxNs] (and the margin within [0, maxNs] by its clamp).
   int64_t sample = int64_t(kj::min(latenessNs, maxNs));
-  margin = uint64_t(int64_t(margin) + (sample - int64_t(margin)) / 8);
+  lateness = uint64_t(int64_t(lateness) + (sample - int64_t(lateness)) / 8);
 }
 
 DeadlineScheduler::DeadlineScheduler(kj::UnixEventPort& eventPort,

@@ -40,7 +40,7 @@ TEST_CASE("a deadline ahead: sleep until deadline - margin, poll until deadline 
   CHECK(plan.pollUntilNs == 2'000'000 + 30'000);
 }
 
-TEST_CASE("a deadline within the margin polls at once; one past its poll window blocks",
+TEST_CASE("a deadline within the margin polls at once, one past its poll window blocks",
           "[wake-ahead]") {
   WakeAheadPolicy policy(testConfig());
   auto soon = policy.plan(1'000'000, uint64_t(1'000'000 + 10'000));
@@ -183,22 +183,6 @@ TEST_CASE("waitAhead: keepWarm runs once, at the timed wake-up, before polling",
   CHECK(warmed == 1);
 }
 
-TEST_CASE("waitAhead: keepWarmEveryNs repeats the request while polling, no more often",
-          "[wake-ahead]") {
-  Waiting w;
-  uint64_t deadline = w.in(5'000'000);
-  w.thread.eventAtNs = deadline + 25'000;   // polled from deadline - 60 us: 85 us
-  kj::Vector<uint64_t> warmedAt;
-  w.hooks.keepWarm = kj::Function<void()>([&]() { warmedAt.add(w.thread.clock.nowNs()); });
-  w.hooks.keepWarmEveryNs = 30'000;
-  CHECK(w.wait(deadline));
-  // At the wake-up, then every 30 us of the 85 us poll: 3 in all.
-  REQUIRE(warmedAt.size() == 3);
-  CHECK(warmedAt[0] == deadline - 60'000);
-  for (size_t i = 1; i < warmedAt.size(); i++) CHECK(warmedAt[i] - warmedAt[i - 1] >= 30'000);
-  CHECK(w.stats.contended == 0);
-}
-
 TEST_CASE("waitAhead: a poll that runs out sleeps until the event and learns it was late",
           "[wake-ahead]") {
   Waiting w;
@@ -256,7 +240,7 @@ TEST_CASE("waitAhead: without a deadline it only sleeps", "[wake-ahead]") {
   CHECK(w.stats.pollNs == 0);
 }
 
-TEST_CASE("TimerDeadlines: earliest of the vCPUs; a past deadline replaced is an arrival",
+TEST_CASE("TimerDeadlines: earliest of the vCPUs, a past deadline replaced is an arrival",
           "[wake-ahead]") {
   TimerDeadlines book(3);
   CHECK(book.earliest() == nullptr);

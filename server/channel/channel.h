@@ -188,6 +188,14 @@ struct ServerStats {
   uint64_t sleeps = 0;       // times the thread slept on the doorbell
   uint64_t pollWindowNs = 0;
   uint64_t threadCpuNs = 0;  // CPU time of the channel thread so far
+  // Hinted polls (pollBetween): polls that began, how many of them woke the
+  // thread from its sleep to begin, requests served from them, and spins
+  // within them that found the CPU contended (the hinted poll yields and
+  // goes on: it is bounded by its end time, not by the window).
+  uint64_t hintedPolls = 0;
+  uint64_t hintedWakeups = 0;
+  uint64_t hintedRequests = 0;
+  uint64_t hintedContended = 0;
   bool asleep = false;       // the thread is blocked on the doorbell now
   bool closed = false;       // the front hung up
 };
@@ -229,6 +237,25 @@ public:
   // Events are queued for this vCPU: flag it in shared memory and wake the
   // front if it sleeps in waitForAttention(). Any thread may call it.
   void raiseAttention();
+
+  // A request is expected around a known time (vlapicd knows when this
+  // vCPU's LAPIC timer expires, and a halted front fetches the events right
+  // after): from `fromNs` the channel thread polls for requests until
+  // `untilNs` (CLOCK_MONOTONIC ns), whatever its adaptive window and its
+  // contended hold-off say, then goes back to them. If it sleeps at
+  // `fromNs`, a timer in its poll set wakes it then (a `fromNs` already past
+  // wakes it at once), so the front's request finds it awake instead of
+  // paying a cold wake-up. The poll also ends early, once it has served a
+  // request that came after attention was raised during it: the front has
+  // fetched what the poll waited for. Requests served from it (and its
+  // wake-up) do not feed the PollWindow: they measure the hint, not the
+  // front's pace between requests, and a hit would reset the contended
+  // hold-off, a grown window would spin at every later wait. One hint at
+  // a time: a call replaces the one before. Any thread may call these.
+  void pollBetween(uint64_t fromNs, uint64_t untilNs);
+  void pollUntil(uint64_t untilNs) { pollBetween(0, untilNs); }
+  // Withdraws the hint (a poll in progress ends at its next check).
+  void cancelPoll();
 
   ServerStats stats() const;
 

@@ -2,12 +2,14 @@
 // copies each request out of shared memory, runs the handler and replies.
 #include "server/channel/shared-layout.h"
 #include <kj/debug.h>
+#include <kj/mutex.h>
 #include <kj/thread.h>
 #include <fcntl.h>
 #include <pthread.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/timerfd.h>
 #include <unistd.h>
 #include <cerrno>
 #include <ctime>
@@ -16,10 +18,11 @@ namespace vlapic::channel {
 
 struct ChannelServer::Impl {
   Impl(Handler handler, OnClosed onClosed, Options options, int memfd,
-       kj::AutoCloseFd doorbell, kj::AutoCloseFd attentionFd, kj::AutoCloseFd stopFd)
+       kj::AutoCloseFd doorbell, kj::AutoCloseFd attentionFd, kj::AutoCloseFd stopFd,
+       kj::AutoCloseFd hintFd)
       : handler(kj::mv(handler)), onClosed(kj::mv(onClosed)), options(options),
         mapping(memfd), doorbell(kj::mv(doorbell)), attentionFd(kj::mv(attentionFd)),
-        stopFd(kj::mv(stopFd)) {}
+        stopFd(kj::mv(stopFd)), hintFd(kj::mv(hintFd)) {}
 
   Handler handler;
   OnClosed onClosed;
@@ -28,11 +31,30 @@ struct ChannelServer::Impl {
   kj::AutoCloseFd doorbell;
   kj::AutoCloseFd attentionFd;  // eventfd: the front's event loop watches it
   kj::AutoCloseFd stopFd;  // eventfd: readable once the destructor runs
+  // timerfd (CLOCK_MONOTONIC, absolute): expires at the latest hint's
+  // start, waking the thread if it sleeps.
+  kj::AutoCloseFd hintFd;
   std::atomic<bool> stopping = false;
+
+  // The latest pollBetween() / cancelPoll(). `generation` counts the calls,
+  // so the thread adopts each hint once; untilNs == 0 is a cancellation.
+  struct Hint {
+    uint64_t generation = 0;
+    uint64_t fromNs = 0;
+    uint64_t untilNs = 0;
+  };
+  kj::MutexGuarded<Hint> hint;
+  // Its generation alone, for the spinning thread to see a change cheaply.
+  std::atomic<uint64_t> hintGeneration = 0;
+  // raiseAttention() calls so far: a hinted poll ends once it has served a
+  // request that came after attention was raised during it.
+  std::atomic<uint64_t> attentionRaises = 0;
 
   // Statistics: written by the channel thread, read by anyone.
   std::atomic<uint64_t> requests = 0, rejected = 0, handlerFailures = 0;
   std::atomic<uint64_t> pollHits = 0, contended = 0, sleeps = 0, pollWindowNs = 0;
+  std::atomic<uint64_t> hintedPolls = 0, hintedWakeups = 0, hintedRequests = 0,
+                        hintedContended = 0;
   std::atomic<bool> asleep = false, closed = false;
   std::atomic<bool> threadRunning = false;
   std::atomic<clockid_t> threadClock = 0;
@@ -41,6 +63,7 @@ struct ChannelServer::Impl {
   kj::Maybe<kj::Own<kj::Thread>> thread;
 
   void run();
+  void setHint(uint64_t fromNs, uint64_t untilNs);
   void serve(SharedChannel& shared, uint32_t seq, kj::ArrayPtr<capnp::word> copy);
   Reply runHandler(const Request& request);
 };
@@ -77,14 +100,84 @@ void ChannelServer::Impl::run() {
            stopping.load(std::memory_order_relaxed);
   };
 
+  // The hinted poll in progress (see pollBetween in channel.h): its end,
+  // and attentionRaises when it began. (Plain values, not a kj::Maybe:
+  // g++ 12 misreads the Maybe's storage as uninitialized here.)
+  bool hinted = false;
+  uint64_t hintedUntilNs = 0;
+  uint64_t hintedRaisesAtStart = 0;
+  uint64_t adoptedGeneration = 0;   // the last hint taken up (or dropped)
+  bool wokenByHint = false;
+
   while (!stopping.load(std::memory_order_relaxed)) {
     uint32_t seq = shared.requestSeq.load(std::memory_order_acquire);
     if (seq != lastSeq) {
       // Whatever number the front wrote, one change is one request: a front
       // jumping its sequence gets one reply per change it makes, no more.
       lastSeq = seq;
+      uint64_t raisesBefore = attentionRaises.load(std::memory_order_seq_cst);
+      // Counted before the reply goes out, so the front sees it counted.
+      if (hinted) hintedRequests.fetch_add(1, std::memory_order_relaxed);
       serve(shared, seq, copy);
+      // Attention was raised during the poll before this request came: its
+      // reply carried what the hint was for.
+      if (hinted && raisesBefore != hintedRaisesAtStart) hinted = false;
       continue;
+    }
+
+    uint64_t now = monotonicNowNs();
+    {
+      Hint latest = *hint.lockExclusive();
+      if (latest.generation != adoptedGeneration) {
+        if (latest.untilNs == 0) {
+          adoptedGeneration = latest.generation;   // cancelled
+          hinted = false;
+        } else if (latest.fromNs <= now && now < latest.untilNs) {
+          // Its time has come. A hint set while a poll runs (a periodic
+          // timer's next period, set at the expiry) waits for its own time
+          // and leaves that poll alone.
+          adoptedGeneration = latest.generation;
+          hinted = true;
+          hintedUntilNs = latest.untilNs;
+          hintedRaisesAtStart = attentionRaises.load(std::memory_order_seq_cst);
+          hintedPolls.fetch_add(1, std::memory_order_relaxed);
+          if (wokenByHint) hintedWakeups.fetch_add(1, std::memory_order_relaxed);
+        } else if (now >= latest.untilNs) {
+          adoptedGeneration = latest.generation;   // its time passed unseen
+        }
+      }
+      wokenByHint = false;
+    }
+    if (hinted) {
+      if (now >= hintedUntilNs) {
+        hinted = false;
+      } else {
+        // Poll to the end whatever the CPU does: the poll yields on each
+        // round, so it only takes what nobody else wants, and it is
+        // bounded by its end time, which the hint's giver bounds. Nothing
+        // here feeds `window` (see channel.h).
+        uint64_t generation = hintGeneration.load(std::memory_order_relaxed);
+        auto readyOrNewHint = [&]() {
+          return requestWaiting() ||
+                 hintGeneration.load(std::memory_order_relaxed) != generation;
+        };
+        SpinResult result;
+        for (;;) {
+          result = spinFor(hintedUntilNs - now, now, doorbell, readyOrNewHint);
+          if (result != SpinResult::CONTENDED) break;
+          hintedContended.fetch_add(1, std::memory_order_relaxed);
+          now = monotonicNowNs();
+          if (now >= hintedUntilNs) break;
+        }
+        if (result == SpinResult::HUNG_UP) {
+          closed = true;
+          onClosed();
+          return;
+        }
+        // A request or a new hint: the top of the loop takes it up. Else
+        // the poll has run its time, and the normal wait follows.
+        continue;
+      }
     }
 
     uint64_t start = monotonicNowNs();
@@ -112,7 +205,7 @@ void ChannelServer::Impl::run() {
     if (shared.requestSeq.load(std::memory_order_seq_cst) == lastSeq) {
       sleeps.fetch_add(1, std::memory_order_relaxed);
       asleep = true;
-      woken = sleepOnDoorbell(doorbell, stopFd, -1);
+      woken = sleepOnDoorbell(doorbell, stopFd, -1, hintFd);
       asleep = false;
     }
     shared.serverSleeping.store(0, std::memory_order_seq_cst);
@@ -123,6 +216,10 @@ void ChannelServer::Impl::run() {
         return;
       case DoorbellWait::STOPPED:
         return;
+      case DoorbellWait::HINTED:
+        // Not a request: the wait says nothing about the front's pace.
+        wokenByHint = true;
+        continue;
       case DoorbellWait::RUNG:
       case DoorbellWait::TIMED_OUT:
         break;
@@ -130,6 +227,23 @@ void ChannelServer::Impl::run() {
     window.onSlept(monotonicNowNs() - start);
     pollWindowNs = window.currentNs();
   }
+}
+
+void ChannelServer::Impl::setHint(uint64_t fromNs, uint64_t untilNs) {
+  auto locked = hint.lockExclusive();
+  locked->generation++;
+  locked->fromNs = fromNs;
+  locked->untilNs = untilNs;
+  hintGeneration.store(locked->generation, std::memory_order_relaxed);
+  // Under the lock, so that the timerfd always holds the latest hint's
+  // start. 0 disarms it; a start already past expires at once.
+  struct itimerspec spec = {};
+  if (untilNs != 0) {
+    uint64_t at = kj::max(fromNs, uint64_t(1));
+    spec.it_value.tv_sec = static_cast<time_t>(at / 1'000'000'000u);
+    spec.it_value.tv_nsec = static_cast<long>(at % 1'000'000'000u);
+  }
+  KJ_SYSCALL(timerfd_settime(hintFd, TFD_TIMER_ABSTIME, &spec, nullptr));
 }
 
 void ChannelServer::Impl::serve(SharedChannel& shared, uint32_t seq,
@@ -203,13 +317,16 @@ ChannelServer::Created ChannelServer::create(Handler handler, OnClosed onClosed,
   kj::AutoCloseFd stopFd(fd);
   KJ_SYSCALL(fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
   kj::AutoCloseFd attentionFd(fd);
+  KJ_SYSCALL(fd = timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK));
+  kj::AutoCloseFd hintFd(fd);
 
   // The memory and the attention eventfd travel to the front ahead of any
   // doorbell ring, through the same socket, so the front needs one fd from
   // the capnp socket.
   sendChannelMemory(serverEnd, memfd, attentionFd);
   auto impl = kj::heap<Impl>(kj::mv(handler), kj::mv(onClosed), options, memfd,
-                             kj::mv(serverEnd), kj::mv(attentionFd), kj::mv(stopFd));
+                             kj::mv(serverEnd), kj::mv(attentionFd), kj::mv(stopFd),
+                             kj::mv(hintFd));
   SharedChannel& shared = impl->mapping.channel();
   shared.magic = kChannelMagic;
   shared.version = kLayoutVersion;
@@ -232,6 +349,7 @@ ChannelServer::~ChannelServer() noexcept(false) {
 
 void ChannelServer::raiseAttention() {
   SharedChannel& shared = impl->mapping.channel();
+  impl->attentionRaises.fetch_add(1, std::memory_order_seq_cst);
   // Only the 0 -> 1 edge notifies the eventfd: until the front's next call
   // clears the flag, it already knows.
   if (shared.attention.exchange(1, std::memory_order_seq_cst) == 0) {
@@ -239,6 +357,13 @@ void ChannelServer::raiseAttention() {
   }
   if (shared.frontSleeping.load(std::memory_order_seq_cst) != 0) ringDoorbell(impl->doorbell);
 }
+
+void ChannelServer::pollBetween(uint64_t fromNs, uint64_t untilNs) {
+  KJ_REQUIRE(untilNs != 0, "pollBetween needs an end time; cancelPoll() withdraws a hint");
+  impl->setHint(fromNs, untilNs);
+}
+
+void ChannelServer::cancelPoll() { impl->setHint(0, 0); }
 
 ServerStats ChannelServer::stats() const {
   ServerStats stats;
@@ -251,6 +376,10 @@ ServerStats ChannelServer::stats() const {
   stats.pollWindowNs = impl->pollWindowNs.load();
   stats.asleep = impl->asleep.load();
   stats.closed = impl->closed.load();
+  stats.hintedPolls = impl->hintedPolls.load();
+  stats.hintedWakeups = impl->hintedWakeups.load();
+  stats.hintedRequests = impl->hintedRequests.load();
+  stats.hintedContended = impl->hintedContended.load();
   uint64_t cpu = 0;
   if (impl->threadRunning.load()) cpu = cpuClockNs(impl->threadClock.load());
   stats.threadCpuNs = cpu != 0 ? cpu : impl->finalThreadCpuNs.load();

@@ -84,10 +84,12 @@ private:
 // noticed by the next sleep).
 void ringDoorbell(int fd);
 
-enum class DoorbellWait : uint8_t { RUNG, TIMED_OUT, HUNG_UP, STOPPED };
+enum class DoorbellWait : uint8_t { RUNG, TIMED_OUT, HUNG_UP, STOPPED, HINTED };
 // Sleeps until the doorbell rings, the peer hangs up, `stopFd` (if not -1)
-// becomes readable or the timeout passes (-1: none); drains pending rings.
-DoorbellWait sleepOnDoorbell(int fd, int stopFd, int timeoutMs);
+// becomes readable, `hintFd` (if not -1: the server's hinted-poll timerfd)
+// expires or the timeout passes (-1: none); drains pending rings, and the
+// timerfd's expiration count.
+DoorbellWait sleepOnDoorbell(int fd, int stopFd, int timeoutMs, int hintFd = -1);
 // Whether the peer hung up, without blocking.
 bool doorbellHungUp(int fd);
 

@@ -88,17 +88,21 @@ bool drainDoorbell(int fd) {
 
 }  // namespace
 
-DoorbellWait sleepOnDoorbell(int fd, int stopFd, int timeoutMs) {
-  struct pollfd fds[2] = {{fd, POLLIN, 0}, {stopFd, POLLIN, 0}};
-  nfds_t count = stopFd >= 0 ? 2 : 1;
+DoorbellWait sleepOnDoorbell(int fd, int stopFd, int timeoutMs, int hintFd) {
+  struct pollfd fds[3] = {{fd, POLLIN, 0}, {stopFd, POLLIN, 0}, {hintFd, POLLIN, 0}};
   int n;
   do {
-    n = poll(fds, count, timeoutMs);
+    // A negative fd is ignored by poll(): stopFd and hintFd are optional.
+    n = poll(fds, 3, timeoutMs);
   } while (n < 0 && errno == EINTR);
   if (n < 0) KJ_FAIL_SYSCALL("poll(doorbell)", errno);
-  if (count == 2 && fds[1].revents != 0) return DoorbellWait::STOPPED;
+  if (stopFd >= 0 && fds[1].revents != 0) return DoorbellWait::STOPPED;
+  // The timerfd stays readable until read: drain it whatever else woke us.
+  if (hintFd >= 0 && fds[2].revents != 0) drainEventFd(hintFd);
   if (n == 0) return DoorbellWait::TIMED_OUT;
   if (fds[0].revents & (POLLHUP | POLLERR | POLLNVAL)) return DoorbellWait::HUNG_UP;
+  // Nothing on the doorbell and not stopped: the hint's timer woke us.
+  if (fds[0].revents == 0) return DoorbellWait::HINTED;
   return drainDoorbell(fd) ? DoorbellWait::RUNG : DoorbellWait::HUNG_UP;
 }
 

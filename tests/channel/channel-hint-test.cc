@@ -1,0 +1,144 @@
+// Hinted polls (ChannelServer::pollBetween): vlapicd knows when a vCPU's
+// timer expires and keeps that vCPU's channel thread awake across it, so the
+// front's fetch finds it polling instead of paying a cold wake-up. Observed
+// through the server's stats counters, never through timing.
+#include "tests/channel/test-support.h"
+#include <catch2/catch.hpp>
+#include <atomic>
+
+namespace vlapic::channel {
+namespace {
+
+using test::eventually;
+using test::expectedReply;
+using test::requestNumber;
+
+// Far enough that no test reaches it: the poll ends by other means.
+constexpr uint64_t kLongNs = 60'000'000'000;
+
+struct Hinted {
+  // The adaptive policy: its window starts at 0, so an idle thread sleeps
+  // at once, and whether a wait fed the window is visible in pollWindowNs.
+  Hinted() {
+    auto created = ChannelServer::create([](const Request& r) { return expectedReply(r); },
+                                         [this]() { closedCalls++; });
+    server = kj::mv(created.server);
+    front = ChannelFront::connect(kj::mv(created.frontFd));
+  }
+
+  bool call(uint64_t i) {
+    Request request = requestNumber(i);
+    return front->call(request) == expectedReply(request);
+  }
+  // Asleep on the doorbell, with no request served since the last look.
+  bool asleep() { return server->stats().asleep; }
+  bool polling(uint64_t polls) {
+    auto stats = server->stats();
+    return stats.hintedPolls == polls && !stats.asleep;
+  }
+
+  std::atomic<int> closedCalls = 0;
+  kj::Own<ChannelServer> server;
+  kj::Own<ChannelFront> front;
+};
+
+TEST_CASE("channel hint: pollUntil wakes a sleeping server thread, which serves the next "
+          "request from its poll without growing its window",
+          "[hint]") {
+  Hinted channel;
+  REQUIRE(channel.call(1));
+  REQUIRE(eventually([&]() { return channel.asleep(); }));
+  uint64_t sleepsBefore = channel.server->stats().sleeps;
+
+  channel.server->pollUntil(monotonicNowNs() + kLongNs);
+  REQUIRE(eventually([&]() { return channel.polling(1); }));
+  CHECK(channel.server->stats().hintedWakeups == 1);
+
+  REQUIRE(channel.call(2));
+  auto stats = channel.server->stats();
+  CHECK(stats.hintedRequests == 1);
+  CHECK(stats.pollHits == 0);   // the hinted poll's catch is not the window's
+  CHECK(stats.sleeps == sleepsBefore);
+  // A request that came soon after a sleep would have grown the window
+  // from 0 to 10 us (PollWindow::onSlept); the hinted one leaves it alone.
+  CHECK(stats.pollWindowNs == 0);
+
+  channel.server->cancelPoll();
+  CHECK(eventually([&]() { return channel.asleep(); }));
+  CHECK(channel.server->stats().hintedPolls == 1);
+}
+
+TEST_CASE("channel hint: a poll from a later time starts then, and a request after its end "
+          "goes the normal way",
+          "[hint]") {
+  Hinted channel;
+  REQUIRE(eventually([&]() { return channel.asleep(); }));
+  uint64_t from = monotonicNowNs() + 5'000'000;
+  // 50 ms long, so that even a thread woken very late still finds it open.
+  channel.server->pollBetween(from, from + 50'000'000);
+  // The thread's timer wakes it at `from`; it polls to the end, then sleeps.
+  REQUIRE(eventually([&]() {
+    auto stats = channel.server->stats();
+    return stats.hintedPolls == 1 && stats.asleep && monotonicNowNs() > from + 50'000'000;
+  }));
+  auto before = channel.server->stats();
+  CHECK(before.hintedWakeups == 1);
+
+  REQUIRE(channel.call(1));
+  auto after = channel.server->stats();
+  CHECK(after.hintedRequests == 0);
+  CHECK(after.hintedPolls == 1);
+  CHECK(after.requests == before.requests + 1);
+}
+
+TEST_CASE("channel hint: the poll ends once the front fetched what attention announced",
+          "[hint]") {
+  Hinted channel;
+  channel.server->pollUntil(monotonicNowNs() + kLongNs);
+  REQUIRE(eventually([&]() { return channel.polling(1); }));
+  // A request before anything was raised (the front's own early fetch):
+  // served from the poll, which goes on.
+  REQUIRE(channel.call(1));
+  CHECK(channel.server->stats().hintedRequests == 1);
+
+  channel.server->raiseAttention();   // the timer expired
+  REQUIRE(channel.front->attentionPending());
+  REQUIRE(channel.front->call(Request::fetchEvents()).kind == Reply::Kind::DONE);
+  CHECK(channel.server->stats().hintedRequests == 2);
+  // Its work done, the thread sleeps long before the hint's end.
+  CHECK(eventually([&]() { return channel.asleep(); }));
+  CHECK(channel.server->stats().hintedPolls == 1);
+}
+
+TEST_CASE("channel hint: a hint given during a poll leaves that poll running", "[hint]") {
+  Hinted channel;
+  channel.server->pollUntil(monotonicNowNs() + kLongNs);
+  REQUIRE(eventually([&]() { return channel.polling(1); }));
+  // A periodic timer's next period, set at the expiry: not due yet.
+  uint64_t next = monotonicNowNs() + 2 * kLongNs;
+  channel.server->pollBetween(next, next + 1'000'000);
+  REQUIRE(channel.call(1));
+  auto stats = channel.server->stats();
+  CHECK(stats.hintedRequests == 1);   // the first poll still ran
+  CHECK(stats.hintedPolls == 1);
+  // Withdrawn, nothing is left to poll for.
+  channel.server->cancelPoll();
+  CHECK(eventually([&]() { return channel.asleep(); }));
+}
+
+TEST_CASE("channel hint: a front hanging up during a hinted poll is still seen", "[hint]") {
+  Hinted channel;
+  channel.server->pollUntil(monotonicNowNs() + kLongNs);
+  REQUIRE(eventually([&]() { return channel.polling(1); }));
+  channel.front = nullptr;   // closes the front's end of the doorbell
+  CHECK(eventually([&]() { return channel.closedCalls.load() == 1; }));
+  CHECK(channel.server->stats().closed);
+}
+
+TEST_CASE("channel hint: a hint needs an end time", "[hint]") {
+  Hinted channel;
+  CHECK_THROWS_WITH(channel.server->pollBetween(1, 0), Catch::Contains("end time"));
+}
+
+}  // namespace
+}  // namespace vlapic::channel

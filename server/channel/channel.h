@@ -246,8 +246,8 @@ public:
   // `fromNs`, a timer in its poll set wakes it then (a `fromNs` already past
   // wakes it at once), so the front's request finds it awake instead of
   // paying a cold wake-up. The poll also ends early, once it has served a
-  // request that came after attention was raised during it: the front has
-  // fetched what the poll waited for. Requests served from it (and its
+  // request that came after attention was raised since `fromNs`: the front
+  // has fetched what the poll waited for. Requests served from it (and its
   // wake-up) do not feed the PollWindow: they measure the hint, not the
   // front's pace between requests, and a hit would reset the contended
   // hold-off, a grown window would spin at every later wait. One hint at

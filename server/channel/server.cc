@@ -42,13 +42,15 @@ struct ChannelServer::Impl {
     uint64_t generation = 0;
     uint64_t fromNs = 0;
     uint64_t untilNs = 0;
+    uint64_t givenNs = 0;   // when pollBetween() was called
   };
   kj::MutexGuarded<Hint> hint;
   // Its generation alone, for the spinning thread to see a change cheaply.
   std::atomic<uint64_t> hintGeneration = 0;
-  // raiseAttention() calls so far: a hinted poll ends once it has served a
-  // request that came after attention was raised during it.
-  std::atomic<uint64_t> attentionRaises = 0;
+  // When raiseAttention() was last called (CLOCK_MONOTONIC ns): a hinted
+  // poll ends once it has served a request that came after attention was
+  // raised within the hint's time.
+  std::atomic<uint64_t> lastRaiseNs = 0;
 
   // Statistics: written by the channel thread, read by anyone.
   std::atomic<uint64_t> requests = 0, rejected = 0, handlerFailures = 0;
@@ -100,12 +102,12 @@ void ChannelServer::Impl::run() {
            stopping.load(std::memory_order_relaxed);
   };
 
-  // The hinted poll in progress (see pollBetween in channel.h): its end,
-  // and attentionRaises when it began. (Plain values, not a kj::Maybe:
-  // g++ 12 misreads the Maybe's storage as uninitialized here.)
+  // The hinted poll in progress (see pollBetween in channel.h): its hint's
+  // start and end. (Plain values, not a kj::Maybe: g++ 12 misreads the
+  // Maybe's storage as uninitialized here.)
   bool hinted = false;
+  uint64_t hintedFromNs = 0;
   uint64_t hintedUntilNs = 0;
-  uint64_t hintedRaisesAtStart = 0;
   uint64_t adoptedGeneration = 0;   // the last hint taken up (or dropped)
   bool wokenByHint = false;
 
@@ -115,13 +117,15 @@ void ChannelServer::Impl::run() {
       // Whatever number the front wrote, one change is one request: a front
       // jumping its sequence gets one reply per change it makes, no more.
       lastSeq = seq;
-      uint64_t raisesBefore = attentionRaises.load(std::memory_order_seq_cst);
+      uint64_t raisedNs = lastRaiseNs.load(std::memory_order_seq_cst);
       // Counted before the reply goes out, so the front sees it counted.
       if (hinted) hintedRequests.fetch_add(1, std::memory_order_relaxed);
       serve(shared, seq, copy);
-      // Attention was raised during the poll before this request came: its
-      // reply carried what the hint was for.
-      if (hinted && raisesBefore != hintedRaisesAtStart) hinted = false;
+      // Attention was raised within the hint's time before this request
+      // came: its reply carried what the hint was for (the handler takes
+      // every queued event). Events raised before the hint's start do not
+      // count: the front's own fetch ahead of the deadline takes those.
+      if (hinted && raisedNs >= hintedFromNs) hinted = false;
       continue;
     }
 
@@ -138,13 +142,14 @@ void ChannelServer::Impl::run() {
           // and leaves that poll alone.
           adoptedGeneration = latest.generation;
           hinted = true;
+          hintedFromNs = kj::max(latest.fromNs, latest.givenNs);
           hintedUntilNs = latest.untilNs;
-          hintedRaisesAtStart = attentionRaises.load(std::memory_order_seq_cst);
           hintedPolls.fetch_add(1, std::memory_order_relaxed);
           if (wokenByHint) hintedWakeups.fetch_add(1, std::memory_order_relaxed);
         } else if (now >= latest.untilNs) {
           adoptedGeneration = latest.generation;   // its time passed unseen
         }
+
       }
       wokenByHint = false;
     }
@@ -234,6 +239,7 @@ void ChannelServer::Impl::setHint(uint64_t fromNs, uint64_t untilNs) {
   locked->generation++;
   locked->fromNs = fromNs;
   locked->untilNs = untilNs;
+  locked->givenNs = monotonicNowNs();
   hintGeneration.store(locked->generation, std::memory_order_relaxed);
   // Under the lock, so that the timerfd always holds the latest hint's
   // start. 0 disarms it; a start already past expires at once.
@@ -349,7 +355,7 @@ ChannelServer::~ChannelServer() noexcept(false) {
 
 void ChannelServer::raiseAttention() {
   SharedChannel& shared = impl->mapping.channel();
-  impl->attentionRaises.fetch_add(1, std::memory_order_seq_cst);
+  impl->lastRaiseNs.store(monotonicNowNs(), std::memory_order_seq_cst);
   // Only the 0 -> 1 edge notifies the eventfd: until the front's next call
   // clears the flag, it already knows.
   if (shared.attention.exchange(1, std::memory_order_seq_cst) == 0) {

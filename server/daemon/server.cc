@@ -104,6 +104,46 @@ LapicSnapshot snapshotFromProto(proto::VcpuState::Reader in) {
 
 uint64_t monotonicNowNs() { return hal::MonotonicClock().nowNs(); }
 
+// A vCPU with a channel and an armed timer gets its channel thread polling
+// across the expiry (channel::ChannelServer::pollBetween), so the front's
+// FETCH_EVENTS right after it finds the thread awake instead of paying a
+// cold wake-up (~40-50 us on this nested host; the thread's adaptive window
+// is 0 on a contended host, see server/channel/README.md).
+//
+// The poll starts at the deadline minus the scheduler's advance margin plus
+// kChannelPollExtraLeadNs: the margin is learned from how late this host
+// wakes a thread sleeping on a timerfd, which is what the channel thread
+// does too, and the extra lead covers the spread the margin leaves (the
+// margin covers ~9 in 10 of the loop's wake-ups, and a channel thread
+// woken a little late misses the fetch entirely). See README.md for the
+// leads measured.
+constexpr uint64_t kChannelPollExtraLeadNs = 20'000;
+// The poll ends once the front has fetched the expiry's events (the
+// channel ends it itself) or this long after the deadline, whichever comes
+// first. It bounds the CPU a front that does not fetch at once costs
+// (its vCPU in the guest, kicked through the attention eventfd, or no
+// front waiting at all): a halted front waking ahead fetches within some
+// 10-30 us of the deadline, a kicked vCPU within ~100 us.
+constexpr uint64_t kChannelPollTailNs = 150'000;
+
+// What the hinted polls did, summed over channels (ServerCounters).
+struct ChannelHintCounters {
+  uint64_t given = 0;   // hints vlapicd gave (one per new deadline)
+  uint64_t polls = 0, wakeups = 0, requests = 0;
+
+  void add(const channel::ServerStats& stats) {
+    polls += stats.hintedPolls;
+    wakeups += stats.hintedWakeups;
+    requests += stats.hintedRequests;
+  }
+  void addVm(const ChannelHintCounters& vm) {
+    given += vm.given;
+    polls += vm.polls;
+    wakeups += vm.wakeups;
+    requests += vm.requests;
+  }
+};
+
 // First-segment hint for replies (they grow as needed). Always explicit:
 // capnp's defaulted hint trips g++'s -Wmaybe-uninitialized in sanitizer
 // builds.
@@ -139,6 +179,7 @@ struct Server::Impl final: private kj::TaskSet::ErrorHandler {
 
   uint64_t totalEventsPosted = 0;
   uint64_t totalTimerExpiries = 0;
+  ChannelHintCounters retiredChannelHints;   // of released VMs
 
   // Live leases: the RPC system may drop capabilities after the server is
   // gone (it defers some teardown), so leases must know whether it is.
@@ -225,10 +266,12 @@ public:
         ticketKeys(kj::heapArray<kj::Maybe<kj::String>>(config.vcpuCount)),
         channels(kj::heapArray<kj::Maybe<kj::Own<channel::ChannelServer>>>(config.vcpuCount)),
         channelGenerations(kj::heapArray<uint64_t>(config.vcpuCount)),
+        hintedDeadlines(kj::heapArray<uint64_t>(config.vcpuCount)),
         tasks(*this) {
     for (auto& d: dirty) d = false;
     for (auto& n: eventsPostedPerVcpu) n = 0;
     for (auto& g: channelGenerations) g = 0;
+    for (auto& h: hintedDeadlines) h = 0;
     auto builder = kj::heapArrayBuilder<kj::Own<DeadlineScheduler::Slot>>(config.vcpuCount);
     for (uint32_t v = 0; v < config.vcpuCount; v++) {
       builder.add(kj::heap<DeadlineScheduler::Slot>(server.scheduler, [this, v]() { timerFired(v); }));
@@ -264,8 +307,30 @@ public:
   // On the loop, with the lock held.
   void resyncAll() {
     for (uint32_t v = 0; v < vm.vcpuCount(); v++) {
-      timers[v]->set(vm.timerDeadlineNs(v));
+      syncTimer(v);
       if (vm.hasEvents(v)) eventsPending(v);
+    }
+  }
+
+  // The vCPU's timer slot follows the Vm's deadline, and so does its
+  // channel's hinted poll. On the loop, with the lock held.
+  void syncTimer(uint32_t vcpu) {
+    kj::Maybe<uint64_t> deadline = vm.timerDeadlineNs(vcpu);
+    timers[vcpu]->set(deadline);
+    KJ_IF_MAYBE(channel, channels[vcpu]) {
+      uint64_t& hinted = hintedDeadlines[vcpu];
+      KJ_IF_MAYBE(d, deadline) {
+        if (*d == hinted) return;
+        uint64_t lead = server.scheduler.advanceNs() + kChannelPollExtraLeadNs;
+        (*channel)->pollBetween(*d > lead ? *d - lead : 0, *d + kChannelPollTailNs);
+        hinted = *d;
+        ++channelHintsGiven;
+      } else if (hinted > monotonicNowNs()) {
+        // Stopped before it expired. (After an expiry, whose one-shot timer
+        // is now disarmed, the poll is still wanted: it ends by itself.)
+        (*channel)->cancelPoll();
+        hinted = 0;
+      }
     }
   }
 
@@ -285,7 +350,7 @@ public:
 
   void timerChanged(uint32_t vcpu) override {
     if (onLoopThread()) {
-      timers[vcpu]->set(vm.timerDeadlineNs(vcpu));
+      syncTimer(vcpu);
     } else {
       crossThread.lockExclusive()->timers.insert(vcpu);
       server.wakeLoop(id);
@@ -304,7 +369,7 @@ public:
     if (work.events.empty() && work.timers.empty()) return;
     {
       auto guard = lock();
-      for (uint32_t v: work.timers) timers[v]->set(vm.timerDeadlineNs(v));
+      for (uint32_t v: work.timers) syncTimer(v);
       for (uint32_t v: work.events) {
         if (channels[v] == nullptr && vm.hasEvents(v)) markDirty(v);
       }
@@ -330,6 +395,8 @@ public:
     channels[vcpu] = kj::mv(created.server);
     // Events queued before the channel existed travel through it now.
     if (vm.hasEvents(vcpu)) channel.raiseAttention();
+    hintedDeadlines[vcpu] = 0;
+    syncTimer(vcpu);   // an armed timer gets its hint
     return kj::mv(created.frontFd);
   }
 
@@ -341,6 +408,7 @@ public:
       if (channelGenerations[vcpu] != generation) return;
       closing = kj::mv(channels[vcpu]);
       channels[vcpu] = nullptr;
+      KJ_IF_MAYBE(c, closing) retireChannelStats((*c)->stats());
       // What the front did not fetch goes to the EventSink again.
       if (vm.hasEvents(vcpu)) markDirty(vcpu);
     }
@@ -374,6 +442,16 @@ public:
   }
   uint64_t eventsPostedFor(uint32_t vcpu) const { return eventsPostedPerVcpu[vcpu]; }
   bool hasChannel(uint32_t vcpu) const { return channels[vcpu] != nullptr; }
+  // The hinted polls of this VM's channels, closed ones included. On the
+  // loop (which alone opens and closes channels).
+  ChannelHintCounters channelHints() const {
+    ChannelHintCounters sum = closedChannelHints;
+    sum.given = channelHintsGiven;
+    for (auto& channel: channels) {
+      KJ_IF_MAYBE(c, channel) sum.add((*c)->stats());
+    }
+    return sum;
+  }
   const DeadlineScheduler::Slot& timer(uint32_t vcpu) const { return *timers[vcpu]; }
 
   ServerState& server;
@@ -408,12 +486,18 @@ private:
   kj::Array<kj::Maybe<kj::String>> ticketKeys;
   kj::Array<kj::Maybe<kj::Own<channel::ChannelServer>>> channels;
   kj::Array<uint64_t> channelGenerations;
+  // The deadline each channel's hinted poll was last given for (0: none).
+  kj::Array<uint64_t> hintedDeadlines;
+  uint64_t channelHintsGiven = 0;
+  ChannelHintCounters closedChannelHints;
   kj::Array<kj::Own<DeadlineScheduler::Slot>> timers;
   bool flushScheduled = false;
   uint64_t coalescedReported = 0;   // Vm's eventsCoalesced at the last batch
   kj::TaskSet tasks;   // last: cancelled first on destruction
 
   bool onLoopThread() const { return std::this_thread::get_id() == loopThread; }
+
+  void retireChannelStats(const channel::ServerStats& stats) { closedChannelHints.add(stats); }
 
   void markDirty(uint32_t vcpu) {
     if (!dirty[vcpu]) {
@@ -470,7 +554,7 @@ private:
       server.totalTimerExpiries += expiries;
       // onTimer re-arms periodic timers; keep the slot in step even if the
       // deadline did not move.
-      timers[vcpu]->set(vm.timerDeadlineNs(vcpu));
+      syncTimer(vcpu);
     }
     // Post now rather than on a later turn: timer lateness is what the
     // front measures. (onTimer's listener call has just scheduled a flush
@@ -1239,6 +1323,7 @@ void Server::Impl::releaseVm(uint64_t id) {
   // Move it out before destroying: its destructor touches `tickets`.
   kj::Own<VmHost> host = kj::mv(it->second);
   vms.erase(it);
+  retiredChannelHints.addVm(host->channelHints());
   KJ_LOG(INFO, "VM released", id);
   host = nullptr;
 }
@@ -1269,6 +1354,12 @@ ServerCounters Server::Impl::counters() const {
   c.armedTimers = scheduler.armedCount();
   c.totalEventsPosted = totalEventsPosted;
   c.totalTimerExpiries = totalTimerExpiries;
+  ChannelHintCounters hints = retiredChannelHints;
+  for (auto& entry: vms) hints.addVm(entry.second->channelHints());
+  c.channelHintsGiven = hints.given;
+  c.channelHintedPolls = hints.polls;
+  c.channelHintedWakeups = hints.wakeups;
+  c.channelHintedRequests = hints.requests;
   return c;
 }
 

@@ -600,11 +600,26 @@ struct ChannelRun {
   kj::Vector<int64_t> flagSeenNs;
   client::WakeAheadStats stats;
   size_t lost = 0;
+  channel::FrontStats front;   // the channel front's own waits for replies
 };
 
 void channelVcpu(const client::VcpuTicket& ticket, ChannelRun& run) {
   auto handle = client::openVcpu(ticket);
-  auto front = channel::ChannelFront::connect(handle->openChannel());
+  // The previous phase's channel closes asynchronously (vlapicd takes its
+  // front's hang-up up on its loop): retry for a while if it is still open.
+  kj::Maybe<kj::Own<channel::ChannelFront>> opened;
+  for (int attempt = 0; opened == nullptr; attempt++) {
+    KJ_IF_MAYBE(e, kj::runCatchingExceptions([&]() {
+      opened = channel::ChannelFront::connect(handle->openChannel());
+    })) {
+      if (attempt >= 1000 ||
+          strstr(e->getDescription().cStr(), "already has an open channel") == nullptr) {
+        kj::throwFatalException(kj::mv(*e));
+      }
+      usleep(1000);
+    }
+  }
+  auto front = kj::mv(KJ_ASSERT_NONNULL(opened));
   std::mt19937_64 rng(run.seed);
   bool oneShot = ticket.index % 2 == 0;
   auto call = [&](const channel::Request& request) {
@@ -722,6 +737,7 @@ void channelVcpu(const client::VcpuTicket& ticket, ChannelRun& run) {
     // The guest's handler: take the vector and EOI it, until none is left.
     while (call(channel::Request::acknowledge()).inject != nullptr) write(kEoi, 0);
   }
+  run.front = front->stats();
 }
 
 // Runs every vCPU's channel loop on its own thread; returns the lateness of
@@ -732,13 +748,14 @@ struct ChannelFigures {
   client::WakeAheadStats stats;
   uint64_t cpuNs = 0, wallNs = 0;
   size_t lost = 0;
+  channel::FrontStats front;
 };
 
 ChannelFigures channelRuns(kj::ArrayPtr<const client::VcpuTicket> tickets, uint64_t durationNs,
                            int64_t tscOffset, bool wakeAhead, std::mt19937_64& rng) {
   auto runs = kj::heapArrayBuilder<ChannelRun>(tickets.size());
   for (size_t i = 0; i < tickets.size(); ++i) {
-    runs.add(ChannelRun{durationNs, tscOffset, wakeAhead, rng(), {}, {}, {}, 0});
+    runs.add(ChannelRun{durationNs, tscOffset, wakeAhead, rng(), {}, {}, {}, 0, {}});
   }
   auto all = runs.finish();
   ChannelFigures figures;
@@ -760,6 +777,10 @@ ChannelFigures channelRuns(kj::ArrayPtr<const client::VcpuTicket> tickets, uint6
     figures.stats.pollMisses += run.stats.pollMisses;
     figures.stats.contended += run.stats.contended;
     figures.stats.pollNs += run.stats.pollNs;
+    figures.front.calls += run.front.calls;
+    figures.front.pollHits += run.front.pollHits;
+    figures.front.contended += run.front.contended;
+    figures.front.sleeps += run.front.sleeps;
   }
   return figures;
 }
@@ -987,6 +1008,11 @@ int run(const Options& options) {
          (unsigned long long)channelAhead.stats.pollHits,
          (unsigned long long)channelAhead.stats.pollMisses,
          (unsigned long long)channelAhead.stats.contended, channelBlocking.lost, channelAhead.lost);
+  printf("  channel fronts waking ahead: %llu calls, %llu replies caught spinning, %llu slept"
+         " for theirs, %llu spins contended\n",
+         (unsigned long long)channelAhead.front.calls, (unsigned long long)channelAhead.front.pollHits,
+         (unsigned long long)channelAhead.front.sleeps,
+         (unsigned long long)channelAhead.front.contended);
   printf("  the timer arithmetic per periodic expiry (expire, deadline, count): %.0f ns\n",
          coreExpiryNs);
   printf("\n  periodic: %llu periods on %u vCPUs over %.1f s\n",

@@ -196,6 +196,9 @@ struct ServerStats {
   uint64_t hintedWakeups = 0;
   uint64_t hintedRequests = 0;
   uint64_t hintedContended = 0;
+  // serveOnCaller(): polls made, requests served by them.
+  uint64_t callerPolls = 0;
+  uint64_t callerRequests = 0;
   bool asleep = false;       // the thread is blocked on the doorbell now
   bool closed = false;       // the front hung up
 };
@@ -256,6 +259,18 @@ public:
   void pollUntil(uint64_t untilNs) { pollBetween(0, untilNs); }
   // Withdraws the hint (a poll in progress ends at its next check).
   void cancelPoll();
+
+  // Polls for the front's next request on the calling thread until
+  // `untilNs` (CLOCK_MONOTONIC ns) and serves it there if it comes: for a
+  // thread that is awake anyway when a request is due (vlapicd's loop
+  // thread right after it raised a timer's attention), so that the request
+  // pays no wake-up of the channel thread at all. Gives up early if its CPU
+  // is contended (as any spin here). Requests stay one at a time: the
+  // channel thread and a caller serve under one lock, and a sleeping
+  // channel thread that the front rang for a request served here goes
+  // back to sleep without learning from that wait. Returns whether it
+  // served one. Thread-safe; the handler runs on the caller's thread.
+  bool serveOnCaller(uint64_t untilNs);
 
   ServerStats stats() const;
 

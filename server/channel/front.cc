@@ -42,7 +42,7 @@ struct ChannelFront::Impl {
   // contention: see call().
   template <typename Ready>
   bool waitFor(PollWindow& window, kj::Maybe<uint64_t> timeoutNs, bool slowHitMeansContended,
-               Ready&& ready);
+               uint64_t minSpinNs, Ready&& ready);
 };
 
 namespace {
@@ -55,10 +55,11 @@ namespace {
 
 template <typename Ready>
 bool ChannelFront::Impl::waitFor(PollWindow& window, kj::Maybe<uint64_t> timeoutNs,
-                                 bool slowHitMeansContended, Ready&& ready) {
+                                 bool slowHitMeansContended, uint64_t minSpinNs,
+                                 Ready&& ready) {
   SharedChannel& shared = mapping.channel();
   uint64_t start = monotonicNowNs();
-  uint64_t spin = window.currentNs();
+  uint64_t spin = kj::max(window.currentNs(), minSpinNs);
   KJ_IF_MAYBE(timeout, timeoutNs) {
     if (*timeout < spin) spin = *timeout;
   }
@@ -129,7 +130,11 @@ Reply ChannelFront::call(const Request& request) {
   size_t bytes = encodeRequest(request, kj::arrayPtr(shared.requestSlot, kRequestSlotBytes));
   shared.requestBytes.store(static_cast<uint32_t>(bytes), std::memory_order_relaxed);
   shared.requestSeq.store(seq, std::memory_order_seq_cst);
-  if (shared.serverSleeping.load(std::memory_order_seq_cst) != 0) ringDoorbell(impl->doorbell);
+  // The doorbell only for a sleeping server that nobody polls for (a
+  // serveOnCaller() poller serves what it sees, see shared-layout.h).
+  bool serverAwake = shared.serverSleeping.load(std::memory_order_seq_cst) == 0 ||
+                     shared.callerPolling.load(std::memory_order_seq_cst) != 0;
+  if (!serverAwake) ringDoorbell(impl->doorbell);
   impl->calls.bump();
 
   kj::Maybe<uint64_t> timeout;
@@ -137,8 +142,12 @@ Reply ChannelFront::call(const Request& request) {
   // A reply is a few microseconds of server work away when both sides have
   // a CPU; one that took longer to arrive while spinning means the CPUs
   // are shared (seen here: ~30 us per call spinning vs ~12 us sleeping on
-  // an overloaded host), so the front stops spinning for a while.
-  bool replied = impl->waitFor(impl->replyWindow, timeout, true, [&]() {
+  // an overloaded host), so the front stops spinning for a while. But not
+  // for a request an awake server took up: that reply comes at once, and
+  // sleeping for it would cost a cold wake-up (kAwakeServerSpinNs).
+  bool replied = impl->waitFor(impl->replyWindow, timeout, true,
+                               serverAwake && impl->options.poll.adaptive ? kAwakeServerSpinNs : 0,
+                               [&]() {
     return shared.replySeq.load(std::memory_order_acquire) == seq;
   });
   impl->replyWindowNs.store(impl->replyWindow.currentNs(), std::memory_order_relaxed);
@@ -168,7 +177,7 @@ bool ChannelFront::attentionPending() const {
 bool ChannelFront::waitForAttention(kj::Maybe<uint64_t> timeoutNs) {
   SharedChannel& shared = impl->mapping.channel();
   // The next interrupt can be any time away: a long spin is no sign.
-  return impl->waitFor(impl->attentionWindow, timeoutNs, false, [&]() {
+  return impl->waitFor(impl->attentionWindow, timeoutNs, false, 0, [&]() {
     return shared.attention.load(std::memory_order_acquire) != 0;
   });
 }

@@ -12,6 +12,7 @@
 #include <sys/timerfd.h>
 #include <unistd.h>
 #include <cerrno>
+#include <mutex>
 #include <ctime>
 
 namespace vlapic::channel {
@@ -36,6 +37,13 @@ struct ChannelServer::Impl {
   kj::AutoCloseFd hintFd;
   std::atomic<bool> stopping = false;
 
+  // One request at a time, on the channel thread or on a serveOnCaller()
+  // caller: whoever holds `serving` and finds requestSeq moved past
+  // lastServedSeq serves it. The last sequence number served is ours, not
+  // shared memory's: the front cannot rewind it.
+  std::mutex serving;
+  std::atomic<uint32_t> lastServedSeq = 0;
+
   // The latest pollBetween() / cancelPoll(). `generation` counts the calls,
   // so the thread adopts each hint once; untilNs == 0 is a cancellation.
   struct Hint {
@@ -56,7 +64,7 @@ struct ChannelServer::Impl {
   std::atomic<uint64_t> requests = 0, rejected = 0, handlerFailures = 0;
   std::atomic<uint64_t> pollHits = 0, contended = 0, sleeps = 0, pollWindowNs = 0;
   std::atomic<uint64_t> hintedPolls = 0, hintedWakeups = 0, hintedRequests = 0,
-                        hintedContended = 0;
+                        hintedContended = 0, callerPolls = 0, callerRequests = 0;
   std::atomic<bool> asleep = false, closed = false;
   std::atomic<bool> threadRunning = false;
   std::atomic<clockid_t> threadClock = 0;
@@ -66,6 +74,14 @@ struct ChannelServer::Impl {
 
   void run();
   void setHint(uint64_t fromNs, uint64_t untilNs);
+  bool requestWaiting(SharedChannel& shared) const {
+    return shared.requestSeq.load(std::memory_order_acquire) !=
+           lastServedSeq.load(std::memory_order_relaxed);
+  }
+  // Serves the waiting request, if any, under `serving`; bumps `counter`
+  // (if not null) before the reply goes out.
+  bool serveNext(SharedChannel& shared, kj::ArrayPtr<capnp::word> copy,
+                 std::atomic<uint64_t>* counter);
   void serve(SharedChannel& shared, uint32_t seq, kj::ArrayPtr<capnp::word> copy);
   Reply runHandler(const Request& request);
 };
@@ -91,15 +107,12 @@ void ChannelServer::Impl::run() {
   });
 
   SharedChannel& shared = mapping.channel();
-  // The last sequence number served. Private: the front cannot rewind it.
-  uint32_t lastSeq = 0;
   PollWindow window(options.poll);
   pollWindowNs = window.currentNs();
   capnp::word copy[kRequestSlotBytes / sizeof(capnp::word)];
 
-  auto requestWaiting = [&]() {
-    return shared.requestSeq.load(std::memory_order_acquire) != lastSeq ||
-           stopping.load(std::memory_order_relaxed);
+  auto requestOrStop = [&]() {
+    return requestWaiting(shared) || stopping.load(std::memory_order_relaxed);
   };
 
   // The hinted poll in progress (see pollBetween in channel.h): its hint's
@@ -112,15 +125,10 @@ void ChannelServer::Impl::run() {
   bool wokenByHint = false;
 
   while (!stopping.load(std::memory_order_relaxed)) {
-    uint32_t seq = shared.requestSeq.load(std::memory_order_acquire);
-    if (seq != lastSeq) {
-      // Whatever number the front wrote, one change is one request: a front
-      // jumping its sequence gets one reply per change it makes, no more.
-      lastSeq = seq;
+    if (requestWaiting(shared)) {
       uint64_t raisedNs = lastRaiseNs.load(std::memory_order_seq_cst);
       // Counted before the reply goes out, so the front sees it counted.
-      if (hinted) hintedRequests.fetch_add(1, std::memory_order_relaxed);
-      serve(shared, seq, copy);
+      if (!serveNext(shared, copy, hinted ? &hintedRequests : nullptr)) continue;
       // Attention was raised within the hint's time before this request
       // came: its reply carried what the hint was for (the handler takes
       // every queued event). Events raised before the hint's start do not
@@ -163,7 +171,7 @@ void ChannelServer::Impl::run() {
         // here feeds `window` (see channel.h).
         uint64_t generation = hintGeneration.load(std::memory_order_relaxed);
         auto readyOrNewHint = [&]() {
-          return requestWaiting() ||
+          return requestOrStop() ||
                  hintGeneration.load(std::memory_order_relaxed) != generation;
         };
         SpinResult result;
@@ -186,7 +194,7 @@ void ChannelServer::Impl::run() {
     }
 
     uint64_t start = monotonicNowNs();
-    switch (spinFor(window.currentNs(), start, doorbell, requestWaiting)) {
+    switch (spinFor(window.currentNs(), start, doorbell, requestOrStop)) {
       case SpinResult::READY:
         pollHits.fetch_add(1, std::memory_order_relaxed);
         window.onPollHit();
@@ -207,7 +215,8 @@ void ChannelServer::Impl::run() {
     // Sleep: announce it, then re-check (see SharedChannel's protocol).
     shared.serverSleeping.store(1, std::memory_order_seq_cst);
     DoorbellWait woken = DoorbellWait::RUNG;
-    if (shared.requestSeq.load(std::memory_order_seq_cst) == lastSeq) {
+    if (shared.requestSeq.load(std::memory_order_seq_cst) ==
+        lastServedSeq.load(std::memory_order_relaxed)) {
       sleeps.fetch_add(1, std::memory_order_relaxed);
       asleep = true;
       woken = sleepOnDoorbell(doorbell, stopFd, -1, hintFd);
@@ -227,6 +236,9 @@ void ChannelServer::Impl::run() {
         continue;
       case DoorbellWait::RUNG:
       case DoorbellWait::TIMED_OUT:
+        // Rung for a request that serveOnCaller() took meanwhile: this
+        // thread's wait did not end in a request, so it teaches nothing.
+        if (!requestWaiting(shared)) continue;
         break;
     }
     window.onSlept(monotonicNowNs() - start);
@@ -250,6 +262,19 @@ void ChannelServer::Impl::setHint(uint64_t fromNs, uint64_t untilNs) {
     spec.it_value.tv_nsec = static_cast<long>(at % 1'000'000'000u);
   }
   KJ_SYSCALL(timerfd_settime(hintFd, TFD_TIMER_ABSTIME, &spec, nullptr));
+}
+
+bool ChannelServer::Impl::serveNext(SharedChannel& shared, kj::ArrayPtr<capnp::word> copy,
+                                    std::atomic<uint64_t>* counter) {
+  std::lock_guard<std::mutex> guard(serving);
+  uint32_t seq = shared.requestSeq.load(std::memory_order_acquire);
+  // Whatever number the front wrote, one change is one request: a front
+  // jumping its sequence gets one reply per change it makes, no more.
+  if (seq == lastServedSeq.load(std::memory_order_relaxed)) return false;
+  lastServedSeq.store(seq, std::memory_order_relaxed);
+  if (counter != nullptr) counter->fetch_add(1, std::memory_order_relaxed);
+  serve(shared, seq, copy);
+  return true;
 }
 
 void ChannelServer::Impl::serve(SharedChannel& shared, uint32_t seq,
@@ -371,6 +396,22 @@ void ChannelServer::pollBetween(uint64_t fromNs, uint64_t untilNs) {
 
 void ChannelServer::cancelPoll() { impl->setHint(0, 0); }
 
+bool ChannelServer::serveOnCaller(uint64_t untilNs) {
+  SharedChannel& shared = impl->mapping.channel();
+  impl->callerPolls.fetch_add(1, std::memory_order_relaxed);
+  uint64_t now = monotonicNowNs();
+  if (now >= untilNs) return false;
+  auto waiting = [&]() { return impl->requestWaiting(shared); };
+  shared.callerPolling.store(1, std::memory_order_seq_cst);
+  spinFor(untilNs - now, now, impl->doorbell, waiting);
+  // Then re-check (shared-layout.h): a front that saw the flag set did not
+  // ring, so what came is ours to serve.
+  shared.callerPolling.store(0, std::memory_order_seq_cst);
+  if (!impl->requestWaiting(shared)) return false;
+  capnp::word copy[kRequestSlotBytes / sizeof(capnp::word)];
+  return impl->serveNext(shared, copy, &impl->callerRequests);
+}
+
 ServerStats ChannelServer::stats() const {
   ServerStats stats;
   stats.requests = impl->requests.load();
@@ -386,6 +427,8 @@ ServerStats ChannelServer::stats() const {
   stats.hintedWakeups = impl->hintedWakeups.load();
   stats.hintedRequests = impl->hintedRequests.load();
   stats.hintedContended = impl->hintedContended.load();
+  stats.callerPolls = impl->callerPolls.load();
+  stats.callerRequests = impl->callerRequests.load();
   uint64_t cpu = 0;
   if (impl->threadRunning.load()) cpu = cpuClockNs(impl->threadClock.load());
   stats.threadCpuNs = cpu != 0 ? cpu : impl->finalThreadCpuNs.load();

@@ -34,6 +34,11 @@ static_assert(std::atomic<uint32_t>::is_always_lock_free,
 //           out, decode, serve, write reply slot, replyBytes; store
 //           replySeq = n; load frontSleeping -> ring if set;
 //           spin on requestSeq, then serverSleeping = 1, re-check, sleep.
+//   front:  rings only if serverSleeping is set and callerPolling is not;
+//           spins for the reply at least kAwakeServerSpinNs when it did not
+//           ring (a server thread is awake: the reply is microseconds away).
+//   caller: (serveOnCaller) callerPolling = 1; spin on requestSeq; then
+//           callerPolling = 0, re-check, serve what came.
 // Either the sleeper's re-check sees the new sequence or the writer sees the
 // sleeping flag, so no wake-up is lost. The server keeps its own state
 // (last sequence served) privately: shared words are only hints, which a
@@ -55,6 +60,12 @@ struct SharedChannel {
   alignas(64) std::atomic<uint32_t> replySeq;
   std::atomic<uint32_t> replyBytes;
   alignas(64) std::atomic<uint32_t> serverSleeping;
+  // Set while a thread other than the channel thread polls for the next
+  // request (ChannelServer::serveOnCaller). Dekker-style like the sleeping
+  // flags: the front stores requestSeq, then loads this and need not ring
+  // while it is set; the poller clears it, then re-checks requestSeq and
+  // serves what came. Either one sees the other.
+  std::atomic<uint32_t> callerPolling;
 
   // Set by the server when events are queued, cleared by the front before
   // each call (a call's reply carries everything queued before it).
@@ -156,6 +167,12 @@ enum class SpinResult : uint8_t { READY, EXPIRED, CONTENDED, HUNG_UP };
 // than a sleeping wake-up would have means other work ran on this core.
 // Spinning then only delays everyone; CONTENDED tells the caller to sleep.
 constexpr uint32_t kPureSpinRounds = 64;
+// How long a front spins for a reply it did not have to ring for, whatever
+// its window: a server thread is awake, so the reply is a few microseconds
+// of work away unless the CPUs are contended (then the spin gives up as
+// any spin does). Without it a front whose window collapsed (contended
+// hold-off) sleeps and pays a cold wake-up for a reply that came at once.
+constexpr uint64_t kAwakeServerSpinNs = 30'000;
 constexpr uint64_t kContendedGapNs = 30'000;
 
 template <typename Ready>

@@ -125,22 +125,36 @@ constexpr uint64_t kChannelPollExtraLeadNs = 20'000;
 // front waiting at all): a halted front waking ahead fetches within some
 // 10-30 us of the deadline, a kicked vCPU within ~100 us.
 constexpr uint64_t kChannelPollTailNs = 150'000;
+// After a channel vCPU's timer expiry the loop thread itself polls for the
+// front's fetch this long (channel::ChannelServer::serveOnCaller) and
+// serves it: the loop is awake anyway, so the fetch costs no wake-up. It
+// holds up every other VM's work on the loop for at most this long per
+// such expiry, so it is short: a halted front polling the attention flag
+// fetches within ~10-20 us (bench-timer's "flag seen" median 7-14 us); a
+// front that is later (a vCPU in the guest, kicked) costs the full 50 us
+// and then wakes the channel thread as before.
+constexpr uint64_t kLoopServeTailNs = 50'000;
 
 // What the hinted polls did, summed over channels (ServerCounters).
 struct ChannelHintCounters {
   uint64_t given = 0;   // hints vlapicd gave (one per new deadline)
   uint64_t polls = 0, wakeups = 0, requests = 0;
+  uint64_t loopPolls = 0, loopRequests = 0;   // serveOnCaller on the loop
 
   void add(const channel::ServerStats& stats) {
     polls += stats.hintedPolls;
     wakeups += stats.hintedWakeups;
     requests += stats.hintedRequests;
+    loopPolls += stats.callerPolls;
+    loopRequests += stats.callerRequests;
   }
   void addVm(const ChannelHintCounters& vm) {
     given += vm.given;
     polls += vm.polls;
     wakeups += vm.wakeups;
     requests += vm.requests;
+    loopPolls += vm.loopPolls;
+    loopRequests += vm.loopRequests;
   }
 };
 
@@ -317,6 +331,7 @@ public:
   void syncTimer(uint32_t vcpu) {
     kj::Maybe<uint64_t> deadline = vm.timerDeadlineNs(vcpu);
     timers[vcpu]->set(deadline);
+    if (!server.options.channelThreadTimerPolls) return;
     KJ_IF_MAYBE(channel, channels[vcpu]) {
       uint64_t& hinted = hintedDeadlines[vcpu];
       KJ_IF_MAYBE(d, deadline) {
@@ -562,6 +577,14 @@ private:
     // streaming in, other VMs' work. That one then finds nothing left, or
     // what flow control held back.)
     flush();
+    // The loop is awake now and the front is about to fetch (a halted
+    // vCPU polling its attention flag does so within ~10 us): serve that
+    // fetch here rather than make it wake the channel thread, which a
+    // contended host leaves asleep (README.md, "Channels and timers").
+    // Outside the VM lock: the handler takes it.
+    KJ_IF_MAYBE(channel, channels[vcpu]) {
+      (*channel)->serveOnCaller(monotonicNowNs() + kLoopServeTailNs);
+    }
   }
 
   void scheduleFlush() {
@@ -1360,6 +1383,8 @@ ServerCounters Server::Impl::counters() const {
   c.channelHintedPolls = hints.polls;
   c.channelHintedWakeups = hints.wakeups;
   c.channelHintedRequests = hints.requests;
+  c.channelLoopPolls = hints.loopPolls;
+  c.channelLoopRequests = hints.loopRequests;
   return c;
 }
 

@@ -34,6 +34,14 @@ struct ServerOptions {
   // Resource limits per server, so one front cannot exhaust the host.
   uint32_t maxVms = 4096;
   uint32_t maxVcpusPerVm = 4096;
+  // Keep a channel vCPU's channel thread polling across each of its timer
+  // expiries (from the deadline minus the advance margin + 20 us until the
+  // front's fetch, at most 150 us past the deadline). Off: on this 2-core
+  // host the extra polling thread delayed the loop's own expiries so much
+  // (median lateness 80-137 us instead of 45-77) that it lost more than it
+  // gained (README.md, "Channels and timers"); it is for hosts with a core
+  // to spare. The loop's own poll right after the expiry is always on.
+  bool channelThreadTimerPolls = false;
 };
 
 struct ServerCounters {
@@ -52,6 +60,11 @@ struct ServerCounters {
   uint64_t channelHintedPolls = 0;
   uint64_t channelHintedWakeups = 0;
   uint64_t channelHintedRequests = 0;
+  // The loop thread's own poll for the front's fetch right after a channel
+  // vCPU's timer expiry (server.cc, kLoopServeTailNs): polls, and requests
+  // it served.
+  uint64_t channelLoopPolls = 0;
+  uint64_t channelLoopRequests = 0;
 };
 
 class Server {

@@ -4,6 +4,7 @@
 // through the server's stats counters, never through timing.
 #include "tests/channel/test-support.h"
 #include <catch2/catch.hpp>
+#include <kj/thread.h>
 #include <atomic>
 
 namespace vlapic::channel {
@@ -138,6 +139,43 @@ TEST_CASE("channel hint: a front hanging up during a hinted poll is still seen",
 TEST_CASE("channel hint: a hint needs an end time", "[hint]") {
   Hinted channel;
   CHECK_THROWS_WITH(channel.server->pollBetween(1, 0), Catch::Contains("end time"));
+}
+
+TEST_CASE("channel caller: serveOnCaller serves requests on the calling thread, each once, "
+          "while the channel thread sleeps",
+          "[hint]") {
+  Hinted channel;
+  REQUIRE(eventually([&]() { return channel.asleep(); }));
+  uint64_t before = channel.server->stats().requests;
+  // Nothing comes: the poll ends at its time without serving.
+  CHECK_FALSE(channel.server->serveOnCaller(monotonicNowNs() + 1'000'000));
+
+  // A front thread calling back to back; this thread polls for its
+  // requests meanwhile. Whichever side serves a request, it is served once
+  // and answered right.
+  constexpr uint64_t kCalls = 300;
+  std::atomic<bool> done = false;
+  std::atomic<uint64_t> wrong = 0;
+  uint64_t servedHere = 0;
+  {
+    kj::Thread front([&]() {
+      KJ_DEFER(done = true);
+      for (uint64_t i = 0; i < kCalls; i++) {
+        if (!channel.call(i)) wrong++;
+      }
+    });
+    while (!done) {
+      if (channel.server->serveOnCaller(monotonicNowNs() + 200'000)) servedHere++;
+    }
+  }
+  CHECK(wrong == 0);
+  auto stats = channel.server->stats();
+  CHECK(stats.requests == before + kCalls);
+  CHECK(stats.callerRequests == servedHere);
+  CHECK(servedHere >= 1);
+  // The channel thread still serves once nobody else polls.
+  CHECK(channel.call(kCalls));
+  CHECK(channel.server->stats().requests == before + kCalls + 1);
 }
 
 }  // namespace

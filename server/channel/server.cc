@@ -157,7 +157,6 @@ void ChannelServer::Impl::run() {
         } else if (now >= latest.untilNs) {
           adoptedGeneration = latest.generation;   // its time passed unseen
         }
-
       }
       wokenByHint = false;
     }
@@ -166,9 +165,9 @@ void ChannelServer::Impl::run() {
         hinted = false;
       } else {
         // Poll to the end whatever the CPU does: the poll yields on each
-        // round, so it only takes what nobody else wants, and it is
-        // bounded by its end time, which the hint's giver bounds. Nothing
-        // here feeds `window` (see channel.h).
+        // round and is bounded by its end time, which the hint's giver
+        // bounds. (Yielding is not free on a 2-core host: README.md,
+        // "Timer expiries".) Nothing here feeds `window` (see channel.h).
         uint64_t generation = hintGeneration.load(std::memory_order_relaxed);
         auto readyOrNewHint = [&]() {
           return requestOrStop() ||

@@ -196,9 +196,11 @@ struct ServerStats {
   uint64_t hintedWakeups = 0;
   uint64_t hintedRequests = 0;
   uint64_t hintedContended = 0;
-  // serveOnCaller(): polls made, requests served by them.
+  // serveOnCaller(): polls made, requests served by them, calls skipped by
+  // its back-off after polls that served nothing.
   uint64_t callerPolls = 0;
   uint64_t callerRequests = 0;
+  uint64_t callerSkipped = 0;
   bool asleep = false;       // the thread is blocked on the doorbell now
   bool closed = false;       // the front hung up
 };
@@ -269,7 +271,12 @@ public:
   // channel thread and a caller serve under one lock, and a sleeping
   // channel thread that the front rang for a request served here goes
   // back to sleep without learning from that wait. Returns whether it
-  // served one. Thread-safe; the handler runs on the caller's thread.
+  // served one. After a poll that served nothing, the next calls return at
+  // once (1, 2, 4 ... up to kMaxCallerBackoff calls, reset by a served
+  // request), so a front that does not fetch promptly cannot make the
+  // caller spin at every expiry. Meant for one caller thread (vlapicd's
+  // loop) besides the channel thread; the handler runs on the caller's.
+  static constexpr uint32_t kMaxCallerBackoff = 256;
   bool serveOnCaller(uint64_t untilNs);
 
   ServerStats stats() const;

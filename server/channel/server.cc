@@ -65,6 +65,10 @@ struct ChannelServer::Impl {
   std::atomic<uint64_t> pollHits = 0, contended = 0, sleeps = 0, pollWindowNs = 0;
   std::atomic<uint64_t> hintedPolls = 0, hintedWakeups = 0, hintedRequests = 0,
                         hintedContended = 0, callerPolls = 0, callerRequests = 0;
+  // serveOnCaller()'s back-off (only its one caller thread touches these):
+  // after a poll that served nothing, that many calls return at once.
+  uint32_t callerBackoff = 0, callerSkipsLeft = 0;
+  std::atomic<uint64_t> callerSkipped = 0;
   std::atomic<bool> asleep = false, closed = false;
   std::atomic<bool> threadRunning = false;
   std::atomic<clockid_t> threadClock = 0;
@@ -396,19 +400,42 @@ void ChannelServer::pollBetween(uint64_t fromNs, uint64_t untilNs) {
 void ChannelServer::cancelPoll() { impl->setHint(0, 0); }
 
 bool ChannelServer::serveOnCaller(uint64_t untilNs) {
+  // A poll that serves nothing cost its caller the whole time: a front
+  // whose vCPU was running guest code rather than halted and polling (its
+  // fetch comes only after a kick), or one that never fetches. Back off as
+  // the channel's own window does: after a miss, skip the next call, and
+  // double that with each miss in a row, up to kMaxCallerBackoff calls; a
+  // served request resets it. So a front that does not fetch promptly
+  // costs the caller (vlapicd's loop, shared by every VM) at most one poll
+  // per kMaxCallerBackoff expiries.
+  if (impl->callerSkipsLeft > 0) {
+    --impl->callerSkipsLeft;
+    impl->callerSkipped.fetch_add(1, std::memory_order_relaxed);
+    return false;
+  }
   SharedChannel& shared = impl->mapping.channel();
-  impl->callerPolls.fetch_add(1, std::memory_order_relaxed);
   uint64_t now = monotonicNowNs();
   if (now >= untilNs) return false;
+  impl->callerPolls.fetch_add(1, std::memory_order_relaxed);
   auto waiting = [&]() { return impl->requestWaiting(shared); };
   shared.callerPolling.store(1, std::memory_order_seq_cst);
   spinFor(untilNs - now, now, impl->doorbell, waiting);
   // Then re-check (shared-layout.h): a front that saw the flag set did not
   // ring, so what came is ours to serve.
   shared.callerPolling.store(0, std::memory_order_seq_cst);
-  if (!impl->requestWaiting(shared)) return false;
-  capnp::word copy[kRequestSlotBytes / sizeof(capnp::word)];
-  return impl->serveNext(shared, copy, &impl->callerRequests);
+  bool served = false;
+  if (impl->requestWaiting(shared)) {
+    capnp::word copy[kRequestSlotBytes / sizeof(capnp::word)];
+    served = impl->serveNext(shared, copy, &impl->callerRequests);
+  }
+  if (served) {
+    impl->callerBackoff = 0;
+  } else {
+    impl->callerBackoff =
+        impl->callerBackoff == 0 ? 1 : kj::min(impl->callerBackoff * 2, kMaxCallerBackoff);
+    impl->callerSkipsLeft = impl->callerBackoff;
+  }
+  return served;
 }
 
 ServerStats ChannelServer::stats() const {
@@ -428,6 +455,7 @@ ServerStats ChannelServer::stats() const {
   stats.hintedContended = impl->hintedContended.load();
   stats.callerPolls = impl->callerPolls.load();
   stats.callerRequests = impl->callerRequests.load();
+  stats.callerSkipped = impl->callerSkipped.load();
   uint64_t cpu = 0;
   if (impl->threadRunning.load()) cpu = cpuClockNs(impl->threadClock.load());
   stats.threadCpuNs = cpu != 0 ? cpu : impl->finalThreadCpuNs.load();

@@ -140,6 +140,7 @@ struct ChannelHintCounters {
   uint64_t given = 0;   // hints vlapicd gave (one per new deadline)
   uint64_t polls = 0, wakeups = 0, requests = 0;
   uint64_t loopPolls = 0, loopRequests = 0;   // serveOnCaller on the loop
+  uint64_t loopSkipped = 0;                    // ... skipped by its back-off
 
   void add(const channel::ServerStats& stats) {
     polls += stats.hintedPolls;
@@ -147,6 +148,7 @@ struct ChannelHintCounters {
     requests += stats.hintedRequests;
     loopPolls += stats.callerPolls;
     loopRequests += stats.callerRequests;
+    loopSkipped += stats.callerSkipped;
   }
   void addVm(const ChannelHintCounters& vm) {
     given += vm.given;
@@ -155,6 +157,7 @@ struct ChannelHintCounters {
     requests += vm.requests;
     loopPolls += vm.loopPolls;
     loopRequests += vm.loopRequests;
+    loopSkipped += vm.loopSkipped;
   }
 };
 
@@ -1385,6 +1388,7 @@ ServerCounters Server::Impl::counters() const {
   c.channelHintedRequests = hints.requests;
   c.channelLoopPolls = hints.loopPolls;
   c.channelLoopRequests = hints.loopRequests;
+  c.channelLoopSkipped = hints.loopSkipped;
   return c;
 }
 

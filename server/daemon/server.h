@@ -62,9 +62,11 @@ struct ServerCounters {
   uint64_t channelHintedRequests = 0;
   // The loop thread's own poll for the front's fetch right after a channel
   // vCPU's timer expiry (server.cc, kLoopServeTailNs): polls, and requests
-  // it served.
+  // it served, and expiries whose poll its back-off skipped after polls
+  // that served nothing (channel::ChannelServer::serveOnCaller).
   uint64_t channelLoopPolls = 0;
   uint64_t channelLoopRequests = 0;
+  uint64_t channelLoopSkipped = 0;
 };
 
 class Server {

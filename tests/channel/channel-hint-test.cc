@@ -183,5 +183,32 @@ TEST_CASE("channel caller: serveOnCaller serves requests on the calling thread, 
   CHECK(channel.server->stats().callerRequests == servedHere);
 }
 
+TEST_CASE("channel caller: serveOnCaller backs off after polls that served nothing",
+          "[hint]") {
+  // A front that does not fetch after an expiry (its vCPU busy in guest
+  // code, or hostile) must not cost the caller a poll at every expiry: each
+  // miss in a row doubles the calls skipped, up to kMaxCallerBackoff.
+  Hinted channel;
+  REQUIRE(eventually([&]() { return channel.asleep(); }));
+  auto pollOnce = [&]() { return channel.server->serveOnCaller(monotonicNowNs() + 20'000); };
+  uint64_t expectedSkipped = 0;
+  for (uint32_t backoff = 1; backoff <= ChannelServer::kMaxCallerBackoff; backoff *= 2) {
+    uint64_t polls = channel.server->stats().callerPolls;
+    CHECK_FALSE(pollOnce());  // polls, misses
+    CHECK(channel.server->stats().callerPolls == polls + 1);
+    for (uint32_t i = 0; i < backoff; i++) CHECK_FALSE(pollOnce());  // skipped
+    expectedSkipped += backoff;
+    CHECK(channel.server->stats().callerPolls == polls + 1);
+    CHECK(channel.server->stats().callerSkipped == expectedSkipped);
+  }
+  // At the cap it stays there.
+  CHECK_FALSE(pollOnce());
+  for (uint32_t i = 0; i < ChannelServer::kMaxCallerBackoff; i++) CHECK_FALSE(pollOnce());
+  CHECK(channel.server->stats().callerSkipped ==
+        expectedSkipped + ChannelServer::kMaxCallerBackoff);
+  // The channel thread serves meanwhile, untouched by the back-off.
+  CHECK(channel.call(1));
+}
+
 }  // namespace
 }  // namespace vlapic::channel

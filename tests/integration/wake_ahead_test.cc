@@ -175,7 +175,10 @@ TEST_CASE("TSC-deadline: the reply's deadline is the written TSC on the host clo
   setUpTimer(*vcpu, ws, kVector | kTscDeadlineMode);
   int64_t offset = front.vm->save().wait(ws).tscOffset;
 
-  uint64_t deadline = monotonicNowNs() + 2'000'000;
+  // Far enough ahead that the write reaches vlapicd before it even on a
+  // loaded CI machine (a deadline already past fires at once and leaves no
+  // hint to check).
+  uint64_t deadline = monotonicNowNs() + 50'000'000;
   auto armed = vcpu->msrWrite(kMsrTscDeadline, deadline + uint64_t(offset)).wait(ws);
   REQUIRE(armed.status == AccessStatus::OK);
   // Guest TSC at 1 GHz: TSC = host ns + offset, so the hint is exact.

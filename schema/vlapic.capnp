@@ -435,6 +435,14 @@ struct ServerStatus {
   totalEventsPosted @8 :UInt64;
   totalTimerExpiries @9 :UInt64;
   pid @10 :UInt32;
+  # Right after a channel vCPU's timer expiry, vlapicd's loop thread polls
+  # that channel briefly for the front's fetch and serves it itself (no
+  # cold wake-up of the channel thread): polls made, fetches served by
+  # them, and expiries whose poll was skipped by the back-off that follows
+  # a poll that served nothing. Released VMs included.
+  channelLoopPolls @11 :UInt64;
+  channelLoopRequests @12 :UInt64;
+  channelLoopSkipped @13 :UInt64;
 }
 
 interface Admin {

@@ -156,7 +156,9 @@ private:
               "  VMs / vCPUs      ", s.vms, " / ", s.vcpus, "\n",
               "  armed timers     ", s.armedTimers, "\n",
               "  events posted    ", s.totalEventsPosted, "\n",
-              "  timer expiries   ", s.totalTimerExpiries));
+              "  timer expiries   ", s.totalTimerExpiries, "\n",
+              "  expiry fetches   ", s.channelLoopRequests, " served by the loop in ",
+              s.channelLoopPolls, " polls, ", s.channelLoopSkipped, " skipped"));
         }); })
         .build();
   }

@@ -287,6 +287,9 @@ ServerStatus fromProto(proto::ServerStatus::Reader in) {
   out.totalEventsPosted = in.getTotalEventsPosted();
   out.totalTimerExpiries = in.getTotalTimerExpiries();
   out.pid = in.getPid();
+  out.channelLoopPolls = in.getChannelLoopPolls();
+  out.channelLoopRequests = in.getChannelLoopRequests();
+  out.channelLoopSkipped = in.getChannelLoopSkipped();
   return out;
 }
 

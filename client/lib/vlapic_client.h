@@ -217,6 +217,9 @@ struct ServerStatus {
   uint32_t armedTimers = 0;
   uint64_t totalEventsPosted = 0, totalTimerExpiries = 0;
   uint32_t pid = 0;
+  // Fetches after timer expiries that vlapicd's loop polled for, served,
+  // and skipped (schema ServerStatus).
+  uint64_t channelLoopPolls = 0, channelLoopRequests = 0, channelLoopSkipped = 0;
 };
 
 // An unguessable token naming one vCPU of a live VM (Vcpu.ticket in the

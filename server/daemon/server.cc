@@ -1405,6 +1405,9 @@ void Server::Impl::fillStatus(proto::ServerStatus::Builder out) const {
   out.setTotalEventsPosted(c.totalEventsPosted);
   out.setTotalTimerExpiries(c.totalTimerExpiries);
   out.setPid(getpid());
+  out.setChannelLoopPolls(c.channelLoopPolls);
+  out.setChannelLoopRequests(c.channelLoopRequests);
+  out.setChannelLoopSkipped(c.channelLoopSkipped);
 }
 
 void Server::Impl::fillVmInfo(proto::VmInfo::Builder out, const VmHost& host) const {

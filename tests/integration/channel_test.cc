@@ -13,6 +13,7 @@
 #include <kj/mutex.h>
 
 #include <chrono>
+#include <sched.h>
 #include <thread>
 
 namespace vlapic {
@@ -183,6 +184,50 @@ TEST_CASE("a channel carries its vCPU's events instead of the EventSink, until i
   // And the vCPU can have a channel again.
   auto again = ChannelFront::connect(target->openChannel());
   CHECK(again->call(Request::mmioRead(kTpr, 4)).status == AccessStatus::OK);
+}
+
+TEST_CASE("vlapicd's status counts the loop's polls for the fetch after each channel timer "
+          "expiry, served or skipped",
+          "[integration][channel]") {
+  // After a channel vCPU's timer expiry vlapicd's loop polls that channel
+  // for the front's fetch (server/daemon README, "Channels and timers"):
+  // every expiry is either polled for or skipped by the back-off, and a
+  // front that fetches as soon as attention shows gets some served there.
+  Served served(1);
+  auto vcpu = served.vcpu(0);
+  auto channel = ChannelFront::connect(vcpu->openChannel());
+  CHECK(channel->call(Request::mmioWrite(kSvr, 4, 0x1FF)).status == AccessStatus::OK);
+  CHECK(channel->call(Request::mmioWrite(kDivide, 4, 0xB)).status == AccessStatus::OK);
+  CHECK(channel->call(Request::mmioWrite(kLvtTimer, 4, 0x40)).status == AccessStatus::OK);
+  auto before = served.front->status();
+  uint64_t expiries = 0;
+  auto giveUp = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  // Until the loop served one (most are on a quiet host), at least 20.
+  while (std::chrono::steady_clock::now() < giveUp) {
+    CHECK(channel->call(Request::mmioWrite(kInitialCount, 4, 200'000)).status == AccessStatus::OK);
+    // Poll for attention, as a halted vCPU that woke ahead does, so the
+    // fetch follows the expiry at once (bounded: awaitChannelEvent sleeps).
+    auto spinUntil = std::chrono::steady_clock::now() + std::chrono::milliseconds(100);
+    while (!channel->attentionPending() && std::chrono::steady_clock::now() < spinUntil) {
+      sched_yield();
+    }
+    kj::Maybe<uint8_t> injected;
+    REQUIRE(awaitChannelEvent(*channel, channel::EventKind::DELIVERABLE, true, injected) !=
+            nullptr);
+    CHECK(injected == uint8_t(0x40));
+    CHECK(channel->call(Request::mmioWrite(kEoi, 4, 0)).status == AccessStatus::OK);
+    ++expiries;
+    auto now = served.front->status();
+    if (expiries >= 20 && now.channelLoopRequests > before.channelLoopRequests) break;
+  }
+  auto after = served.front->status();
+  CHECK(after.totalTimerExpiries - before.totalTimerExpiries == expiries);
+  CHECK((after.channelLoopPolls - before.channelLoopPolls) +
+            (after.channelLoopSkipped - before.channelLoopSkipped) ==
+        expiries);
+  CHECK(after.channelLoopRequests > before.channelLoopRequests);
+  CHECK(after.channelLoopRequests - before.channelLoopRequests <=
+        after.channelLoopPolls - before.channelLoopPolls);
 }
 
 TEST_CASE("releasing a VM with open channels ends them, the front sees DISCONNECTED",

@@ -605,21 +605,7 @@ struct ChannelRun {
 
 void channelVcpu(const client::VcpuTicket& ticket, ChannelRun& run) {
   auto handle = client::openVcpu(ticket);
-  // The previous phase's channel closes asynchronously (vlapicd takes its
-  // front's hang-up up on its loop): retry for a while if it is still open.
-  kj::Maybe<kj::Own<channel::ChannelFront>> opened;
-  for (int attempt = 0; opened == nullptr; attempt++) {
-    KJ_IF_MAYBE(e, kj::runCatchingExceptions([&]() {
-      opened = channel::ChannelFront::connect(handle->openChannel());
-    })) {
-      if (attempt >= 1000 ||
-          strstr(e->getDescription().cStr(), "already has an open channel") == nullptr) {
-        kj::throwFatalException(kj::mv(*e));
-      }
-      usleep(1000);
-    }
-  }
-  auto front = kj::mv(KJ_ASSERT_NONNULL(opened));
+  auto front = channel::ChannelFront::connect(handle->openChannel());
   std::mt19937_64 rng(run.seed);
   bool oneShot = ticket.index % 2 == 0;
   auto call = [&](const channel::Request& request) {

@@ -281,6 +281,12 @@ public:
 
   ServerStats stats() const;
 
+  // The front has hung up: the channel thread saw it, or the doorbell shows
+  // it now (the thread notices only at its next wake-up, so a front that
+  // closes its end and at once asks for a new channel can get there first).
+  // Any thread may call it.
+  bool frontHungUp() const;
+
   struct Impl;
   explicit ChannelServer(kj::Own<Impl> impl);
 

@@ -438,6 +438,10 @@ bool ChannelServer::serveOnCaller(uint64_t untilNs) {
   return served;
 }
 
+bool ChannelServer::frontHungUp() const {
+  return impl->closed.load(std::memory_order_acquire) || doorbellHungUp(impl->doorbell);
+}
+
 ServerStats ChannelServer::stats() const {
   ServerStats stats;
   stats.requests = impl->requests.load();

@@ -397,6 +397,19 @@ public:
   // ---- Channels ----
 
   kj::AutoCloseFd openChannel(uint32_t vcpu) {
+    // A front that closed its channel and asks for a new one at once can get
+    // here before the hang-up has: the channel thread notices it at its next
+    // wake-up and only then posts it to this loop. The old channel is gone
+    // for the front either way, so retire it now instead of refusing the
+    // open; the late notice then finds a newer generation and is dropped.
+    kj::Maybe<uint64_t> hungUpGeneration;
+    {
+      auto guard = lock();
+      KJ_IF_MAYBE(existing, channels[vcpu]) {
+        if ((*existing)->frontHungUp()) hungUpGeneration = channelGenerations[vcpu];
+      }
+    }
+    KJ_IF_MAYBE(g, hungUpGeneration) closeChannel(vcpu, *g);
     uint64_t generation;
     {
       auto guard = lock();

@@ -186,6 +186,41 @@ TEST_CASE("a channel carries its vCPU's events instead of the EventSink, until i
   CHECK(again->call(Request::mmioRead(kTpr, 4)).status == AccessStatus::OK);
 }
 
+TEST_CASE("a front that closes its channel can open the next one at once", "[integration][channel]") {
+  // vlapicd learns of a hang-up asynchronously (the channel thread sees it
+  // at its next wake-up, then posts it to the loop); an open that comes
+  // first must not be refused, and the late notice must not close the new
+  // channel.
+  Served served(2);
+  auto vcpu = served.vcpu(0);
+  auto sender = served.vcpu(1);
+  REQUIRE(vcpu->mmioWrite(kSvr, 4, 0x1FF).status == AccessStatus::OK);
+  REQUIRE(sender->mmioWrite(kSvr, 4, 0x1FF).status == AccessStatus::OK);
+  kj::Own<ChannelFront> channel;
+  for (uint32_t round = 0; round < 100; round++) {
+    channel = nullptr;   // closes the previous channel's fd, if any
+    channel = ChannelFront::connect(vcpu->openChannel());
+    auto reply = channel->call(Request::mmioWrite(kTpr, 4, round % 16 << 4));
+    REQUIRE(reply.status == AccessStatus::OK);
+  }
+  // Every late hang-up notice has reached the loop by now.
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  CHECK(vcpu->info().channelOpen);
+  CHECK(channel->call(Request::mmioRead(kTpr, 4)).value == (99 % 16 << 4));
+  // The last channel still carries this vCPU's events; none go to the sink.
+  REQUIRE(sender->mmioWrite(kIcrHigh, 4, 0).status == AccessStatus::OK);
+  REQUIRE(sender->mmioWrite(kIcrLow, 4, 0x61 | kIcrAssert).ipiSent);
+  kj::Maybe<uint8_t> injected;
+  CHECK(awaitChannelEvent(*channel, channel::EventKind::DELIVERABLE, false, injected) != nullptr);
+  CHECK(served.sink.countFor(0) == 0);
+  // A second open while this one is held is still refused.
+  KJ_IF_MAYBE(e, kj::runCatchingExceptions([&]() { vcpu->openChannel(); })) {
+    CHECK(strstr(e->getDescription().cStr(), "already has an open channel") != nullptr);
+  } else {
+    FAIL("a second channel was opened while the first is held");
+  }
+}
+
 TEST_CASE("vlapicd's status counts the loop's polls for the fetch after each channel timer "
           "expiry, served or skipped",
           "[integration][channel]") {

@@ -9,7 +9,8 @@
  * priority: our policy vs KVM's"): the matching hardware- and
  * software-enabled LAPICs with the lowest PPR are the candidates, ties go to
  * a fair rotation (over k messages each of n tied candidates gets floor(k/n)
- * or ceil(k/n)). KVM's in-kernel LAPIC hashes the vector instead, so this
+ * or ceil(k/n)). Priority is PPR, so an interrupt in service counts as well
+ * as TPR. KVM's in-kernel LAPIC hashes the vector instead, so this
  * kernel is not one of compare-qemu.sh's architectural checks.
  *
  * Each check: the BSP has the APs set their TPR (each reports its PPR back
@@ -276,6 +277,15 @@ static void arbitrate(struct mode *m, const char *scenario, cpu_set set, const u
   if (set_tprs(m, scenario, tprs)) expect_winners(m, scenario, set, count, winners);
 }
 
+/* TPRs: the BSP 0 (outside the AP set), cpu1 0, cpu2 0x10, the rest 0x30:
+ * by TPR cpu1 would win among the APs, and cpu2 is next. */
+static bool set_cpu1_lowest_tprs(struct mode *m, const char *scenario) {
+  uint8_t tprs[MAX_LOGICAL_CPUS];
+  tprs[0] = 0;
+  for (unsigned i = 1; i < m->cpus; i++) tprs[i] = i == 1 ? 0x00 : i == 2 ? 0x10 : 0x30;
+  return set_tprs(m, scenario, tprs);
+}
+
 static volatile uint32_t parked, release_parked;
 
 /* Runs on an AP (interrupts disabled): software-disables its APIC and
@@ -293,10 +303,7 @@ static void park_software_disabled(void) {
 static void software_disabled_member(struct mode *m) {
   const char *scenario = "cpu1 software-disabled, lowest TPR";
   unsigned cpus = m->cpus;
-  uint8_t tprs[MAX_LOGICAL_CPUS];
-  tprs[0] = 0;
-  for (unsigned i = 1; i < cpus; i++) tprs[i] = i == 1 ? 0x00 : i == 2 ? 0x10 : 0x30;
-  if (!set_tprs(m, scenario, tprs)) return;
+  if (!set_cpu1_lowest_tprs(m, scenario)) return;
   /* run_on() cannot be used: it waits for the work to finish, and a
    * software-disabled APIC does not take the runtime's wake-up vector. */
   struct cpu *c = cpu_at(1);
@@ -310,6 +317,43 @@ static void software_disabled_member(struct mode *m) {
   expect_winners(m, scenario, (1u << cpus) - 2, 3, 1u << 2);
   __atomic_store_n(&release_parked, 1, __ATOMIC_RELEASE);
   check(wait_for(&c->work_done, done + 1, IPI_TIMEOUT_MS, false), label(m, scenario, "cpu1 software-enabled again", NOBODY));
+}
+
+#define V_HOLD 0xE0 /* held in service on cpu1: its PPR class becomes 0xE */
+static volatile uint32_t holding, release_hold, held_ppr;
+
+/* cpu1's handler for V_HOLD (interrupts stay disabled in it): reports PPR
+ * and keeps the vector in service until the BSP releases it. */
+static void hold_in_service(struct frame *f) {
+  (void)f;
+  held_ppr = apic_read(APIC_PPR);
+  __atomic_store_n(&holding, 1, __ATOMIC_RELEASE);
+  while (!__atomic_load_n(&release_hold, __ATOMIC_ACQUIRE)) pause();
+  apic_eoi();
+  __atomic_store_n(&holding, 0, __ATOMIC_RELEASE);
+}
+
+/* Arbitration goes by processor priority, not task priority: PPR =
+ * max(TPR, the in-service class) (SDM "Processor Priority Register (PPR)"),
+ * so cpu1, with the lowest TPR but a higher-class interrupt in service, is
+ * passed over for the next lowest. */
+static void in_service_member(struct mode *m) {
+  const char *scenario = "cpu1 lowest TPR, interrupt in service";
+  unsigned cpus = m->cpus;
+  if (!set_cpu1_lowest_tprs(m, scenario)) return;
+  holding = 0;
+  release_hold = 0;
+  held_ppr = 0;
+  /* cpu1 idles in STI;HLT and takes the fixed IPI at once. */
+  send_ipi(cpu_at(1)->apic_id, ICR_FIXED | ICR_ASSERT | V_HOLD);
+  if (!check(wait_for(&holding, 1, IPI_TIMEOUT_MS, false), label(m, scenario, "cpu1 holds 0xE0 in service", NOBODY)))
+    return;
+  check_eq(held_ppr, V_HOLD & 0xF0, label(m, scenario, "cpu1 PPR = the in-service class", NOBODY));
+  expect_winners(m, scenario, (1u << cpus) - 2, 3, 1u << 2);
+  __atomic_store_n(&release_hold, 1, __ATOMIC_RELEASE);
+  uint64_t end = tsc_after_us((uint64_t)IPI_TIMEOUT_MS * 1000);
+  while (__atomic_load_n(&holding, __ATOMIC_ACQUIRE) && rdtsc() < end) pause();
+  check(!holding, label(m, scenario, "cpu1 ends the held interrupt (EOI)", NOBODY));
 }
 
 /* A lowest-priority IPI to a logical destination nobody matches is
@@ -397,6 +441,7 @@ static void run_scenarios(struct mode *m) {
   arbitrate(m, "equal TPRs", aps, tprs, 10 * (cpus - 1), aps);
 
   software_disabled_member(m);
+  in_service_member(m);
   empty_set(m);
 
   for (unsigned i = 0; i < cpus; i++) wanted_tpr[i] = 0;
@@ -410,6 +455,7 @@ void test_main(void) {
     return;
   }
   for (unsigned v = FIRST_XAPIC_VECTOR; v < FIRST_X2APIC_VECTOR + VECTORS_PER_MODE; v++) set_handler(v, count_handled);
+  set_handler(V_HOLD, hold_in_service);
 
   unsigned started = start_aps(2000);
   check_eq(started, cpus - 1, "INIT-SIPI-SIPI started every AP");

@@ -321,6 +321,8 @@ public:
     return connect(kj::mv(channelFd), Options());
   }
 
+  // Hangs up the channel (shutdown of the doorbell socket, whatever other
+  // copies of its fd are still open): vlapicd retires it at once.
   ~ChannelFront() noexcept(false);
   KJ_DISALLOW_COPY(ChannelFront);
 

@@ -3,6 +3,7 @@
 #include <kj/debug.h>
 #include <atomic>
 #include <climits>
+#include <sys/socket.h>
 #include <unistd.h>
 #include <cerrno>
 
@@ -120,7 +121,15 @@ kj::Own<ChannelFront> ChannelFront::connect(kj::AutoCloseFd channelFd, Options o
 }
 
 ChannelFront::ChannelFront(kj::Own<Impl> impl) : impl(kj::mv(impl)) {}
-ChannelFront::~ChannelFront() noexcept(false) {}
+ChannelFront::~ChannelFront() noexcept(false) {
+  // Hang up the doorbell socket itself, not just this fd: other copies of
+  // it can outlive this one for a while (the one the capnp message arrived
+  // with, and vlapicd's own until the front's release of the VcpuChannel
+  // capability reaches it, which capnp may send after the front's next
+  // call). shutdown() ends the socket for every copy, so vlapicd sees the
+  // hang-up now and a channel opened right after this one is not refused.
+  if (impl.get() != nullptr) (void)shutdown(impl->doorbell, SHUT_RDWR);
+}
 
 Reply ChannelFront::call(const Request& request) {
   SharedChannel& shared = impl->mapping.channel();

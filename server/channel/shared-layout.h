@@ -194,7 +194,11 @@ SpinResult spinFor(uint64_t windowNs, uint64_t startNs, int doorbellFd, Ready&& 
     }
     uint64_t now = monotonicNowNs();
     if (now - lastRound > kContendedGapNs) {
-      return ready() ? SpinResult::READY : SpinResult::CONTENDED;
+      if (ready()) return SpinResult::READY;
+      // A caller that spins again at once after CONTENDED (a hinted poll)
+      // starts a new spin each time; on a loaded host each may end here
+      // before its first 1 ms hang-up check below, so check now too.
+      return doorbellHungUp(doorbellFd) ? SpinResult::HUNG_UP : SpinResult::CONTENDED;
     }
     lastRound = now;
     if (now - startNs >= windowNs) return SpinResult::EXPIRED;

@@ -9,6 +9,7 @@
 #include <atomic>
 #include <ctime>
 #include <poll.h>
+#include <sys/socket.h>
 
 namespace vlapic::channel {
 namespace {
@@ -223,6 +224,27 @@ TEST_CASE("channel: a busy-polling server notices the hang-up too", "[thread]") 
   pair.front->call(Request::fetchEvents());
   pair.front = nullptr;
   CHECK(eventually([&]() { return pair.closedCalls.load() == 1; }));
+}
+
+TEST_CASE("channel: a spin that finds its CPU contended still reports a peer that hung up",
+          "[thread]") {
+  // A hinted poll spins again at once after each CONTENDED result: on a
+  // loaded host every spin could end contended before its 1 ms hang-up
+  // check, and the hang-up would go unseen until the hint's end (a
+  // ChannelServer test once timed out that way under ASan and load).
+  int pair[2];
+  REQUIRE(socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair) == 0);
+  kj::AutoCloseFd mine(pair[0]);
+  kj::AutoCloseFd peer(pair[1]);
+  // Each round takes longer than kContendedGapNs: as if descheduled.
+  auto slowRound = []() {
+    timespec pauseFor = {0, long(2 * kContendedGapNs)};
+    nanosleep(&pauseFor, nullptr);
+    return false;
+  };
+  CHECK(spinFor(1'000'000'000, monotonicNowNs(), mine.get(), slowRound) == SpinResult::CONTENDED);
+  peer = nullptr;
+  CHECK(spinFor(1'000'000'000, monotonicNowNs(), mine.get(), slowRound) == SpinResult::HUNG_UP);
 }
 
 TEST_CASE("channel: a front waiting for a reply gets DISCONNECTED when the server goes away",

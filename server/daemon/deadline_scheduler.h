@@ -85,6 +85,9 @@ public:
   uint64_t advanceNs() const { return advance.marginNs(); }
   // Wake-ups that came before the head deadline and spun up to it.
   uint64_t spins() const { return spinCount; }
+  // Timerfd wake-ups whose lateness fed the advance margin (armed while
+  // still ahead; a deadline already past when armed measures nothing).
+  uint64_t wakeupsMeasured() const { return measuredCount; }
 
 private:
   kj::AutoCloseFd timerFd;   // closed after `observer` unregisters it
@@ -98,6 +101,7 @@ private:
   TimerAdvance advance;
   uint64_t fired = 0;
   uint64_t spinCount = 0;
+  uint64_t measuredCount = 0;
   // While runDue() calls expiry callbacks: the slots still to run, so that a
   // slot destroyed by a callback (its VM released) is skipped.
   kj::Maybe<kj::Vector<Slot*>*> dueScratch;

@@ -101,8 +101,11 @@ TEST_CASE("DeadlineScheduler fires every deadline and none early with the advanc
   Run run({20'000, 200'000});
   run.fireAll(24, 150'000);
   run.checkNoneEarly();
-  // Learned from the wake-ups: no longer the initial guess.
-  CHECK(run.scheduler.advanceNs() != 20'000);
+  // Learned from the wake-ups: no longer the initial guess. On a loaded
+  // host the loop can come round only after every deadline has passed, and
+  // a deadline already past when the timerfd is armed measures nothing.
+  INFO("wake-ups measured: " << run.scheduler.wakeupsMeasured());
+  if (run.scheduler.wakeupsMeasured() > 0) CHECK(run.scheduler.advanceNs() != 20'000);
   CHECK(run.scheduler.advanceNs() <= 200'000);
 }
 

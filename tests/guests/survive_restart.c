@@ -1,7 +1,8 @@
 /*
- * Runs for a few seconds on two vCPUs with a 5 ms periodic LAPIC timer on the
- * boot CPU and IPI ping-pong between the CPUs, and checks that both kept
- * going in every second of the run. tests/kvm/survive-restart.sh kills
+ * Runs for four seconds on two vCPUs with a 5 ms periodic LAPIC timer on the
+ * boot CPU and IPI ping-pong between the CPUs, and checks that the timer
+ * kept going in every second of the run and the IPIs before and after the
+ * restart. tests/kvm/survive-restart.sh kills
  * vlapicd with SIGKILL in the middle (after "RUNNING"): vlapic-kvm must
  * restore the LAPICs on a new vlapicd from its last snapshot and the guest
  * must not notice more than a short pause. Run with --smp 2.
@@ -11,7 +12,7 @@
 #define V_TICK 0x60
 #define V_PING 0x61
 #define V_PONG 0x62
-#define RUN_SECONDS 3
+#define RUN_SECONDS 4
 #define PERIOD_US 5000
 #define PONG_TIMEOUT_MS 500
 
@@ -77,7 +78,14 @@ void test_main(void) {
      * pauses the guest; a timer lost with vlapicd gives 0 from then on, so
      * a twentieth of the periods shows it survived without being flaky. */
     check(ticks_in[second] >= 1000000 / PERIOD_US / 20, "the periodic timer ticked all through the second");
-    check(trips_in[second] >= 20, "IPI round trips went on all through the second");
   }
+  /* IPIs before the kill (about 1 s in) and in the last second, after the
+   * restart: a delivery path lost with vlapicd gives none from then on.
+   * The seconds between are not checked: the restart pauses the guest a
+   * few hundred ms, up to a second under ASan on a loaded host, and each
+   * unanswered ping waits PONG_TIMEOUT_MS (once 15 trips in the restart's
+   * second where the others had 42-49). */
+  check(trips_in[0] >= 5, "IPI round trips went on before the restart");
+  check(trips_in[RUN_SECONDS - 1] >= 5, "IPI round trips went on after the restart");
   check(unanswered <= 2, "at most the pings in flight at the restart were lost");
 }

@@ -13,7 +13,11 @@
 #include "runtime.h"
 
 #define V_TIMER 0x60
-#define MAX_LATE_US 30000  /* a loaded, nested host may be late; never early */
+/* A loaded, nested host may be late; never early. Late by what the host's
+ * scheduler does to the vCPU and vlapicd threads, not by the LAPIC: 42 ms
+ * was seen under ASan beside three busy loops on 2 CPUs. The rate is held
+ * exactly by the periodic grid check instead. */
+#define MAX_LATE_US 100000
 #define DIVIDE_BY_1 0xB
 #define DIVIDE_BY_2 0x0
 

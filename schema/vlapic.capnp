@@ -443,6 +443,16 @@ struct ServerStatus {
   channelLoopPolls @11 :UInt64;
   channelLoopRequests @12 :UInt64;
   channelLoopSkipped @13 :UInt64;
+  # The channel thread's own poll across a channel vCPU's timer expiry
+  # (vlapicd --channel-timer-polls; off by default, for hosts with a core to
+  # spare): whether it is on, hints given (one per new deadline of a vCPU
+  # with a channel), hinted polls that began, those that had to wake the
+  # sleeping thread, and requests served from them. Released VMs included.
+  channelTimerPolls @14 :Bool;
+  channelHintsGiven @15 :UInt64;
+  channelHintedPolls @16 :UInt64;
+  channelHintedWakeups @17 :UInt64;
+  channelHintedRequests @18 :UInt64;
 }
 
 interface Admin {

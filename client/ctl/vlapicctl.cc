@@ -158,7 +158,13 @@ private:
               "  events posted    ", s.totalEventsPosted, "\n",
               "  timer expiries   ", s.totalTimerExpiries, "\n",
               "  expiry fetches   ", s.channelLoopRequests, " served by the loop in ",
-              s.channelLoopPolls, " polls, ", s.channelLoopSkipped, " skipped"));
+              s.channelLoopPolls, " polls, ", s.channelLoopSkipped, " skipped\n",
+              "  timer polls      ",
+              s.channelTimerPolls
+                  ? kj::str("on: ", s.channelHintedPolls, " polls for ", s.channelHintsGiven,
+                            " deadlines (", s.channelHintedWakeups, " woke the thread), ",
+                            s.channelHintedRequests, " requests served")
+                  : kj::str("off (vlapicd --channel-timer-polls)")));
         }); })
         .build();
   }

@@ -290,6 +290,11 @@ ServerStatus fromProto(proto::ServerStatus::Reader in) {
   out.channelLoopPolls = in.getChannelLoopPolls();
   out.channelLoopRequests = in.getChannelLoopRequests();
   out.channelLoopSkipped = in.getChannelLoopSkipped();
+  out.channelTimerPolls = in.getChannelTimerPolls();
+  out.channelHintsGiven = in.getChannelHintsGiven();
+  out.channelHintedPolls = in.getChannelHintedPolls();
+  out.channelHintedWakeups = in.getChannelHintedWakeups();
+  out.channelHintedRequests = in.getChannelHintedRequests();
   return out;
 }
 

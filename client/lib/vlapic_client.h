@@ -220,6 +220,12 @@ struct ServerStatus {
   // Fetches after timer expiries that vlapicd's loop polled for, served,
   // and skipped (schema ServerStatus).
   uint64_t channelLoopPolls = 0, channelLoopRequests = 0, channelLoopSkipped = 0;
+  // The channel threads' own polls across timer expiries (vlapicd
+  // --channel-timer-polls): on or off, hints given, polls, the polls that
+  // woke the thread, requests served from them.
+  bool channelTimerPolls = false;
+  uint64_t channelHintsGiven = 0, channelHintedPolls = 0, channelHintedWakeups = 0,
+           channelHintedRequests = 0;
 };
 
 // An unguessable token naming one vCPU of a live VM (Vcpu.ticket in the

@@ -150,6 +150,12 @@ public:
             "stop (as on SIGTERM) when it reaches end of file, i.e. when the parent exits or "
             "is killed. A front that spawns a private vlapicd passes it (vlapic-kvm "
             "--spawn-vlapicd), so the daemon never outlives its front.")
+        .addOption({"channel-timer-polls"}, KJ_BIND_METHOD(*this, enableChannelTimerPolls),
+            "Keep a channel vCPU's channel thread polling across each of its timer expiries "
+            "(from just before the deadline until the front's fetch, at most 150 us past it), "
+            "so the fetch finds it awake. Costs a spinning thread per expiring timer: for "
+            "hosts with a core to spare. Off by default: on a 2-core host it delayed the "
+            "loop's own expiries more than it saved (server/daemon/README.md).")
         .addOption({'q', "quiet"}, KJ_BIND_METHOD(*this, setQuiet),
             "Log errors only; print nothing on start-up.")
         .callAfterParsing(KJ_BIND_METHOD(*this, run))
@@ -222,6 +228,10 @@ private:
       return kj::str("--exit-with-parent-fd ", fd, " is not an open file descriptor");
     }
     parentFd = int(fd);
+    return true;
+  }
+  kj::MainBuilder::Validity enableChannelTimerPolls() {
+    options.channelThreadTimerPolls = true;
     return true;
   }
   kj::MainBuilder::Validity setQuiet() {

@@ -1421,6 +1421,11 @@ void Server::Impl::fillStatus(proto::ServerStatus::Builder out) const {
   out.setChannelLoopPolls(c.channelLoopPolls);
   out.setChannelLoopRequests(c.channelLoopRequests);
   out.setChannelLoopSkipped(c.channelLoopSkipped);
+  out.setChannelTimerPolls(options.channelThreadTimerPolls);
+  out.setChannelHintsGiven(c.channelHintsGiven);
+  out.setChannelHintedPolls(c.channelHintedPolls);
+  out.setChannelHintedWakeups(c.channelHintedWakeups);
+  out.setChannelHintedRequests(c.channelHintedRequests);
 }
 
 void Server::Impl::fillVmInfo(proto::VmInfo::Builder out, const VmHost& host) const {

@@ -62,8 +62,8 @@ struct SinkLog {
 // An unconfined vlapicd, a front (Client) with one VM, and a vCPU session
 // on the test thread.
 struct Served {
-  explicit Served(uint32_t vcpus)
-      : daemon(VLAPICD_PATH, kUnconfined),
+  explicit Served(uint32_t vcpus, kj::ArrayPtr<const kj::StringPtr> daemonArgs = kUnconfined)
+      : daemon(VLAPICD_PATH, daemonArgs),
         front(Client::connect(daemon.socketPath())),
         vm(front->createVm(vmOptions(vcpus), sink.callback())),
         session(ThreadSession::open(daemon.socketPath())) {}
@@ -221,6 +221,35 @@ TEST_CASE("a front that closes its channel can open the next one at once", "[int
   }
 }
 
+// Arms one-shot 200 us timers (vector 0x40) on `channel`'s vCPU one after
+// another and fetches each expiry as a halted vCPU that woke ahead does,
+// polling for attention, until `enough(expiries)` holds (checked after at
+// least 20) or 20 s passed. Returns the expiries.
+template <typename Enough>
+uint64_t fetchTimerExpiries(ChannelFront& channel, Enough&& enough) {
+  CHECK(channel.call(Request::mmioWrite(kSvr, 4, 0x1FF)).status == AccessStatus::OK);
+  CHECK(channel.call(Request::mmioWrite(kDivide, 4, 0xB)).status == AccessStatus::OK);
+  CHECK(channel.call(Request::mmioWrite(kLvtTimer, 4, 0x40)).status == AccessStatus::OK);
+  uint64_t expiries = 0;
+  auto giveUp = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  while (std::chrono::steady_clock::now() < giveUp) {
+    CHECK(channel.call(Request::mmioWrite(kInitialCount, 4, 200'000)).status == AccessStatus::OK);
+    // Poll for attention, so the fetch follows the expiry at once
+    // (bounded: awaitChannelEvent sleeps).
+    auto spinUntil = std::chrono::steady_clock::now() + std::chrono::milliseconds(100);
+    while (!channel.attentionPending() && std::chrono::steady_clock::now() < spinUntil) {
+      sched_yield();
+    }
+    kj::Maybe<uint8_t> injected;
+    REQUIRE(awaitChannelEvent(channel, channel::EventKind::DELIVERABLE, true, injected) != nullptr);
+    CHECK(injected == uint8_t(0x40));
+    CHECK(channel.call(Request::mmioWrite(kEoi, 4, 0)).status == AccessStatus::OK);
+    ++expiries;
+    if (expiries >= 20 && enough(expiries)) break;
+  }
+  return expiries;
+}
+
 TEST_CASE("vlapicd's status counts the loop's polls for the fetch after each channel timer "
           "expiry, served or skipped",
           "[integration][channel]") {
@@ -231,30 +260,11 @@ TEST_CASE("vlapicd's status counts the loop's polls for the fetch after each cha
   Served served(1);
   auto vcpu = served.vcpu(0);
   auto channel = ChannelFront::connect(vcpu->openChannel());
-  CHECK(channel->call(Request::mmioWrite(kSvr, 4, 0x1FF)).status == AccessStatus::OK);
-  CHECK(channel->call(Request::mmioWrite(kDivide, 4, 0xB)).status == AccessStatus::OK);
-  CHECK(channel->call(Request::mmioWrite(kLvtTimer, 4, 0x40)).status == AccessStatus::OK);
   auto before = served.front->status();
-  uint64_t expiries = 0;
-  auto giveUp = std::chrono::steady_clock::now() + std::chrono::seconds(20);
   // Until the loop served one (most are on a quiet host), at least 20.
-  while (std::chrono::steady_clock::now() < giveUp) {
-    CHECK(channel->call(Request::mmioWrite(kInitialCount, 4, 200'000)).status == AccessStatus::OK);
-    // Poll for attention, as a halted vCPU that woke ahead does, so the
-    // fetch follows the expiry at once (bounded: awaitChannelEvent sleeps).
-    auto spinUntil = std::chrono::steady_clock::now() + std::chrono::milliseconds(100);
-    while (!channel->attentionPending() && std::chrono::steady_clock::now() < spinUntil) {
-      sched_yield();
-    }
-    kj::Maybe<uint8_t> injected;
-    REQUIRE(awaitChannelEvent(*channel, channel::EventKind::DELIVERABLE, true, injected) !=
-            nullptr);
-    CHECK(injected == uint8_t(0x40));
-    CHECK(channel->call(Request::mmioWrite(kEoi, 4, 0)).status == AccessStatus::OK);
-    ++expiries;
-    auto now = served.front->status();
-    if (expiries >= 20 && now.channelLoopRequests > before.channelLoopRequests) break;
-  }
+  uint64_t expiries = fetchTimerExpiries(*channel, [&](uint64_t) {
+    return served.front->status().channelLoopRequests > before.channelLoopRequests;
+  });
   auto after = served.front->status();
   CHECK(after.totalTimerExpiries - before.totalTimerExpiries == expiries);
   CHECK((after.channelLoopPolls - before.channelLoopPolls) +
@@ -263,6 +273,38 @@ TEST_CASE("vlapicd's status counts the loop's polls for the fetch after each cha
   CHECK(after.channelLoopRequests > before.channelLoopRequests);
   CHECK(after.channelLoopRequests - before.channelLoopRequests <=
         after.channelLoopPolls - before.channelLoopPolls);
+  // Off by default: no channel-thread polls across the deadlines.
+  CHECK_FALSE(after.channelTimerPolls);
+  CHECK(after.channelHintsGiven == 0);
+  CHECK(after.channelHintedPolls == 0);
+}
+
+TEST_CASE("vlapicd --channel-timer-polls: the channel thread polls across each channel timer "
+          "expiry, and the status counts it",
+          "[integration][channel]") {
+  // Each new deadline of a channel vCPU gives its channel thread a hinted
+  // poll from just before the deadline (server/daemon README, "Optional:
+  // the channel thread polls across the deadline").
+  const kj::StringPtr withTimerPolls[] = {"--no-sandbox", "--channel-timer-polls"};
+  Served served(1, withTimerPolls);
+  auto vcpu = served.vcpu(0);
+  auto channel = ChannelFront::connect(vcpu->openChannel());
+  auto before = served.front->status();
+  CHECK(before.channelTimerPolls);
+  uint64_t expiries = fetchTimerExpiries(*channel, [&](uint64_t) {
+    return served.front->status().channelHintedPolls > before.channelHintedPolls;
+  });
+  auto after = served.front->status();
+  CHECK(after.totalTimerExpiries - before.totalTimerExpiries == expiries);
+  // One hint per deadline armed (each initial-count write), a poll for
+  // some of them (a hint the front's fetch or the next write overtakes
+  // never starts), each poll woke the thread at most once.
+  CHECK(after.channelHintsGiven - before.channelHintsGiven >= expiries);
+  CHECK(after.channelHintedPolls > before.channelHintedPolls);
+  CHECK(after.channelHintedPolls - before.channelHintedPolls <=
+        after.channelHintsGiven - before.channelHintsGiven);
+  CHECK(after.channelHintedWakeups - before.channelHintedWakeups <=
+        after.channelHintedPolls - before.channelHintedPolls);
 }
 
 TEST_CASE("releasing a VM with open channels ends them, the front sees DISCONNECTED",

@@ -113,10 +113,14 @@ void test_main(void) {
     }
     printf(" (periods a loaded host handles late coalesce, as in KVM)\n");
     check(ticking, "every AP's periodic timer ticked");
+    /* Normally fired inside the window; a host that starves the vCPU
+     * threads (seen: under ASan beside busy loops) may take longer. */
+    uint64_t give_up = tsc_after_us(1000000);
+    while (!deadline_fired_tsc && rdtsc() < give_up) interrupt_window();
     if (deadline_fired_tsc) {
       printf("REPORT TSC-deadline on the boot CPU: fired %lu us after its deadline\n",
              tsc_to_us(deadline_fired_tsc - deadline));
     }
-    check(deadline_fired_tsc >= deadline, "TSC-deadline fired, not early");
+    check(deadline_fired_tsc != 0 && deadline_fired_tsc >= deadline, "TSC-deadline fired, not early");
   }
 }

@@ -543,6 +543,8 @@ TEST_CASE("vlapicctl: status, list, dump, save, restore, stats", "[integration]"
   auto status = runTool(VLAPICCTL_PATH, {"--socket", socket, "status"});
   CHECK(status.exitCode == 0);
   CHECK(contains(status.output, "VMs / vCPUs      1 / 2"));
+  CHECK(contains(status.output, "expiry fetches   0 served by the loop in 0 polls, 0 skipped"));
+  CHECK(contains(status.output, "timer polls      off (vlapicd --channel-timer-polls)"));
 
   auto list = runTool(VLAPICCTL_PATH, {"--socket", socket, "list"});
   CHECK(list.exitCode == 0);

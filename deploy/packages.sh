@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 # Debian packages the build, the tests and the main job need. Sourced by the
 # README's two commands.
 VLAPIC_PACKAGES=(

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: MIT
 # The main job: build vlapic, start vlapicd as a separate protection domain,
 # drive it with a real workload, show the resulting state with vlapicctl, and
 # boot a guest kernel on vlapic-kvm whose every APIC access goes through that

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: MIT
 # Starts vlapicd as a separate protection domain without systemd: an
 # unprivileged user, fresh user/mount/network/PID/IPC/UTS/cgroup namespaces
 # (bubblewrap), a root file system holding only the read-only system

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // The hardware abstraction layer: where vlapic gets its pages and its time.
 //
 // The LAPIC core never calls malloc for an architectural page and never reads

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // Where vlapicd listens by default, shared by the daemon and its clients so
 // they always agree: $XDG_RUNTIME_DIR/vlapic/vlapicd.sock when the variable
 // is set (a per-user daemon), else /run/vlapic/vlapicd.sock (system daemon).

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 # The vlapic protocol: how a hypervisor front drives vlapicd.
 #
 # Capability-scoped, the way a microkernel hands out rights: the bootstrap

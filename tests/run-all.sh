@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: MIT
 # Installs what the tests need, builds everything and runs every test through
 # ctest; then builds the whole project again with ASan+UBSan and runs the
 # suite there too (tests/sanitize/run.sh). Safe to run twice; works on a

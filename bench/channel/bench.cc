@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // bench-channel: what one call through the per-vCPU shared-memory channel
 // costs between two processes, next to the transports it replaces.
 //

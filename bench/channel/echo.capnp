@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 @0xdb6a5b3c84d989f0;
 # The transport floor bench-channel compares the channel with: a trivial
 # Cap'n Proto two-party RPC call between two processes on a Unix socket.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // Summary statistics shared by the bench-<topic> programs: one definition of
 // median, percentile and spread, so a "median" or a "p90" means the same in
 // every benchmark's table and RESULT line. Header-only: each bench target

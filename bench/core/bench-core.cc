@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // bench-core: what one guest APIC access costs inside the core, the work
 // every APIC exit does once it reaches vlapicd (no transport, no front).
 //

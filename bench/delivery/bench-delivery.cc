@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // bench-delivery: the in-process cost of routing interrupts through a Vm.
 //
 // Every figure is one guest-visible operation through Vm's real entry points

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 /*
  * bench-kvm's guest: times, with the guest TSC, the accesses a guest makes
  * to its LAPIC and a bare exit, and IPI round trips between two vCPUs, in

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // bench-kvm: what a LAPIC access costs as seen by a real KVM guest, in one
 // run, next to a bare user-space exit (an OUT to an unused port): through
 // vlapic-kvm + vlapicd over the per-vCPU shared-memory channel, over plain

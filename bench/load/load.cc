@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // bench-load: many fronts hammering one vlapicd at once, for a bounded time.
 //
 // It starts the real vlapicd (confined, as deployed) on a private socket and

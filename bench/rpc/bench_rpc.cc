@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // bench-rpc: what a LAPIC access costs through vlapicd over its Unix socket,
 // next to the transport floor (a Cap'n Proto echo on the same kind of
 // socket), plus pipelined throughput and event-posting throughput.

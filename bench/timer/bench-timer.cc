@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // bench-timer: how late LAPIC timer expiries reach a front through a real
 // vlapicd, and whether periodic timers drift.
 //

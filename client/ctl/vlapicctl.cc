@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // vlapicctl: the operator's tool for a running vlapicd. It uses the server's
 // admin capability (Service.admin), which anyone who can connect to the
 // socket holds: listing, dumping, saving and restoring any front's VMs.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // The front's view of the LAPIC it does not own: every guest APIC access and
 // every interrupt acknowledge goes through this interface, and the LAPIC
 // tells the front what each vCPU must act on through ApicEventSink. The one

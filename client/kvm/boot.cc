@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 #include "client/kvm/boot.h"
 
 #include <kj/debug.h>

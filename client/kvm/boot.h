@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // Guest RAM and the multiboot v1 loader: boots a kernel the way QEMU's
 // -kernel does, so bare-metal test kernels run unchanged.
 #pragma once

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 #include "client/kvm/devices.h"
 
 #include <cstring>

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // The few PC devices a bare-metal test kernel expects: a 16550 UART at
 // 0x3F8, QEMU's isa-debug-exit port and QEMU's fw_cfg I/O interface. Ports
 // nobody decodes read all-ones and drop writes, as on a PC's ISA bus.

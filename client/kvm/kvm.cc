@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 #include "client/kvm/kvm.h"
 
 #include <kj/debug.h>

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // Thin RAII wrappers over the /dev/kvm ioctl interface: the system, a VM, a
 // vCPU and its mmap'ed kvm_run. Errors from KVM are logistics (exceptions);
 // what the guest does is handled by the Machine.

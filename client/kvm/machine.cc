@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 #include "client/kvm/machine.h"
 
 #include "server/core/types.h"

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // A KVM virtual machine whose LAPICs live outside KVM: one thread per vCPU,
 // every xAPIC MMIO and x2APIC/APIC-base/TSC-deadline MSR access forwarded to
 // an ApicBackend (vlapicd), interrupts injected as a user-space-irqchip VMM

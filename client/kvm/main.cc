@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // vlapic-kvm: boots a multiboot kernel on Linux KVM with every LAPIC access
 // served by vlapicd.
 //

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // The numbers of the Multiboot Specification 0.6.96 that vlapic-kvm uses, in
 // one place: the loader (boot.cc) reads the OS image header and writes the
 // boot information with them, the machine (machine.cc) sets up the boot

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 #include "client/kvm/page_reads.h"
 
 #include "server/core/registers.h"

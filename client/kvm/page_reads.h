@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // Which guest register reads the front answers from the vCPU's virtual-APIC
 // page (mapped read-only from vlapicd's shared-memory HAL) instead of asking
 // the server: software APIC-register virtualisation. README.md ("Reads

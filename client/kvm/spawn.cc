@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 #include "client/kvm/spawn.h"
 
 #include <kj/debug.h>

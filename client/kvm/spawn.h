@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // Starting a private vlapicd for one run (--spawn-vlapicd): a child process
 // listening on a socket in a fresh temporary directory, terminated and
 // cleaned up when the run ends, and ending by itself when this process dies

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 #include "client/kvm/vlapicd_backend.h"
 
 #include <kj/debug.h>

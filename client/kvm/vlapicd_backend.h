@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // The ApicBackend that talks to vlapicd through the client library: one
 // control connection (VM creation, events), and per vCPU thread either the
 // vCPU's shared-memory channel (the exit fast path, server/channel; the

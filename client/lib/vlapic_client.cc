@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 #include "vlapic_client.h"
 
 #include "schema/socket_path.h"

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // The vlapic client library: what a hypervisor front links against to drive
 // vlapicd (schema/vlapic.capnp) without touching Cap'n Proto types.
 //

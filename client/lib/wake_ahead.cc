@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 #include "wake_ahead.h"
 
 #include <kj/debug.h>

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // Waking ahead of a known timer deadline: halt polling for a front.
 //
 // A LAPIC timer's expiry reaches a front as events (TIMER, then DELIVERABLE)

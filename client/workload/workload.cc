@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // vlapic-workload: the main job's client-side workload. It connects to a
 // running vlapicd, creates a 4-vCPU VM and drives it the way a guest OS
 // would through its front: SMP start-up by INIT-SIPI-SIPI, fixed, logical

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 @0xe296844dac57f235;
 # The wire format of the per-vCPU shared-memory channel between a front and
 # vlapicd (see README.md in this folder). Each message is one flat-array

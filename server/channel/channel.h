@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // The per-vCPU shared-memory call/reply channel between a front and vlapicd
 // (issue 7's exit fast path). One channel serves one vCPU: the front writes a
 // request into a slot of a shared memfd, the server runs it and writes the

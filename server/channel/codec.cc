@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // Value types and the wire codec of the channel (channel.capnp).
 #include "server/channel/shared-layout.h"
 #include "server/channel/channel.capnp.h"

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // The server side of a channel: one thread per channel that polls, sleeps,
 // copies each request out of shared memory, runs the handler and replies.
 #include "server/channel/shared-layout.h"

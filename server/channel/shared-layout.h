@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // Internals of the channel shared by the server, the front and the tests
 // (which play a hostile front): the memfd layout, the doorbell socket and the
 // wire codec. Users of the library need only channel.h.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // The channel's shared memory, doorbell and polling window.
 #include "server/channel/shared-layout.h"
 #include <kj/debug.h>

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 #include "dump.h"
 #include <kj/vector.h>
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // Decoded dumps of LAPIC registers, driven by the register table
 // (registers.h): each register's RegisterInfo::format picks how its value is
 // decoded into named fields. Pure formatting: every function returns a

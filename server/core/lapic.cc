@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // One vCPU's local APIC over the architectural virtual-APIC page (SDM Vol. 3A,
 // chapter "Advanced Programmable Interrupt Controller (APIC)"; section numbers
 // below are from the edition where it is chapter 11, older editions say 10).

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // One vCPU's local APIC: a pure state machine over the architectural 4 KiB
 // virtual-APIC page (SDM Vol. 3A, APIC chapter). It does no I/O and knows no
 // transport: guest accesses come in through one read/write path, and side

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // The one declarative register table (SDM Vol. 3A, "Local APIC Register
 // Address Map" table and "x2APIC Register Address Space" table). Every
 // rule about which register exists in which mode, what it resets to and

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // The declarative register table: one row per architectural register (SDM
 // Vol. 3A, "Local APIC Register Address Map" and "x2APIC Register Address
 // Space"). Decoding, masking, reset and the decoded dumps are all driven by

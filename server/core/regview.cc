@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 #include "regview.h"
 #include <kj/debug.h>
 #include <kj/vector.h>

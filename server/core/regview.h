@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // A typed register API: value types with named bitfields for each LAPIC
 // register (SDM Vol. 3A, APIC chapter, the register figures), and typed views
 // over the two byte layouts registers live in: the architectural 4 KiB

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // The LAPIC timer (SDM Vol. 3A, 11.5.4 "APIC Timer") as exact integer
 // arithmetic on an injected clock.
 //

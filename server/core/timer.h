@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // The LAPIC timer as pure arithmetic on an injected clock (SDM Vol. 3A,
 // "APIC Timer"). No I/O: the server asks deadlineNs() and arms a real timer;
 // tests advance a ManualClock.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // Value types shared by every layer: the core (per-vCPU state machine), the
 // per-VM delivery layer and the transport. No capnp types, no I/O.
 #pragma once

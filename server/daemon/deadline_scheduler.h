@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // Real timers for the LAPIC timers of every VM the server hosts: one timerfd
 // (CLOCK_MONOTONIC, absolute, nanosecond resolution) watched by the kj event
 // loop, in front of an ordered queue of per-vCPU deadlines.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // vlapicd: the vlapic server daemon. Parses flags, opens (or inherits) the
 // listening Unix socket, confines itself (sandbox.h) and serves fronts on one
 // kj event loop until SIGTERM or SIGINT.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // vlapicd's self-confinement (sandbox.h): after start-up the daemon needs
 // nothing but the sockets it already holds, the connections it accepts, its
 // event loop, memory and time. Everything else is taken away, in this order:

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // The hook through which vlapicd confines itself after start-up: called by
 // the daemon main once the listening socket is open (and, with socket
 // activation, inherited) and before the first connection is served, so the

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // The vlapicd server logic, independent of how connections arrive: the daemon
 // main feeds it sockets from a listener (or systemd socket activation), tests
 // feed it socketpairs in-process. Every connection is a Cap'n Proto two-party

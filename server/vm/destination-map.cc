@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 #include "server/vm/destination-map.h"
 #include <algorithm>
 

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // Destination matching for interrupt messages (SDM Vol. 3A "Determining
 // IPI Destination", "Logical Destination Mode", x2APIC "Logical Destination
 // Mode in x2APIC Mode"), and the per-VM map that finds the targets of a

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // The per-VM delivery layer. See vm.h for the contract and README.md beside
 // this file for the routing rules and the choices the SDM leaves open.
 

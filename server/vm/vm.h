@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // A VM: the set of vCPUs whose local APICs talk to each other and to the
 // outside (SDM Vol. 3A, APIC chapter: "Issuing Interprocessor Interrupts",
 // "Message Signalled Interrupts", "Local Vector Table", "MP Initialization").

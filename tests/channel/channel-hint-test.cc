@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // Hinted polls (ChannelServer::pollBetween): vlapicd knows when a vCPU's
 // timer expires and keeps that vCPU's channel thread awake across it, so the
 // front's fetch finds it polling instead of paying a cold wake-up. Observed

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // The channel between two processes, as vlapicd and a front use it (the fd
 // travels over a Unix socket), and against a hostile front that writes
 // whatever it likes into the shared memory and the doorbell.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // The channel between two threads of one process: round trips under each
 // polling policy, ordering, events and attention, handler failures, a peer
 // going away on either side, and an idle server costing no CPU.

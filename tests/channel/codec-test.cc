@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // The channel's wire codec and its adaptive polling rule, without threads:
 // every request and reply kind survives a round trip, and whatever a hostile
 // peer writes decodes to a rejection, never to a crash or an exception.

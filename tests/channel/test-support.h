@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // Shared by the channel tests: a deterministic handler whose every reply can
 // be predicted from the request alone (so either side, in either process,
 // can check a round trip), and helpers to move a channel fd between

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // IA32_APIC_BASE (SDM Vol. 3A 11.4.4 "Local APIC Status and Location",
 // 11.12.5 "x2APIC State Transitions", Figure "Local x2APIC State
 // Transitions").

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // Shared set-up for the core tests: one vCPU's LAPIC on host-memory pages and
 // a ManualClock, plus helpers that perform guest accesses and insist they
 // succeed.

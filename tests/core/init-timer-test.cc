@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // INIT, SIPI and RESET (SDM Vol. 3A 11.4.7.1 "Local APIC State After
 // Power-Up or Reset", 11.4.7.3 "Local APIC State After an INIT Reset", 9.4
 // "Multiple-Processor (MP) Initialization") and the core's side of the timer

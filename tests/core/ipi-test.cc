@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // Issuing IPIs (SDM Vol. 3A 11.6.1 "Interrupt Command Register (ICR)",
 // 11.12.9 "ICR Operation in x2APIC Mode", 11.12.11 "SELF IPI Register").
 #include "fixture.h"

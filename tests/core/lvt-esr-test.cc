@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // The local vector table and error handling (SDM Vol. 3A 11.5.1 "Local
 // Vector Table", 11.5.2 "Valid Interrupt Vectors", 11.5.3 "Error Handling",
 // 11.4.3 "Enabling or Disabling the Local APIC").

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // The virtual-APIC page is always what the guest reads (the property APIC
 // register virtualisation relies on, SDM Vol. 3A 30.4 "Virtualizing Memory-
 // Mapped APIC Accesses" for the page, 11.8.3.1 for PPR), checked after every

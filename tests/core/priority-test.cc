@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // Priorities, acceptance, acknowledge and EOI (SDM Vol. 3A 11.8.3
 // "Interrupt Handling", 11.8.3.1 "Task and Processor Priorities", 11.8.4
 // "Interrupt Acceptance for Fixed Interrupts", 11.8.5 "Signaling Interrupt

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // The register map, decoding, reset values, writable masks and access rules
 // (SDM Vol. 3A 11.4.1 "Local APIC Register Address Map" table, 11.12.1.2
 // "x2APIC Register Address Space" table). Expectations are written out here

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // Save and restore: KVM's 1 KiB kvm_lapic_state layout (KVM_GET_LAPIC /
 // KVM_SET_LAPIC, both x2APIC ID layouts) plus the versioned hidden-state
 // record; restore validates everything and leaves the vCPU unchanged on bad

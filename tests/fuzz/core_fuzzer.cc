@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // libFuzzer harness for the per-vCPU LAPIC core (server/core/lapic.h).
 //
 // The input is a VM configuration followed by a sequence of operations a

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: MIT
 # Runs every reproducer under tests/fuzz/repro against its harness with
 # FUZZ_STRICT=1 (known findings are fatal) and fails if any still fails.
 # File names start with the harness name: core-*, server-*.

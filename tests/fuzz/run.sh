@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: MIT
 # Builds the libFuzzer harnesses with clang (a configuration of the whole
 # project in its own build directory, separate from the main g++ build) and
 # runs each for a bounded time over the committed corpus under

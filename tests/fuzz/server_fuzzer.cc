@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // libFuzzer harness for vlapicd's request handling (server/daemon/server.h),
 // in process: one fresh Server per input on a kj event loop, a front
 // connected to it through an in-memory capability pipe.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // Tracing shared by the fuzz harnesses: FUZZ_TRACE=1 in the environment
 // makes a harness print every operation it performs, for reading what a
 // reproducer does (run the harness binary with the input file as argument).

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 /*
  * IA32_APIC_BASE from inside a guest: legal and illegal transitions, the
  * disabled state (MMIO window floats to all-ones, x2APIC MSRs #GP,

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 /*
  * Interprocessor interrupts between real vCPUs: SMP start-up of every AP by
  * INIT-SIPI-SIPI, APIC IDs matching CPUID, self IPIs, fixed IPIs both ways,

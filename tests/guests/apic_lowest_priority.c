@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 /*
  * Lowest-priority IPIs (ICR delivery mode 001) between real vCPUs, in xAPIC
  * flat logical mode and then x2APIC cluster logical mode. SDM Vol. 3A

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 /*
  * Priorities from inside a guest: TPR and CR8 block lower-priority vectors
  * and release them when lowered, PPR follows ISR, nested interrupts are

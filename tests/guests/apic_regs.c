@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 /*
  * Every LAPIC register from inside a guest: reset values, writable bits and
  * access rules in xAPIC mode (MMIO) and in x2APIC mode (MSRs, #GP rules).

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 /*
  * The LAPIC timer from inside a guest: one-shot, periodic and TSC-deadline
  * interrupts arrive never early, not too late and in the right count, and a

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 /* Exits through the debug-exit port with 0x2A: vlapic-kvm must exit with
  * (0x2A << 1) | 1 = 85. */
 #include "runtime.h"

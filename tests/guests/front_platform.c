@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 /*
  * The platform vlapic-kvm offers a multiboot kernel, as QEMU's -kernel does:
  * multiboot entry state and info (memory size, command line, modules),

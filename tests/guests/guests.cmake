@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 # vlapic_add_guest(<name> <sources...>): builds a multiboot v1 guest kernel
 # <name>.elf (ELF32 wrapping 64-bit code, as QEMU's -kernel wants) from the
 # shared runtime plus <sources>, with the system gcc: freestanding, no SSE,

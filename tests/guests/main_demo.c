@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 /*
  * The main job's guest (deploy/run-main.sh): a short tour of what vlapicd
  * serves a real SMP guest, with a readable report: INIT-SIPI-SIPI start-up of

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 /*
  * Runs for four seconds on two vCPUs with a 5 ms periodic LAPIC timer on the
  * boot CPU and IPI ping-pong between the CPUs, and checks that the timer

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 /* An exception with no usable IDT: #UD -> #DF -> triple fault. vlapic-kvm
  * must end the run with its triple-fault status (8). */
 #include "runtime.h"

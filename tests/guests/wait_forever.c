@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 /* Announces itself, then halts with interrupts on forever: the vlapicd-gone
  * test kills the server under it. */
 #include "runtime.h"

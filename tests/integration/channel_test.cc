@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // The exit fast path wired into vlapicd: a vCPU's shared-memory channel,
 // opened through its capability (Vcpu.openChannel), serves the same Vm as
 // the RPC methods and carries that vCPU's events instead of the EventSink.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // Runs the real vlapicd as a child process on a private socket, for the
 // integration tests and bench-rpc, and runs command-line tools (vlapicctl)
 // capturing their output.

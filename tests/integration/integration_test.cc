@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // Integration tests: the real vlapicd process on a temporary socket, driven
 // through the client library (as a front would) and through vlapicctl (as an
 // operator would). Architectural behaviour is tested in the core and VM

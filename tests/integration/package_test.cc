@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // The installed client library is usable from an outside project through
 // find_package(vlapic): install the `vlapic-client` component into a
 // temporary prefix, configure and build tests/integration/package-consumer

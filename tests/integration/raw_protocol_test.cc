@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // Tests that speak the schema directly (no client library), for fronts that
 // misbehave in ways the library never would, and for systemd socket
 // activation of the real daemon.

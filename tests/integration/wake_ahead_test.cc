@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // Waking ahead of timer deadlines over the real vlapicd: the deadline hint
 // travels in access replies, interrupt states and TIMER events (schema
 // `timerDeadlineNs`), the client library keeps each VM's TimerDeadlines from

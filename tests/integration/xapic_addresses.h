@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // xAPIC MMIO addresses at the default base and ICR bits the integration
 // tests and bench-rpc program (SDM "Local APIC Register Address Map",
 // "Interrupt Command Register").

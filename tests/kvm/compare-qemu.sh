@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: MIT
 # Runs the architectural guest kernels under QEMU with KVM's in-kernel LAPIC,
 # to show they test the architecture and not our implementation. Not part of
 # ctest or CI (QEMU is big); run by hand:

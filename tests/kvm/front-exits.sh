@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: MIT
 # vlapic-kvm's exit statuses and messages (client/kvm/machine.h):
 # usage 2, no KVM 4, vlapicd unavailable or gone 6, triple fault 8, and the
 # guest's own (v << 1) | 1.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // Unit tests of vlapic-kvm's platform pieces that need no /dev/kvm: the
 // multiboot v1 loader (Multiboot Specification 0.6.96), the 16550 UART
 // (PC16550D data sheet), QEMU's fw_cfg I/O interface and the port bus.

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: MIT
 # Shared by run-guest.sh and survive-restart.sh (sourced, not run).
 
 # require_kvm KERNEL: SKIP (exit 77, ctest's SKIP_RETURN_CODE) without a

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // The front's reads from the virtual-APIC page (client/kvm/page_reads.h)
 // against the LAPIC itself: every read the front answers from the page must
 // return exactly what the same read through the LAPIC returns (SDM "Local

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: MIT
 # Runs one guest test kernel on vlapic-kvm with a private vlapicd and checks
 # its report: exit status 1 (the guest wrote 0 to the debug-exit port), a
 # SUMMARY line with at least one PASS and no FAIL.

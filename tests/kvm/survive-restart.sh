@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: MIT
 # A guest keeps running across `kill -9` of vlapicd (issue 8): vlapic-kvm
 # with --spawn-vlapicd snapshots the VM's LAPIC state every 100 ms, and when
 # its vlapicd dies it starts a new one, restores every vCPU and goes on.

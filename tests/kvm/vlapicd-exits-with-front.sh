@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: MIT
 # A vlapicd that vlapic-kvm spawned (--spawn-vlapicd) ends when vlapic-kvm is
 # killed with SIGKILL, so no orphaned server outlives its front. Run as root,
 # vlapicd drops to an unprivileged user at start-up, which clears

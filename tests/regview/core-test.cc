@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // The typed views against the real core: the page a Lapic keeps and the
 // kvm_lapic_state it saves read back through regview.h exactly as the
 // register accesses see them, in xAPIC and both x2APIC layouts; and a

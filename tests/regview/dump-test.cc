@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // Decoded dumps (dump.h): one representative value per RegisterInfo::format,
 // exact text, with the fields the SDM names for each register; and the full
 // table over a kvm_lapic_state in both layouts.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // Register images for the regview tests: raw little-endian words at xAPIC
 // offsets, written and read without the code under test.
 #pragma once

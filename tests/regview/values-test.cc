@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // Register value types (regview.h) against the SDM's bit positions
 // (Vol. 3A, APIC chapter: the figures for IA32_APIC_BASE, ICR, LVT, SVR,
 // DCR, ESR, Version, TPR/PPR, LDR and DFR). Each field is checked both ways:

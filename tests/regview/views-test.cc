@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // Typed views over register images (regview.h): KVM's 1 KiB kvm_lapic_state
 // and the 4 KiB virtual-APIC page. Registers sit at their xAPIC offsets (SDM
 // "Local APIC Register Address Map") as little-endian 32-bit words; ID and

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // sandbox-probe: a small process that confines itself exactly as vlapicd
 // does (server/daemon/sandbox.cc's applySandbox, linked in) and then does
 // one thing named on its command line, so tests can check from outside what

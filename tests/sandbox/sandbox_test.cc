@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // Proves vlapicd's confinement from outside the confined process:
 // - sandbox-probe (the same applySandbox as vlapicd) dies of SIGSYS on every
 //   forbidden system call, while everything vlapicd does still works;

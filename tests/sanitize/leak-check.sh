@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: MIT
 # Leak check of a server that served and released many VMs: vlapicd runs
 # under valgrind (memcheck, --no-sandbox: valgrind's own system calls would
 # be killed by the seccomp filter) while bench-load drives it with several

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: MIT
 # Builds the whole project with AddressSanitizer + UndefinedBehaviorSanitizer
 # (-DVLAPIC_SANITIZE=ON, see the top-level CMakeLists.txt) into its own build
 # directory and runs every test there through ctest. Any sanitizer report

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // DeadlineScheduler: every armed deadline fires, none before its deadline
 // (a guest must never see its timer expire early, SDM 11.5.4), with or
 // without the advance margin; and TimerAdvance, the margin's estimator.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // A channel vCPU's timer expiry and the front's fetch right after it: the
 // loop thread polls for that fetch itself (server.cc's timerFired,
 // channel::ChannelServer::serveOnCaller), and with channelThreadTimerPolls

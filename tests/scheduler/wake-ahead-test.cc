@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // The client library's wake-ahead wait (client/lib/wake_ahead.h), on an
 // injected clock: when a front sleeps, when it polls, how long, what it
 // learns, and that every poll is bounded (an idle front never polls).

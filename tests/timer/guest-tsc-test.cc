@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // The guest TSC derived from the HAL clock (SDM Vol. 3A, 17.17 "Time-Stamp
 // Counter"; the TSC-deadline timer compares against it, 11.5.4.1).
 

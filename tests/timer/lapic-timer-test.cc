@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // The LAPIC timer driven through the register path of a whole Lapic (SDM
 // Vol. 3A, 11.5.4 "APIC Timer", 11.5.4.1 "TSC-Deadline Mode", 11.5.1 "Local
 // Vector Table"): LVT Timer, initial/current count and DCR by MMIO and by

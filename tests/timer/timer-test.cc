@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // The LAPIC timer on a virtual clock: SDM Vol. 3A, 11.5.4 "APIC Timer" and
 // 11.5.4.1 "TSC-Deadline Mode", with KVM's choices where the SDM leaves one
 // (mode switches, minimum period, coalescing of late periodic expiries).

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // VM size and the destination map: configurable APIC IDs (above 255, sparse),
 // 1024-vCPU VMs, aliased IDs falling back to a scan, the map following ID,
 // LDR, DFR and mode changes, and the map agreeing with the reference scan on

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // The per-vCPU event queues: order, coalescing where the architecture allows
 // it (IRR is a set, one NMI and one SMI latch, INIT supersedes INIT/SIPI),
 // the bound, and the listener that spares the transport from polling.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // IPIs from the ICR, in xAPIC and x2APIC mode (SDM Vol. 3A, 11.6
 // "Issuing Interprocessor Interrupts", 11.6.2 "Determining IPI
 // Destination", 11.12.9 "ICR Operation in x2APIC Mode").

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // The LINT0/LINT1 pins as inputs (SDM Vol. 3A, 11.5.1 "Local Vector
 // Table"; MP specification "virtual wire mode"): ExtINT from the legacy PIC,
 // NMI, level-triggered fixed interrupts with remote IRR, and the pins of a

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // Lowest-priority delivery (SDM Vol. 3A, 11.6.2.4 "Lowest Priority Delivery
 // Mode"): one target among the matching hardware- and software-enabled
 // LAPICs. The SDM leaves the choice model-specific; ours (lowest PPR, then a

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // Interrupt messages from devices: MSIs (SDM Vol. 3A, 11.11 "Message
 // Signalled Interrupts") and I/O APIC redirection entries (82093AA
 // datasheet), routed like IPIs; and EOI events back to the I/O APIC

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // Save and restore of one vCPU and of a whole VM: LAPIC state, the guest
 // TSC, queued events and the lowest-priority rotation; all or nothing.
 #include "vm-test-util.h"

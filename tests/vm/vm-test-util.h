@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // Helpers for the per-VM delivery tests: a VM on a ManualClock, and guest
 // accesses spelled the way a guest issues them (MMIO in xAPIC mode, MSRs in
 // x2APIC mode), so every test drives the VM through its real entry points.

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 /*
  * Guest runtime entry: multiboot v1 header, 32-bit protected-mode entry ->
  * 64-bit long mode with the low 4 GiB identity-mapped (2 MiB pages), the AP

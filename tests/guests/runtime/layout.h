@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 /* Memory layout shared by entry.S and the C runtime. */
 #pragma once
 

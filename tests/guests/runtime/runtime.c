@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 /* The guest test runtime (see runtime.h). */
 #include "runtime.h"
 

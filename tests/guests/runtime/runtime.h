@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 /*
  * The guest test runtime: serial output, PASS/FAIL reporting, exit through
  * QEMU's debug-exit port, interrupts, per-CPU data, the local APIC in xAPIC

@@ -1,3 +1,4 @@
+// SPDX-License-Identifier: MIT
 // Links against the installed libvlapic-client and uses its API and the
 // re-exported register views; run against a live vlapicd with its socket.
 #include "client/lib/vlapic_client.h"

@@ -48,7 +48,9 @@ class ApicEventSink {
 public:
   virtual ~ApicEventSink() noexcept(false) = default;
   virtual void interruptDeliverable(uint32_t vcpu) = 0;
-  virtual void nmi(uint32_t vcpu) = 0;
+  // `count` NMIs were sent to the vCPU (counted by the server, never
+  // dropped: the front decides which the guest latches, nmi_gate.h).
+  virtual void nmi(uint32_t vcpu, uint32_t count) = 0;
   virtual void init(uint32_t vcpu) = 0;
   virtual void startup(uint32_t vcpu, uint8_t vector) = 0;
   // SMI, ExtINT, EOI broadcasts: nothing in this front consumes them (no

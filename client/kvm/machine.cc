@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: MIT
 #include "client/kvm/machine.h"
 
+#include "client/kvm/nmi_gate.h"
+
 #include "server/core/types.h"
 
 #include <kj/debug.h>
@@ -170,6 +172,11 @@ private:
   bool interruptWanted = false;
   uint8_t knownCr8 = 0;
   uint64_t apicBase = 0;
+  NmiGate nmiGate;
+  // An NMI is in flight or latched behind the guest's handler: KVM injects
+  // it at an exit after the IRET, and this host gives no NMI-window exit,
+  // so the vCPU is kicked at the window-poll interval meanwhile.
+  bool nmiExitSoon = false;
 
   bool serverApic() const { return machine.machineConfig.apic == ApicLocation::SERVER; }
   ApicBackend& backend() { return KJ_ASSERT_NONNULL(machine.backend); }
@@ -232,7 +239,6 @@ private:
   // Returns false when the machine stops. Blocks while the vCPU waits for
   // SIPI or is halted.
   bool prepareEntry() {
-    bool injectNmi = false;
     uint32_t nmis = 0;
     for (bool fetch = true, resync = false; fetch;) {
       if (resync) resyncAfterRestore();
@@ -261,6 +267,7 @@ private:
             interruptWanted = false;
             locked->interrupt = false;
             locked->nmis = 0;
+            nmiGate.reset();
           }
         }
         if (waitingForSipi) {
@@ -283,7 +290,8 @@ private:
         if (halted) {
           // HLT resumes on NMI, INIT, or an interrupt the CPU can take
           // (IF=1); with IF=0 an interrupt does not wake it.
-          bool wake = locked->nmis > 0 || (interruptWanted && haltedWithInterruptsOn);
+          bool wake = locked->nmis > 0 || nmiGate.heldCount() > 0 ||
+                      (interruptWanted && haltedWithInterruptsOn);
           if (!wake) {
             machine.stats.halts++;
             auto haltEnds = [&](const Pending& p) {
@@ -318,17 +326,28 @@ private:
         break;
       }
     }
-    injectNmi = nmis > 0;
-    if (injectNmi) {
-      // NMIs do not queue beyond one pending (SDM "NMI Handling"); KVM
-      // keeps one pending plus one being delivered.
-      for (uint32_t i = 0; i < kj::min(nmis, 2u); i++) {
+    // NMIs go to KVM one at a time, each once KVM shows the one before it
+    // taken; how many collapse is the guest's NMI blocking to decide
+    // (client/kvm/nmi_gate.h, SDM 6.7.1).
+    if (nmis > 0) nmiGate.arrived(nmis);
+    NmiDecision nmi;
+    if (nmiGate.needsKvmState()) {
+      kvm_vcpu_events events;
+      memset(&events, 0, sizeof(events));
+      checkedIoctl(fd.fd(), KVM_GET_VCPU_EVENTS, &events, "KVM_GET_VCPU_EVENTS");
+      KvmNmiState state;
+      state.injected = events.nmi.injected != 0;
+      state.pending = events.nmi.pending != 0;
+      state.masked = events.nmi.masked != 0;
+      nmi = nmiGate.beforeEntry(state);
+      if (nmi.injectNow) {
         checkedIoctl(fd.fd(), KVM_NMI, 0ul, "KVM_NMI");
         machine.stats.nmis++;
       }
     }
+    nmiExitSoon = nmi.needExitSoon;
     auto& run = fd.run();
-    if (interruptWanted && canInject()) {
+    if (interruptWanted && canInject() && !nmi.holdInterrupts) {
       // The interrupt window is open: take the vector from the LAPIC now
       // (IRR -> ISR) and inject it. CR8 is current as of this exit.
       auto ack = backend().acknowledge(index);
@@ -388,7 +407,7 @@ private:
     // asked for an interrupt-window exit, but the nested KVM this project
     // runs on never delivers one to a user-space irqchip; so the vCPU is
     // also kicked at a short interval until an exit finds IF=1.
-    bool poll = run.request_interrupt_window != 0;
+    bool poll = run.request_interrupt_window != 0 || nmiExitSoon;
     if (poll) armWindowPoll();
     int result = ioctl(fd.fd(), KVM_RUN, 0);
     int error = errno;
@@ -877,8 +896,10 @@ void Machine::interruptDeliverable(uint32_t vcpu) {
   vcpuAt(vcpu).post([](Vcpu::Pending& p) { p.interrupt = true; });
 }
 
-void Machine::nmi(uint32_t vcpu) {
-  vcpuAt(vcpu).post([](Vcpu::Pending& p) { p.nmis++; });
+void Machine::nmi(uint32_t vcpu, uint32_t count) {
+  vcpuAt(vcpu).post([count](Vcpu::Pending& p) {
+    p.nmis = count > UINT32_MAX - p.nmis ? UINT32_MAX : p.nmis + count;
+  });
 }
 
 void Machine::init(uint32_t vcpu) {

@@ -105,7 +105,7 @@ public:
 
   // ApicEventSink: called by the backend's thread.
   void interruptDeliverable(uint32_t vcpu) override;
-  void nmi(uint32_t vcpu) override;
+  void nmi(uint32_t vcpu, uint32_t count) override;
   void init(uint32_t vcpu) override;
   void startup(uint32_t vcpu, uint8_t vector) override;
   void unhandledEvent(uint32_t vcpu, kj::StringPtr what) override;

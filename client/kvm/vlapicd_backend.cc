@@ -291,7 +291,8 @@ void VlapicdBackend::eoiWritten(uint32_t vcpu, const ApicAccess& access) {
   KJ_IF_MAYBE(highest, locked->highest()) locked->set(*highest, false);
 }
 
-void VlapicdBackend::deliver(uint32_t vcpu, client::EventKind kind, uint8_t vector) {
+void VlapicdBackend::deliver(uint32_t vcpu, client::EventKind kind, uint8_t vector,
+                             uint32_t count) {
   activity.fetch_add(1, std::memory_order_relaxed);
   // INIT resets the LAPIC: nothing is in service any more.
   if (kind == client::EventKind::INIT && vcpu < inService.size()) {
@@ -300,7 +301,7 @@ void VlapicdBackend::deliver(uint32_t vcpu, client::EventKind kind, uint8_t vect
   }
   switch (kind) {
     case client::EventKind::DELIVERABLE: sink.interruptDeliverable(vcpu); break;
-    case client::EventKind::NMI: sink.nmi(vcpu); break;
+    case client::EventKind::NMI: sink.nmi(vcpu, count); break;
     case client::EventKind::INIT: sink.init(vcpu); break;
     case client::EventKind::SIPI: sink.startup(vcpu, vector); break;
     case client::EventKind::TIMER:
@@ -318,7 +319,7 @@ void VlapicdBackend::onEvents(kj::ArrayPtr<const client::Event> events) {
   for (auto& event : events) {
     // A TIMER event names the timer's next deadline (periodic) or none.
     if (event.kind == client::EventKind::TIMER) noteTimer(event.vcpu, event.timerDeadlineNs);
-    deliver(event.vcpu, event.kind, event.vector);
+    deliver(event.vcpu, event.kind, event.vector, event.count);
   }
 }
 
@@ -327,7 +328,7 @@ void VlapicdBackend::deliverFromChannel(uint32_t vcpu, const channel::Event& eve
   // The channel's TIMER event does not name the next deadline: ask at the
   // next halt.
   if (kind == client::EventKind::TIMER) timerMayHaveMoved(vcpu);
-  deliver(vcpu, kind, event.vector);
+  deliver(vcpu, kind, event.vector, event.count);
 }
 
 ApicAccess VlapicdBackend::rpcAccess(uint32_t vcpu, const client::AccessOutcome& outcome) {

@@ -168,7 +168,7 @@ private:
   void openLink(uint32_t vcpu, uint64_t generation);
   channel::Reply serveChannel(uint32_t vcpu, VcpuLink& l, const channel::Request& request);
   void onEvents(kj::ArrayPtr<const client::Event> events);
-  void deliver(uint32_t vcpu, client::EventKind kind, uint8_t vector);
+  void deliver(uint32_t vcpu, client::EventKind kind, uint8_t vector, uint32_t count);
   void deliverFromChannel(uint32_t vcpu, const channel::Event& event);
   // An RPC access's result, with the timer deadline it reports noted.
   ApicAccess rpcAccess(uint32_t vcpu, const client::AccessOutcome& outcome);

@@ -197,12 +197,26 @@ struct Vm::Impl {
       case VcpuEvent::Kind::VECTOR_DELIVERABLE:
         KJ_FAIL_ASSERT("vector-deliverable is queued by refreshDeliverable()");
       case VcpuEvent::Kind::NMI:
+        // NMIs are counted, never dropped. The CPU latches one NMI while it
+        // handles another (SDM 6.7.1, "Handling Multiple NMIs"), so two
+        // NMIs sent together are both taken; whether the guest is inside
+        // its NMI handler (and so whether a second one collapses) only the
+        // front can see (KVM's nmi.masked). The queue keeps one NMI entry
+        // whose count says how many arrived since the front last fetched.
+        for (auto& queued : events) {
+          if (queued.kind == event.kind) {
+            saturatingAdd(queued.count, event.count);
+            stats.eventsCoalesced++;  // merged into the count, not lost
+            return;
+          }
+        }
+        break;
       case VcpuEvent::Kind::SMI:
       case VcpuEvent::Kind::EXTINT:
       case VcpuEvent::Kind::SIPI:
-        // One NMI and one SMI are latched by the CPU; ExtINT means "INTR is
-        // asserted", a level; a second SIPI after the first started the AP is
-        // ignored by it (SDM "MP Initialization Protocol").
+        // One SMI is latched by the CPU; ExtINT means "INTR is asserted", a
+        // level; a second SIPI after the first started the AP is ignored by
+        // it (SDM "MP Initialization Protocol").
         for (auto& queued : events) {
           if (queued.kind == event.kind) {
             stats.eventsCoalesced++;

@@ -78,7 +78,9 @@ struct VcpuEvent {
     // latest is queued; it is withdrawn from the queue when nothing is
     // deliverable any more.
     VECTOR_DELIVERABLE,
-    NMI,       // inject an NMI (the CPU latches one pending NMI: coalesced)
+    // `count` NMIs arrived (merged into one entry, never dropped: the front
+    // injects them one at a time and knows when the guest can latch one).
+    NMI,
     SMI,       // enter SMM (one pending SMI latched: coalesced)
     // INIT: the LAPIC has been reset already (keeping ID and base); reset
     // the vCPU's registers. An AP then waits for SIPI, the boot vCPU runs
@@ -92,7 +94,8 @@ struct VcpuEvent {
   };
   Kind kind = Kind::VECTOR_DELIVERABLE;
   uint8_t vector = 0;  // VECTOR_DELIVERABLE, SIPI, EOI
-  // TIMER_EXPIRED: expiries merged into this event. EOI: EOIs of `vector`
+  // TIMER_EXPIRED: expiries merged into this event. NMI: NMIs merged into
+  // this event. EOI: EOIs of `vector`
   // merged into this event (see server/vm/README.md for why that is exact).
   // 1 for every other kind.
   uint32_t count = 1;

@@ -454,6 +454,10 @@ struct ServerStatus {
   channelHintedPolls @16 :UInt64;
   channelHintedWakeups @17 :UInt64;
   channelHintedRequests @18 :UInt64;
+  # Timer expiries fired by a channel request that found its vCPU's timer
+  # already due (the front woke or kicked itself at the deadline), rather
+  # than by the loop's timer; included in totalTimerExpiries.
+  channelRequestTimerFires @19 :UInt64;
 }
 
 interface Admin {

@@ -296,6 +296,7 @@ ServerStatus fromProto(proto::ServerStatus::Reader in) {
   out.channelHintedPolls = in.getChannelHintedPolls();
   out.channelHintedWakeups = in.getChannelHintedWakeups();
   out.channelHintedRequests = in.getChannelHintedRequests();
+  out.channelRequestTimerFires = in.getChannelRequestTimerFires();
   return out;
 }
 

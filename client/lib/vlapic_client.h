@@ -227,6 +227,8 @@ struct ServerStatus {
   bool channelTimerPolls = false;
   uint64_t channelHintsGiven = 0, channelHintedPolls = 0, channelHintedWakeups = 0,
            channelHintedRequests = 0;
+  // Timer expiries fired by channel requests that found the timer due.
+  uint64_t channelRequestTimerFires = 0;
 };
 
 // An unguessable token naming one vCPU of a live VM (Vcpu.ticket in the

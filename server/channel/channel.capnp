@@ -55,6 +55,15 @@ struct ChannelReply {
   cr8 @5 :UInt8;                    # TPR[7:4] after the call, for kvm_run->cr8
   events @6 :List(Event);           # at most kMaxEventsPerReply, oldest first
   moreEvents @7 :Bool;              # more are queued: send fetchEvents
+  timerDeadlineNs @8 :UInt64;
+  # When this vCPU's LAPIC timer expires next (host CLOCK_MONOTONIC ns) as
+  # the reply leaves; 0: not armed. The front needs no other call to learn
+  # it: it sleeps or kicks itself at this time.
+  notified @9 :List(UInt32);
+  # Other vCPUs of this VM whose attention this request raised (an IPI it
+  # sent, say), at most kMaxNotifiedPerReply: the front kicks those vCPU
+  # threads itself, ahead of its attention watchers (which still see every
+  # raise, so a list cut short loses nothing).
 }
 
 # Mirrors vlapic::AccessStatus.

@@ -94,6 +94,8 @@ kj::StringPtr rejectionName(Rejection rejection);
 // kMaxQueuedEventsPerVcpu = 7 + 256), so draining it always fits; beyond
 // that `moreEvents` asks the front to send FETCH_EVENTS.
 constexpr size_t kMaxEventsPerReply = 7 + 256 + 25;
+// Other vCPUs a reply can name as notified (Reply::addNotified).
+constexpr size_t kMaxNotifiedPerReply = 16;
 
 struct Reply {
   enum class Kind : uint8_t { ACCESS, DONE, REJECTED };
@@ -107,6 +109,9 @@ struct Reply {
   kj::Maybe<uint8_t> inject;  // acknowledged: inject this vector now
   uint8_t cr8 = 0;            // TPR[7:4] after the call, for kvm_run->cr8
   bool moreEvents = false;
+  // When this vCPU's timer expires next (host CLOCK_MONOTONIC ns), nullptr
+  // when not armed.
+  kj::Maybe<uint64_t> timerDeadlineNs;
 
   static Reply access(const AccessResult& result);
   static Reply done();
@@ -116,12 +121,19 @@ struct Reply {
   // false (the event must stay queued in the server).
   bool addEvent(Event event);
   kj::ArrayPtr<const Event> events() const { return kj::arrayPtr(eventSlots, eventCount); }
+  // Notes another vCPU whose attention this request raised; beyond
+  // kMaxNotifiedPerReply returns false and the rest are left to the front's
+  // attention watchers.
+  bool addNotified(uint32_t vcpu);
+  kj::ArrayPtr<const uint32_t> notified() const { return kj::arrayPtr(notifiedSlots, notifiedCount); }
 
   bool operator==(const Reply& other) const;
 
 private:
   uint16_t eventCount = 0;
+  uint16_t notifiedCount = 0;
   Event eventSlots[kMaxEventsPerReply];
+  uint32_t notifiedSlots[kMaxNotifiedPerReply];
 };
 
 // ---------------------------------------------------------------------------

@@ -84,11 +84,18 @@ bool Reply::addEvent(Event event) {
   return true;
 }
 
+bool Reply::addNotified(uint32_t vcpu) {
+  if (notifiedCount == kMaxNotifiedPerReply) return false;
+  notifiedSlots[notifiedCount++] = vcpu;
+  return true;
+}
+
 bool Reply::operator==(const Reply& other) const {
   // Only the fields the kind gives meaning to are compared: they are all
   // that travels on the wire.
   if (kind != other.kind || cr8 != other.cr8 || moreEvents != other.moreEvents ||
-      inject != other.inject || events() != other.events()) {
+      inject != other.inject || events() != other.events() ||
+      timerDeadlineNs != other.timerDeadlineNs || notified() != other.notified()) {
     return false;
   }
   switch (kind) {
@@ -198,7 +205,7 @@ size_t encodeReply(const Reply& reply, kj::ArrayPtr<kj::byte> slot) {
   // The builder needs a zeroed first segment; zero only what this reply can
   // use (a few words plus one per event), not the whole slot.
   capnp::word scratch[kMaxSlotWords];
-  size_t words = 32 + reply.events().size();
+  size_t words = 32 + reply.events().size() + (reply.notified().size() + 1) / 2;
   memset(scratch, 0, words * sizeof(capnp::word));
   capnp::MallocMessageBuilder builder(kj::arrayPtr(scratch, words));
   auto root = builder.initRoot<wire::ChannelReply>();
@@ -225,6 +232,12 @@ size_t encodeReply(const Reply& reply, kj::ArrayPtr<kj::byte> slot) {
   auto list = root.initEvents(events.size());
   for (auto i: kj::indices(events)) setEvent(list[i], events[i]);
   root.setMoreEvents(reply.moreEvents);
+  KJ_IF_MAYBE(deadline, reply.timerDeadlineNs) root.setTimerDeadlineNs(*deadline);
+  auto notified = reply.notified();
+  if (notified.size() > 0) {
+    auto out = root.initNotified(notified.size());
+    for (auto i: kj::indices(notified)) out.set(i, notified[i]);
+  }
   return writeFlat(builder, slot);
 }
 
@@ -242,6 +255,7 @@ enum class Field : uint8_t {
   REQUEST_CR8,    // ChannelRequest.setCr8
   REPLY_CR8,      // ChannelReply.cr8
   REPLY_EVENTS,   // ChannelReply.events, the list's length
+  REPLY_NOTIFIED, // ChannelReply.notified, the list's length
   ACCESS_STATUS,  // AccessResult.status (a wire enum: a newer peer may send more)
   ACCESS_REASON,  // AccessResult.reason
   REJECTION,      // ChannelReply.rejected
@@ -261,6 +275,7 @@ constexpr FieldLimit kFieldLimits[] = {
     {Field::REPLY_CR8, 15},
     // Enough for a whole Vm event queue; beyond it the server sets moreEvents.
     {Field::REPLY_EVENTS, kMaxEventsPerReply},
+    {Field::REPLY_NOTIFIED, kMaxNotifiedPerReply},
     {Field::ACCESS_STATUS, static_cast<uint64_t>(wire::AccessStatus::IGNORED)},
     // AccessReason is only ever extended: a larger value is from the future.
     {Field::ACCESS_REASON, static_cast<uint64_t>(kLastKnownReason)},
@@ -417,6 +432,10 @@ kj::Maybe<Reply> decodeReplyFields(kj::ArrayPtr<const capnp::word> message) {
     }
   }
   reply.moreEvents = root.getMoreEvents();
+  if (root.getTimerDeadlineNs() != 0) reply.timerDeadlineNs = root.getTimerDeadlineNs();
+  auto notified = root.getNotified();
+  if (!within(Field::REPLY_NOTIFIED, notified.size())) return nullptr;
+  for (uint32_t vcpu: notified) reply.addNotified(vcpu);
   return reply;
 }
 

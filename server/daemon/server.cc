@@ -196,7 +196,10 @@ struct Server::Impl final: private kj::TaskSet::ErrorHandler {
   std::map<uint64_t, kj::Own<Connection>> connections;
 
   uint64_t totalEventsPosted = 0;
-  uint64_t totalTimerExpiries = 0;
+  // Added to by the loop and by channel threads (a due timer a request
+  // fires, serveChannel), under different VMs' locks.
+  std::atomic<uint64_t> totalTimerExpiries{0};
+  std::atomic<uint64_t> timerExpiriesFiredByRequests{0};   // of those, by serveChannel
   ChannelHintCounters retiredChannelHints;   // of released VMs
 
   // Live leases: the RPC system may drop capabilities after the server is
@@ -359,6 +362,12 @@ public:
     KJ_IF_MAYBE(channel, channels[vcpu]) {
       // The vCPU's events go through its channel only: one order.
       (*channel)->raiseAttention();
+      // Raised by another vCPU's channel request (an IPI it sent): that
+      // reply names this vCPU, so the front kicks its thread directly
+      // instead of waiting for its attention watcher to wake.
+      KJ_IF_MAYBE(requester, servingChannelOf) {
+        if (*requester != vcpu) notifiedByRequest.add(vcpu);
+      }
     } else if (onLoopThread()) {
       markDirty(vcpu);
     } else {
@@ -525,6 +534,10 @@ private:
   kj::Array<kj::Own<DeadlineScheduler::Slot>> timers;
   bool flushScheduled = false;
   uint64_t coalescedReported = 0;   // Vm's eventsCoalesced at the last batch
+  // While a channel request of this vCPU runs (under the VM lock): the
+  // other vCPUs whose attention it raised, for its reply.
+  kj::Maybe<uint32_t> servingChannelOf;
+  kj::Vector<uint32_t> notifiedByRequest;
   kj::TaskSet tasks;   // last: cancelled first on destruction
 
   bool onLoopThread() const { return std::this_thread::get_id() == loopThread; }
@@ -542,6 +555,21 @@ private:
   // A channel request, on the channel's thread (README's handler).
   channel::Reply serveChannel(uint32_t vcpu, const channel::Request& request) {
     auto guard = lock();
+    servingChannelOf = vcpu;
+    notifiedByRequest.clear();
+    KJ_DEFER(servingChannelOf = nullptr);
+    // A timer already due is fired here, before the access: a front that
+    // woke or kicked itself at the deadline (it knows it from every reply)
+    // gets the expiry and, with injectIfPending, the injection in this one
+    // call, without waiting for the loop's timer wake-up and its
+    // attention round trip. The loop's slot follows through the listener.
+    KJ_IF_MAYBE(deadline, vm.timerDeadlineNs(vcpu)) {
+      if (*deadline <= monotonicNowNs()) {
+        uint32_t expiries = vm.onTimer(vcpu);
+        server.totalTimerExpiries += expiries;
+        server.timerExpiriesFiredByRequests += expiries;
+      }
+    }
     channel::Reply reply;
     switch (request.operation) {
       case channel::Operation::MMIO_READ:
@@ -576,6 +604,10 @@ private:
       KJ_ASSERT(reply.addEvent({channel::EventKind(uint8_t(event.kind)), event.vector, event.count}));
     }
     eventsPostedPerVcpu[vcpu] += events.size();
+    reply.timerDeadlineNs = vm.timerDeadlineNs(vcpu);
+    for (uint32_t other: notifiedByRequest) {
+      if (!reply.addNotified(other)) break;  // the rest: their watchers
+    }
     return reply;
   }
 
@@ -1394,6 +1426,7 @@ ServerCounters Server::Impl::counters() const {
   c.armedTimers = scheduler.armedCount();
   c.totalEventsPosted = totalEventsPosted;
   c.totalTimerExpiries = totalTimerExpiries;
+  c.channelRequestTimerFires = timerExpiriesFiredByRequests;
   ChannelHintCounters hints = retiredChannelHints;
   for (auto& entry: vms) hints.addVm(entry.second->channelHints());
   c.channelHintsGiven = hints.given;
@@ -1427,6 +1460,7 @@ void Server::Impl::fillStatus(proto::ServerStatus::Builder out) const {
   out.setChannelHintedPolls(c.channelHintedPolls);
   out.setChannelHintedWakeups(c.channelHintedWakeups);
   out.setChannelHintedRequests(c.channelHintedRequests);
+  out.setChannelRequestTimerFires(c.channelRequestTimerFires);
 }
 
 void Server::Impl::fillVmInfo(proto::VmInfo::Builder out, const VmHost& host) const {

@@ -61,6 +61,7 @@ struct ServerCounters {
   uint64_t channelHintedPolls = 0;
   uint64_t channelHintedWakeups = 0;
   uint64_t channelHintedRequests = 0;
+  uint64_t channelRequestTimerFires = 0;   // expiries fired by channel requests
   // The loop thread's own poll for the front's fetch right after a channel
   // vCPU's timer expiry (server.cc, kLoopServeTailNs): polls, and requests
   // it served, and expiries whose poll its back-off skipped after polls

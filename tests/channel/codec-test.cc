@@ -102,6 +102,27 @@ TEST_CASE("channel: a full reply carries a whole Vm event queue and flags the ov
   CHECK(decoded.moreEvents);
 }
 
+TEST_CASE("channel: a reply carries the timer deadline and the vCPUs it notified, within bounds",
+          "[codec]") {
+  Reply reply = Reply::access(AccessResult{});
+  CHECK(roundTrip(reply).timerDeadlineNs == nullptr);  // not armed
+  reply.timerDeadlineNs = uint64_t(0x123456789ABCull);
+  for (uint32_t v = 0; v < kMaxNotifiedPerReply; v++) REQUIRE(reply.addNotified(v * 1000 + 1));
+  CHECK_FALSE(reply.addNotified(7));  // beyond the bound: left to the watchers
+  REQUIRE(reply.addEvent(Event{EventKind::DELIVERABLE, 0x40, 1}));
+  Reply decoded = roundTrip(reply);
+  CHECK(decoded == reply);
+  CHECK(decoded.timerDeadlineNs == uint64_t(0x123456789ABCull));
+  CHECK(decoded.notified().size() == kMaxNotifiedPerReply);
+  CHECK(decoded.notified()[kMaxNotifiedPerReply - 1] == (kMaxNotifiedPerReply - 1) * 1000 + 1);
+  // A full event queue, the deadline and a full notified list fit one slot.
+  Reply full = reply;
+  for (size_t i = 1; i < kMaxEventsPerReply; i++) {
+    REQUIRE(full.addEvent(Event{EventKind::EOI, static_cast<uint8_t>(i), 1}));
+  }
+  CHECK(roundTrip(full) == full);
+}
+
 TEST_CASE("channel: a request sets CR8 bits 3:0 only (SDM 10.8.6.1): above 15 is malformed", "[codec]") {
   // Encode a valid setCr8 and then patch the value the way a buggy or
   // hostile front could.
@@ -190,6 +211,13 @@ TEST_CASE("channel: a reply's fields out of range make it undecodable", "[codec]
     overfull.root.initEvents(kMaxEventsPerReply + 1);
     for (auto event: full.root.getEvents()) event.setNmi();
     for (auto event: overfull.root.getEvents()) event.setNmi();
+    CHECK(full.decoded() != nullptr);
+    CHECK(overfull.decoded() == nullptr);
+  }
+  SECTION("more notified vCPUs than a reply names") {
+    HostileReply full, overfull;
+    full.root.initNotified(kMaxNotifiedPerReply);
+    overfull.root.initNotified(kMaxNotifiedPerReply + 1);
     CHECK(full.decoded() != nullptr);
     CHECK(overfull.decoded() == nullptr);
   }

@@ -14,6 +14,7 @@
 #include <kj/mutex.h>
 
 #include <chrono>
+#include <ctime>
 #include <sched.h>
 #include <thread>
 
@@ -324,6 +325,142 @@ TEST_CASE("vlapicd --channel-timer-polls: the channel thread polls across each c
         after.channelHintsGiven - before.channelHintsGiven);
   CHECK(after.channelHintedWakeups - before.channelHintedWakeups <=
         after.channelHintedPolls - before.channelHintedPolls);
+}
+
+uint64_t monotonicNs() {
+  timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return uint64_t(ts.tv_sec) * 1'000'000'000ull + uint64_t(ts.tv_nsec);
+}
+
+bool names(const channel::Reply& reply, std::initializer_list<uint32_t> vcpus) {
+  auto notified = reply.notified();
+  if (notified.size() != vcpus.size()) return false;
+  size_t i = 0;
+  for (uint32_t v: vcpus) {
+    if (notified[i++] != v) return false;
+  }
+  return true;
+}
+
+TEST_CASE("a channel reply names the other channel vCPUs its request notified (issue 17: the "
+          "sender's front kicks the target itself)",
+          "[integration][channel]") {
+  Served served(3);
+  auto v0 = served.vcpu(0);
+  auto v1 = served.vcpu(1);
+  auto v2 = served.vcpu(2);   // no channel: its events go to the EventSink
+  for (auto* v: {v0.get(), v1.get(), v2.get()}) {
+    REQUIRE(v->mmioWrite(kSvr, 4, 0x1FF).status == AccessStatus::OK);
+  }
+  auto sender = ChannelFront::connect(v0->openChannel());
+  auto target = ChannelFront::connect(v1->openChannel());
+
+  // A fixed IPI to vCPU 1: the ICR write's own reply names it.
+  CHECK(sender->call(Request::mmioWrite(kIcrHigh, 4, 1u << 24)).notified().size() == 0);
+  auto sent = sender->call(Request::mmioWrite(kIcrLow, 4, 0x61 | kIcrAssert));
+  CHECK(sent.status == AccessStatus::OK);
+  CHECK(names(sent, {1}));
+  CHECK(target->attentionPending());
+  // Its queue is non-empty now: a second IPI is not news to its thread.
+  CHECK(names(sender->call(Request::mmioWrite(kIcrLow, 4, 0x62 | kIcrAssert)), {}));
+  auto fetch = Request::fetchEvents();
+  fetch.injectIfPending = true;
+  CHECK(target->call(fetch).inject == uint8_t(0x62));
+  CHECK(target->call(Request::mmioWrite(kEoi, 4, 0)).status == AccessStatus::OK);
+  CHECK(target->call(fetch).inject == uint8_t(0x61));
+  CHECK(target->call(Request::mmioWrite(kEoi, 4, 0)).status == AccessStatus::OK);
+
+  // To vCPU 2, which has no channel: not named (its events travel by RPC).
+  CHECK(sender->call(Request::mmioWrite(kIcrHigh, 4, 2u << 24)).status == AccessStatus::OK);
+  CHECK(names(sender->call(Request::mmioWrite(kIcrLow, 4, 0x63 | kIcrAssert)), {}));
+  REQUIRE(served.sink.waitForVcpu(2));
+
+  // A self IPI is the requester's own business: in its reply's events, not
+  // in the notified list.
+  auto self = sender->call(Request::mmioWrite(kIcrLow, 4, 0x64 | kIcrAssert | (1u << 18)));
+  CHECK(names(self, {}));
+  CHECK(carriesEvent(self, channel::EventKind::DELIVERABLE));
+
+  // All excluding self reaches vCPUs 1 and 2: only 1 has a channel.
+  auto all = sender->call(Request::mmioWrite(kIcrLow, 4, 0x65 | kIcrAssert | kIcrAllExcludingSelf));
+  CHECK(names(all, {1}));
+}
+
+TEST_CASE("every channel reply carries the vCPU's timer deadline (issue 17: the front needs no "
+          "other call to sleep or kick itself until it)",
+          "[integration][channel]") {
+  Served served(1);
+  auto vcpu = served.vcpu(0);
+  auto channel = ChannelFront::connect(vcpu->openChannel());
+  CHECK(channel->call(Request::mmioWrite(kSvr, 4, 0x1FF)).timerDeadlineNs == nullptr);
+  CHECK(channel->call(Request::mmioWrite(kDivide, 4, 0xB)).status == AccessStatus::OK);
+  CHECK(channel->call(Request::mmioWrite(kLvtTimer, 4, 0x40)).status == AccessStatus::OK);
+  auto armed = channel->call(Request::mmioWrite(kInitialCount, 4, 500'000'000));
+  auto deadline = KJ_ASSERT_NONNULL(armed.timerDeadlineNs);
+  CHECK(vcpu->info().timerDeadlineNs == deadline);
+  // Any later reply, a fetch included, says the same.
+  CHECK(channel->call(Request::fetchEvents()).timerDeadlineNs == deadline);
+  CHECK(channel->call(Request::mmioWrite(kInitialCount, 4, 0)).timerDeadlineNs == nullptr);
+}
+
+TEST_CASE("an already-expired TSC deadline is injected by the WRMSR's own channel reply "
+          "(SDM 11.5.4.1: a deadline in the past fires at once)",
+          "[integration][channel]") {
+  Served served(1);
+  auto vcpu = served.vcpu(0);
+  auto channel = ChannelFront::connect(vcpu->openChannel());
+  CHECK(channel->call(Request::mmioWrite(kSvr, 4, 0x1FF)).status == AccessStatus::OK);
+  // LVT Timer mode 10b: TSC-deadline, vector 0x55.
+  CHECK(channel->call(Request::mmioWrite(kLvtTimer, 4, 0x55 | (2u << 17))).status == AccessStatus::OK);
+  for (int i = 0; i < 20; i++) {
+    auto write = Request::msrWrite(0x6E0, 1);   // TSC 1: long past
+    write.injectIfPending = true;
+    auto reply = channel->call(write);
+    CHECK(reply.status == AccessStatus::OK);
+    CHECK(reply.inject == uint8_t(0x55));
+    CHECK(reply.timerDeadlineNs == nullptr);   // fired: disarmed
+    CHECK(channel->call(Request::mmioWrite(kEoi, 4, 0)).status == AccessStatus::OK);
+  }
+}
+
+TEST_CASE("a channel request that finds its vCPU's timer due fires it and injects it in the same "
+          "reply, ahead of vlapicd's own timer (issue 17)",
+          "[integration][channel]") {
+  Served served(1);
+  auto vcpu = served.vcpu(0);
+  auto channel = ChannelFront::connect(vcpu->openChannel());
+  CHECK(channel->call(Request::mmioWrite(kSvr, 4, 0x1FF)).status == AccessStatus::OK);
+  CHECK(channel->call(Request::mmioWrite(kDivide, 4, 0xB)).status == AccessStatus::OK);
+  CHECK(channel->call(Request::mmioWrite(kLvtTimer, 4, 0x40)).status == AccessStatus::OK);
+  auto before = served.front->status();
+  // The front fetches in a loop across each deadline, as a vCPU thread
+  // kicking itself at the deadline does. The loop's timer also fires at
+  // it, so either may take an expiry; over many rounds requests take some
+  // (the loop's wake-up is late by tens of microseconds here).
+  uint64_t rounds = 0;
+  auto giveUp = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  while (std::chrono::steady_clock::now() < giveUp) {
+    auto armed = channel->call(Request::mmioWrite(kInitialCount, 4, 2'000'000));   // 2 ms
+    uint64_t deadline = KJ_ASSERT_NONNULL(armed.timerDeadlineNs);
+    while (monotonicNs() + 20'000 < deadline) std::this_thread::sleep_for(std::chrono::microseconds(50));
+    kj::Maybe<uint8_t> injected;
+    auto fetch = Request::fetchEvents();
+    fetch.injectIfPending = true;
+    while (injected == nullptr && std::chrono::steady_clock::now() < giveUp) {
+      injected = channel->call(fetch).inject;
+    }
+    CHECK(injected == uint8_t(0x40));
+    CHECK(channel->call(Request::mmioWrite(kEoi, 4, 0)).status == AccessStatus::OK);
+    ++rounds;
+    if (rounds >= 10 && served.front->status().channelRequestTimerFires > before.channelRequestTimerFires) {
+      break;
+    }
+  }
+  auto after = served.front->status();
+  INFO("rounds " << rounds);
+  CHECK(after.channelRequestTimerFires > before.channelRequestTimerFires);
+  CHECK(after.totalTimerExpiries - before.totalTimerExpiries == rounds);
 }
 
 TEST_CASE("releasing a VM with open channels ends them, the front sees DISCONNECTED",

@@ -31,12 +31,16 @@ using Figures = bench::Spread;
 
 struct RunResult {
   kj::HashMap<kj::String, Figures> figures;
+  // Every value of each BENCH line, in us (per-sample lines: percentiles).
+  kj::HashMap<kj::String, std::vector<double>> samples;
+  uint64_t tscHz = 0;
   kj::String log;
   bool ok = false;
 };
 
 // Parses "BENCH <name> <cycles/op> ..." lines.
-kj::HashMap<kj::String, Figures> summarise(kj::StringPtr output, uint64_t tscHz) {
+kj::HashMap<kj::String, Figures> summarise(kj::StringPtr output, uint64_t tscHz,
+                                          kj::HashMap<kj::String, std::vector<double>>* samples = nullptr) {
   kj::HashMap<kj::String, Figures> result;
   double usPerCycle = 1e6 / double(tscHz);
   size_t start = 0;
@@ -57,6 +61,7 @@ kj::HashMap<kj::String, Figures> summarise(kj::StringPtr output, uint64_t tscHz)
     if (words.size() < 2) continue;
     std::vector<double> values;
     for (size_t i = 1; i < words.size(); i++) values.push_back(double(strtoull(words[i].cStr(), nullptr, 10)) * usPerCycle);
+    if (samples != nullptr) samples->insert(kj::str(words[0]), values);
     result.insert(kj::mv(words[0]), bench::spreadOf(kj::mv(values)));
   }
   return result;
@@ -129,7 +134,8 @@ RunResult runGuest(KvmSystem& kvm, kj::ArrayPtr<const kj::byte> kernel, const Se
     result.ok = false;
     result.log = kj::str(result.log, "\n(no read was served from the page: is vlapicd's HAL shared?)\n");
   }
-  result.figures = summarise(result.log, machine.tscHz());
+  result.figures = summarise(result.log, machine.tscHz(), &result.samples);
+  result.tscHz = machine.tscHz();
   return result;
 }
 
@@ -290,6 +296,11 @@ int runBench() {
       {"x2APIC WRMSR EOI", "msr_eoi", true},
       {"IPI RTT BSP->AP->BSP", "ipi_rtt_bsp_ap_bsp", false},
       {"IPI RTT AP->BSP->AP", "ipi_rtt_ap_bsp_ap", false},
+      {"IPI RTT, target running", "ipi_rtt_running_target", false},
+      {"timer delay, running", "guest_timer_running", false},
+      {"timer delay, halted", "guest_timer_halted", false},
+      {"expired deadline taken", "expired_deadline", false},
+      {"storm iteration", "storm", false},
   };
   for (auto& row : rows) {
     printf("%-24s", row.label);
@@ -317,6 +328,19 @@ int runBench() {
          idle.seconds, idle.vlapicdPercent, idle.frontPercent, idle.vlapicdPercent + idle.frontPercent);
 
   auto medianOf = [&](Column& column, kj::StringPtr name) { return median(net(column, name, true)); };
+  // Guest-seen timer delay: running and halted samples pooled per column.
+  auto timerPercentile = [&](Column& column, double q) {
+    std::vector<double> pooled;
+    for (auto name : {"guest_timer_running", "guest_timer_halted"}) {
+      KJ_IF_MAYBE(v, column.run.samples.find(name)) pooled.insert(pooled.end(), v->begin(), v->end());
+    }
+    if (pooled.empty()) return 0.0;
+    return bench::Samples(kj::mv(pooled)).percentile(q);
+  };
+  auto cyclesOf = [&](Column& column, kj::StringPtr name) {
+    return median(find(column.run, name)) * double(column.run.tscHz) / 1e6;
+  };
+  auto rawMedian = [&](Column& column, kj::StringPtr name) { return median(find(column.run, name)); };
   double bare = medianOf(rpc, "bare_exit");
   double mmioRead = medianOf(rpc, "mmio_read");
   double channelBare = medianOf(channel, "bare_exit");
@@ -332,13 +356,41 @@ int runBench() {
          ratio(kernelMmioRead, medianOf(inKernel, "bare_exit")));
   printf("page MMIO read / MMIO read with no device (the same exit, answered at once): %.2fx\n",
          ratio(pageRead, pageBareMmio));
+  double channelTimerP50 = timerPercentile(channel, 0.5), kernelTimerP50 = timerPercentile(inKernel, 0.5);
+  double channelTimerP99 = timerPercentile(channel, 0.99), kernelTimerP99 = timerPercentile(inKernel, 0.99);
+  double rpcTimerP50 = timerPercentile(rpc, 0.5);
+  printf("guest-seen timer delay (deadline to handler, running and halted pooled): channel p50 %.2f "
+         "p99 %.2f us, rpc p50 %.2f us, in-kernel p50 %.2f p99 %.2f us: p50 %.2fx, p99 %.2fx in-kernel\n",
+         channelTimerP50, channelTimerP99, rpcTimerP50, kernelTimerP50, kernelTimerP99,
+         ratio(channelTimerP50, kernelTimerP50), ratio(channelTimerP99, kernelTimerP99));
+  char guestKeys[2048];
+  snprintf(guestKeys, sizeof(guestKeys), "ratio_channel_ipi_vs_kernel=%s ratio_rpc_ipi_vs_kernel=%s "
+         "ratio_channel_ipi_running_vs_kernel=%s ratio_rpc_ipi_running_vs_kernel=%s "
+         "ratio_channel_eoi_vs_bare=%s guest_timer_p50_us=%s "
+         "kernel_guest_timer_p50_us=%s ratio_guest_timer_vs_kernel=%s guest_timer_p99_us=%s "
+         "kernel_guest_timer_p99_us=%s ratio_guest_timer_p99_vs_kernel=%s rpc_guest_timer_p50_us=%s "
+         "expired_deadline_cycles=%s kernel_expired_deadline_cycles=%s rpc_expired_deadline_cycles=%s "
+         "ratio_storm_vs_kernel=%s ratio_rpc_storm_vs_kernel=%s",
+         fixed2(ratio(rawMedian(channel, "ipi_rtt_bsp_ap_bsp"), rawMedian(inKernel, "ipi_rtt_bsp_ap_bsp"))).cStr(),
+         fixed2(ratio(rawMedian(rpc, "ipi_rtt_bsp_ap_bsp"), rawMedian(inKernel, "ipi_rtt_bsp_ap_bsp"))).cStr(),
+         fixed2(ratio(rawMedian(channel, "ipi_rtt_running_target"), rawMedian(inKernel, "ipi_rtt_running_target"))).cStr(),
+         fixed2(ratio(rawMedian(rpc, "ipi_rtt_running_target"), rawMedian(inKernel, "ipi_rtt_running_target"))).cStr(),
+         fixed2(ratio(medianOf(channel, "msr_eoi"), channelBare)).cStr(),
+         fixed2(channelTimerP50).cStr(), fixed2(kernelTimerP50).cStr(),
+         fixed2(ratio(channelTimerP50, kernelTimerP50)).cStr(), fixed2(channelTimerP99).cStr(),
+         fixed2(kernelTimerP99).cStr(), fixed2(ratio(channelTimerP99, kernelTimerP99)).cStr(),
+         fixed2(rpcTimerP50).cStr(),
+         fixed2(cyclesOf(channel, "expired_deadline")).cStr(), fixed2(cyclesOf(inKernel, "expired_deadline")).cStr(),
+         fixed2(cyclesOf(rpc, "expired_deadline")).cStr(),
+         fixed2(ratio(rawMedian(channel, "storm"), rawMedian(inKernel, "storm"))).cStr(),
+         fixed2(ratio(rawMedian(rpc, "storm"), rawMedian(inKernel, "storm"))).cStr());
   printf("RESULT kvm bare_exit_us=%s mmio_read_us=%s mmio_write_us=%s msr_read_us=%s msr_write_us=%s "
          "kernel_bare_exit_us=%s kernel_mmio_read_us=%s kernel_mmio_write_us=%s kernel_msr_read_us=%s "
          "kernel_msr_write_us=%s ipi_rtt_us=%s kernel_ipi_rtt_us=%s ratio_rpc_vs_bare=%s "
          "ratio_rpc_vs_kernel=%s channel_mmio_read_us=%s channel_mmio_write_us=%s "
          "channel_msr_write_us=%s channel_eoi_us=%s page_mmio_read_us=%s page_msr_read_us=%s "
          "channel_ipi_rtt_us=%s ratio_channel_vs_bare=%s ratio_page_read_vs_bare=%s "
-         "idle_cpu_percent=%s idle_cpu_percent_no_snapshots=%s bare_mmio_us=%s ratio_page_read_vs_bare_mmio=%s ratio_page_msr_read_vs_bare=%s\n",
+         "idle_cpu_percent=%s idle_cpu_percent_no_snapshots=%s bare_mmio_us=%s ratio_page_read_vs_bare_mmio=%s ratio_page_msr_read_vs_bare=%s %s\n",
          fixed2(bare).cStr(), fixed2(mmioRead).cStr(), fixed2(medianOf(rpc, "mmio_write")).cStr(),
          fixed2(medianOf(rpc, "msr_read")).cStr(), fixed2(medianOf(rpc, "msr_write")).cStr(),
          fixed2(medianOf(inKernel, "bare_exit")).cStr(), fixed2(kernelMmioRead).cStr(),
@@ -354,7 +406,8 @@ int runBench() {
          fixed2(ratio(channelRead, channelBare)).cStr(), fixed2(ratio(pageRead, pageBare)).cStr(),
          fixed2(idle.vlapicdPercent + idle.frontPercent).cStr(),
          fixed2(bareIdle.vlapicdPercent + bareIdle.frontPercent).cStr(), fixed2(pageBareMmio).cStr(),
-         fixed2(ratio(pageRead, pageBareMmio)).cStr(), fixed2(ratio(pageMsrRead, pageBare)).cStr());
+         fixed2(ratio(pageRead, pageBareMmio)).cStr(), fixed2(ratio(pageMsrRead, pageBare)).cStr(),
+         guestKeys);
   return 0;
 }
 

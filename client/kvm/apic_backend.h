@@ -118,6 +118,14 @@ public:
   // then polls for the expiry, boundedly (halt polling ahead of the
   // timer, client/lib/wake_ahead.h); otherwise it just sleeps.
   virtual void waitWhileHalted(uint32_t vcpu, HaltWait& wait) = 0;
+  // When the vCPU's LAPIC timer expires next, if the backend knows it
+  // without asking the server and a fetchEvents() at that time collects the
+  // expiry itself; nullptr otherwise. A running vCPU's thread kicks itself
+  // out of KVM_RUN then (the in-kernel LAPIC's hrtimer does the same).
+  virtual kj::Maybe<uint64_t> knownTimerDeadline(uint32_t vcpu) {
+    (void)vcpu;
+    return nullptr;
+  }
   virtual kj::StringPtr name() const = 0;
 };
 

@@ -183,7 +183,9 @@ private:
 
   void threadMain() {
     selfThread = pthread_self();
+    blockKickOutsideGuest();
     KJ_DEFER(KJ_IF_MAYBE(timer, windowPollTimer) timer_delete(*timer));
+    KJ_DEFER(KJ_IF_MAYBE(timer, deadlineKickTimer) timer_delete(*timer));
     KJ_IF_MAYBE(exception, kj::runCatchingExceptions([&]() {
       if (serverApic()) {
         backend().openOnThisThread(index);
@@ -314,6 +316,9 @@ private:
             };
             wait.posted = [&]() { return haltEnds(*pending.lockShared()); };
             backend().waitWhileHalted(index, wait);
+            // The deadline kick may have fired during the halt: the halt's
+            // wait covered the deadline, so it is not news.
+            if (deadlineKickArmedFor != 0) dropPendingKick();
             // What ended the wait may be events the backend holds for this
             // thread (a channel's attention seen while polling): fetch them.
             fetch = true;
@@ -409,15 +414,93 @@ private:
     // also kicked at a short interval until an exit finds IF=1.
     bool poll = run.request_interrupt_window != 0 || nmiExitSoon;
     if (poll) armWindowPoll();
+    if (serverApic()) followTimerDeadline();
     int result = ioctl(fd.fd(), KVM_RUN, 0);
     int error = errno;
     inGuest.store(false);
     if (poll) disarmWindowPoll();
     if (result < 0) {
-      if (error == EINTR || error == EAGAIN) return Entry::INTERRUPTED;
+      if (error == EINTR || error == EAGAIN) {
+        // KVM_RUN put the thread's mask back with the kick still pending
+        // (it is blocked outside the guest): take it, or the next entry
+        // would return at once again.
+        if (error == EINTR) dropPendingKick();
+        return Entry::INTERRUPTED;
+      }
       KJ_FAIL_SYSCALL("KVM_RUN", error);
     }
     return Entry::EXITED;
+  }
+
+  // The kick signal is blocked on this thread except inside KVM_RUN
+  // (KVM_SET_SIGNAL_MASK), as QEMU does: a kick or timer signal that comes
+  // while the thread is elsewhere (a channel call, a halt) waits and makes
+  // the next KVM_RUN return at once, and never interrupts another system
+  // call.
+  void blockKickOutsideGuest() {
+    sigset_t kick, before;
+    sigemptyset(&kick);
+    sigaddset(&kick, kickSignal());
+    KJ_REQUIRE(pthread_sigmask(SIG_BLOCK, &kick, &before) == 0, "pthread_sigmask failed");
+    sigdelset(&before, kickSignal());
+    // The kernel's sigset is 8 bytes on x86-64: the first 8 bytes of
+    // glibc's sigset_t.
+    constexpr size_t kKernelSigsetBytes = 8;
+    alignas(kvm_signal_mask) kj::byte buffer[sizeof(kvm_signal_mask) + kKernelSigsetBytes];
+    auto* mask = reinterpret_cast<kvm_signal_mask*>(buffer);
+    mask->len = kKernelSigsetBytes;
+    memcpy(mask->sigset, &before, kKernelSigsetBytes);
+    checkedIoctl(fd.fd(), KVM_SET_SIGNAL_MASK, mask, "KVM_SET_SIGNAL_MASK");
+  }
+
+  // A kick signal that became pending while the thread was not in the
+  // guest, dropped (after a halt: the halt's own wait already saw why).
+  void dropPendingKick() {
+    sigset_t kick;
+    sigemptyset(&kick);
+    sigaddset(&kick, kickSignal());
+    timespec zero{0, 0};
+    while (sigtimedwait(&kick, nullptr, &zero) > 0) {
+    }
+  }
+
+  // A per-thread POSIX timer delivering the kick signal to this thread at
+  // the vCPU's LAPIC timer deadline, when the backend knows it (every
+  // channel reply names it): the guest leaves KVM_RUN at the deadline as
+  // with KVM's in-kernel LAPIC (its hrtimer kicks the vCPU), and the next
+  // fetchEvents() fires the expiry in vlapicd and collects it, without
+  // waiting for vlapicd's own timer, its attention flag and the watcher.
+  kj::Maybe<timer_t> deadlineKickTimer;
+  uint64_t deadlineKickArmedFor = 0;  // 0: not armed
+
+  void followTimerDeadline() {
+    uint64_t want = 0;
+    KJ_IF_MAYBE(deadline, backend().knownTimerDeadline(index)) {
+      // One already due is collected by prepareEntry's fetch.
+      if (*deadline > monotonicNs()) want = *deadline;
+    }
+    if (want == deadlineKickArmedFor) return;
+    if (deadlineKickTimer == nullptr) {
+      if (want == 0) return;
+      deadlineKickTimer = createKickTimer();
+    }
+    itimerspec spec;
+    memset(&spec, 0, sizeof(spec));
+    spec.it_value.tv_sec = time_t(want / 1'000'000'000ull);
+    spec.it_value.tv_nsec = long(want % 1'000'000'000ull);
+    KJ_SYSCALL(timer_settime(KJ_ASSERT_NONNULL(deadlineKickTimer), TIMER_ABSTIME, &spec, nullptr));
+    deadlineKickArmedFor = want;
+  }
+
+  timer_t createKickTimer() {
+    sigevent event;
+    memset(&event, 0, sizeof(event));
+    event.sigev_notify = SIGEV_THREAD_ID;
+    event.sigev_signo = kickSignal();
+    event._sigev_un._tid = gettid();
+    timer_t timer;
+    KJ_SYSCALL(timer_create(CLOCK_MONOTONIC, &event, &timer));
+    return timer;
   }
 
   // A per-thread POSIX timer delivering the kick signal to this thread.
@@ -425,16 +508,7 @@ private:
   static constexpr long kWindowPollNs = 200'000;
 
   void armWindowPoll() {
-    if (windowPollTimer == nullptr) {
-      sigevent event;
-      memset(&event, 0, sizeof(event));
-      event.sigev_notify = SIGEV_THREAD_ID;
-      event.sigev_signo = kickSignal();
-      event._sigev_un._tid = gettid();
-      timer_t timer;
-      KJ_SYSCALL(timer_create(CLOCK_MONOTONIC, &event, &timer));
-      windowPollTimer = timer;
-    }
+    if (windowPollTimer == nullptr) windowPollTimer = createKickTimer();
     itimerspec spec;
     memset(&spec, 0, sizeof(spec));
     spec.it_value.tv_nsec = kWindowPollNs;

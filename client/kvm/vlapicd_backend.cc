@@ -26,19 +26,6 @@ ApicAccess accessResult(AccessStatus status, AccessReason reason, uint64_t value
   return access;
 }
 
-// Accesses that may move the timer's deadline (what a channel reply does not
-// report): the timer's registers in either mode, IA32_TSC_DEADLINE, and
-// IA32_APIC_BASE (disabling the APIC or a mode change resets the timer).
-bool movesTimerMmio(uint64_t gpa) {
-  uint64_t offset = gpa & 0xFF0;
-  return offset == regOffset(Reg::LVT_TIMER) || offset == regOffset(Reg::TIMER_INITIAL_COUNT) ||
-         offset == regOffset(Reg::TIMER_DIVIDE_CONFIG);
-}
-bool movesTimerMsr(uint32_t msr) {
-  return msr == regMsr(Reg::LVT_TIMER) || msr == regMsr(Reg::TIMER_INITIAL_COUNT) ||
-         msr == regMsr(Reg::TIMER_DIVIDE_CONFIG) || msr == kMsrTscDeadline || msr == kMsrApicBase;
-}
-
 ApicAccess fromOutcome(const client::AccessOutcome& outcome) {
   ApicAccess access = accessResult(outcome.status, outcome.reason, outcome.value);
   access.interruptPending = outcome.pendingVector != nullptr;
@@ -324,11 +311,21 @@ void VlapicdBackend::onEvents(kj::ArrayPtr<const client::Event> events) {
 }
 
 void VlapicdBackend::deliverFromChannel(uint32_t vcpu, const channel::Event& event) {
-  auto kind = fromChannelKind(event.kind);
-  // The channel's TIMER event does not name the next deadline: ask at the
-  // next halt.
-  if (kind == client::EventKind::TIMER) timerMayHaveMoved(vcpu);
-  deliver(vcpu, kind, event.vector, event.count);
+  // (The reply it came in named the timer's next deadline.)
+  deliver(vcpu, fromChannelKind(event.kind), event.vector, event.count);
+}
+
+void VlapicdBackend::afterChannelReply(uint32_t vcpu, const channel::Reply& reply) {
+  // Every reply says when this vCPU's timer expires next: no Vcpu.info
+  // round trip before a halt, and the vCPU thread can kick itself then.
+  noteTimer(vcpu, reply.timerDeadlineNs);
+  // The request raised these vCPUs' attention (an IPI it sent): kick their
+  // threads from here rather than wait for their watchers to wake up (one
+  // cross-thread wake-up instead of two). The watchers still see the raise
+  // and kick again; the second kick finds nothing and costs one exit.
+  for (uint32_t other : reply.notified()) {
+    if (other != vcpu && other < settings.vcpuCount) sink.attention(other);
+  }
 }
 
 ApicAccess VlapicdBackend::rpcAccess(uint32_t vcpu, const client::AccessOutcome& outcome) {
@@ -346,6 +343,32 @@ void VlapicdBackend::noteTimer(uint32_t vcpu, kj::Maybe<uint64_t> deadlineNs) {
 void VlapicdBackend::timerMayHaveMoved(uint32_t vcpu) {
   if (vcpu >= timerHints.size()) return;
   timerHints[vcpu].lockExclusive()->stale = true;
+}
+
+kj::Maybe<uint64_t> VlapicdBackend::knownTimerDeadline(uint32_t vcpu) {
+  if (settings.transport != ApicTransport::CHANNEL || vcpu >= timerHints.size()) return nullptr;
+  auto locked = timerHints[vcpu].lockShared();
+  if (locked->stale) return nullptr;
+  return locked->deadlineNs;
+}
+
+bool VlapicdBackend::dueTimerUnfetched(uint32_t vcpu) {
+  if (vcpu >= timerHints.size()) return false;
+  auto locked = timerHints[vcpu].lockShared();
+  if (locked->stale) return false;
+  KJ_IF_MAYBE(deadline, locked->deadlineNs) {
+    return *deadline <= monotonicNowNs() && locked->fetchedFor != *deadline;
+  }
+  return false;
+}
+
+bool VlapicdBackend::takeDueTimer(uint32_t vcpu) {
+  if (!dueTimerUnfetched(vcpu)) return false;
+  // Once per deadline: the fetch's reply names the next one. (Only this
+  // vCPU's thread takes it.)
+  auto locked = timerHints[vcpu].lockExclusive();
+  KJ_IF_MAYBE(deadline, locked->deadlineNs) locked->fetchedFor = *deadline;
+  return true;
 }
 
 kj::Maybe<uint64_t> VlapicdBackend::timerDeadline(uint32_t vcpu) {
@@ -373,6 +396,10 @@ void VlapicdBackend::waitWhileHalted(uint32_t vcpu, HaltWait& wait) {
     KJ_IF_MAYBE(l, links[vcpu]) {
       KJ_IF_MAYBE(front, (*l)->channel) {
         if ((*front)->attentionPending()) return true;
+        // At the deadline the fetch fires the timer itself (vlapicd's
+        // handler): end the wait now rather than when vlapicd's own timer
+        // raises attention.
+        if (dueTimerUnfetched(vcpu)) return true;
       }
     }
     return wait.posted();
@@ -479,12 +506,14 @@ channel::Reply VlapicdBackend::serveChannel(uint32_t vcpu, VcpuLink& l, const ch
   auto reply = front.call(request);
   KJ_REQUIRE(reply.kind != channel::Reply::Kind::REJECTED,
              "vlapicd rejected a channel request", channel::rejectionName(reply.rejection));
+  afterChannelReply(vcpu, reply);
   for (auto& event : reply.events()) deliverFromChannel(vcpu, event);
   // A reply holds a whole event queue; more only if events kept coming.
   while (reply.moreEvents) {
     auto more = front.call(channel::Request::fetchEvents());
     KJ_REQUIRE(more.kind != channel::Reply::Kind::REJECTED,
                "vlapicd rejected a channel request", channel::rejectionName(more.rejection));
+    afterChannelReply(vcpu, more);
     for (auto& event : more.events()) deliverFromChannel(vcpu, event);
     reply.moreEvents = more.moreEvents;
   }
@@ -518,7 +547,6 @@ ApicAccess VlapicdBackend::mmioWrite(uint32_t vcpu, uint64_t gpa, uint8_t size, 
   ApicAccess access;
   if (settings.transport == ApicTransport::CHANNEL) {
     access = channelAccess(vcpu, channel::Request::mmioWrite(gpa, size, value), canInject);
-    if (movesTimerMmio(gpa)) timerMayHaveMoved(vcpu);
   } else {
     access = call(vcpu, [&](VcpuLink& l) { return rpcAccess(vcpu, l.handle->mmioWrite(gpa, size, value)); });
   }
@@ -538,7 +566,6 @@ ApicAccess VlapicdBackend::msrWrite(uint32_t vcpu, uint32_t msr, uint64_t value,
   ApicAccess access;
   if (settings.transport == ApicTransport::CHANNEL) {
     access = channelAccess(vcpu, channel::Request::msrWrite(msr, value), canInject);
-    if (movesTimerMsr(msr)) timerMayHaveMoved(vcpu);
   } else {
     access = call(vcpu, [&](VcpuLink& l) { return rpcAccess(vcpu, l.handle->msrWrite(msr, value)); });
   }
@@ -564,8 +591,13 @@ kj::Maybe<uint64_t> VlapicdBackend::msrReadFromPage(uint32_t vcpu, uint32_t msr)
 void VlapicdBackend::fetchEvents(uint32_t vcpu) {
   call(vcpu, [&](VcpuLink& l) {
     KJ_IF_MAYBE(front, l.channel) {
-      // One shared-memory load when nothing is queued.
-      if ((*front)->attentionPending()) serveChannel(vcpu, l, channel::Request::fetchEvents());
+      // One shared-memory load when nothing is queued. A timer due by now
+      // is fired by this fetch itself (vlapicd's handler), so a vCPU thread
+      // that kicked itself at the deadline need not wait for the server's
+      // own timer and attention.
+      if ((*front)->attentionPending() || takeDueTimer(vcpu)) {
+        serveChannel(vcpu, l, channel::Request::fetchEvents());
+      }
     }
   });
 }

@@ -74,6 +74,7 @@ public:
   ApicAcknowledge acknowledge(uint32_t vcpu) override;
   ApicInterruptState setCr8(uint32_t vcpu, uint8_t cr8) override;
   void waitWhileHalted(uint32_t vcpu, HaltWait& wait) override;
+  kj::Maybe<uint64_t> knownTimerDeadline(uint32_t vcpu) override;
   kj::StringPtr name() const override {
     return settings.transport == ApicTransport::CHANNEL ? "vlapicd (channel)" : "vlapicd (rpc)";
   }
@@ -132,7 +133,12 @@ private:
   struct TimerHint {
     kj::Maybe<uint64_t> deadlineNs;
     bool stale = true;
+    uint64_t fetchedFor = 0;  // the due deadline a fetch was sent for (takeDueTimer)
   };
+  // The deadline is known, past, and not fetched for yet: true once.
+  bool takeDueTimer(uint32_t vcpu);
+  bool dueTimerUnfetched(uint32_t vcpu);
+  void afterChannelReply(uint32_t vcpu, const channel::Reply& reply);
   kj::Array<kj::MutexGuarded<TimerHint>> timerHints;
   void noteTimer(uint32_t vcpu, kj::Maybe<uint64_t> deadlineNs);
   void timerMayHaveMoved(uint32_t vcpu);

@@ -82,6 +82,11 @@ struct VmConfig {
 
   maxEventsPerBatch @14 :UInt32;
   # At most this many events in one batch. 0: the server's default (256).
+
+  x2apicBroadcastQuirk @15 :Bool;
+  # KVM's x2APIC broadcast quirk: an MSI or I/O APIC destination 0xFF
+  # (extended ID bits 0) also broadcasts to x2APIC-mode LAPICs. Off (the
+  # default, as QEMU runs KVM with 32-bit IDs): it names x2APIC ID 255.
 }
 
 # ---------------------------------------------------------------------------

@@ -646,6 +646,7 @@ public:
     config.setStrictReservedBits(options.strictReservedBits);
     config.setMinTimerPeriodNs(options.minTimerPeriodNs);
     config.setBspLint0ExtInt(options.bspLint0ExtInt);
+    config.setX2apicBroadcastQuirk(options.x2apicBroadcastQuirk);
     config.setName(options.name);
     config.setMaxBatchesInFlight(options.maxBatchesInFlight);
     config.setMaxEventsPerBatch(options.maxEventsPerBatch);

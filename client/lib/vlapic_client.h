@@ -66,6 +66,9 @@ struct VmOptions {
   bool tscDeadlineSupported = true;
   bool strictReservedBits = false;
   bool bspLint0ExtInt = false;
+  // MSI/I/O APIC destination 0xFF broadcasts to x2APIC-mode LAPICs too
+  // (KVM's quirk); off: it names x2APIC ID 255.
+  bool x2apicBroadcastQuirk = false;
   uint64_t minTimerPeriodNs = 0;    // 0: server default (200 us)
   kj::String name;
   uint32_t maxBatchesInFlight = 0;  // 0: server default

@@ -1236,6 +1236,7 @@ public:
     config.lapic.eoiBroadcastSuppression = in.getEoiBroadcastSuppression();
     config.lapic.strictReservedBits = in.getStrictReservedBits();
     config.lapic.bspLint0ExtInt = in.getBspLint0ExtInt();
+    config.x2apicBroadcastQuirk = in.getX2apicBroadcastQuirk();
     if (in.getTimerHz() != 0) config.lapic.timer.timerHz = in.getTimerHz();
     if (in.getMinTimerPeriodNs() != 0) config.lapic.timer.minPeriodNs = in.getMinTimerPeriodNs();
     if (in.getTscHz() != 0) config.tscHz = in.getTscHz();

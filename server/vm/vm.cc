@@ -142,7 +142,8 @@ struct Vm::Impl {
       : tsc(hal.clock(), config.tscHz, config.tscOffset),
         bootVcpu(config.bootVcpu),
         policy(config.lowestPriority),
-        useDestinationMap(config.destinationMap) {
+        useDestinationMap(config.destinationMap),
+        x2apicBroadcastQuirk(config.x2apicBroadcastQuirk) {
     auto builder = kj::heapArrayBuilder<Vcpu>(config.vcpuCount);
     for (uint32_t i = 0; i < config.vcpuCount; i++) {
       uint32_t id = config.apicIds.size() == 0 ? i : config.apicIds[i];
@@ -160,6 +161,7 @@ struct Vm::Impl {
   uint32_t bootVcpu;
   LowestPriorityPolicy policy;
   bool useDestinationMap;
+  bool x2apicBroadcastQuirk;
   kj::Array<Vcpu> vcpus;
   kj::Maybe<VmEventListener&> listener;
   mutable VmStats stats;
@@ -412,9 +414,9 @@ struct Vm::Impl {
   }
 
   // Fills `targets` with the hardware-enabled vCPUs the message addresses,
-  // in index order. Returns whether the destination is a broadcast (for
-  // lowest priority, SDM: "to all" becomes fixed delivery to all).
-  bool resolve(const InterruptMessage& message, kj::Maybe<uint32_t> source) const {
+  // in index order. `source`: the sending vCPU of an IPI, nullptr for an
+  // external message (MSI, I/O APIC entry).
+  void resolve(const InterruptMessage& message, kj::Maybe<uint32_t> source) const {
     targets.clear();
     switch (message.shorthand) {
       case Shorthand::NONE:
@@ -423,7 +425,7 @@ struct Vm::Impl {
         KJ_IF_MAYBE(s, source) {
           if (vcpus[*s].lapic->hardwareEnabled()) targets.add(*s);
         }
-        return false;
+        return;
       case Shorthand::ALL_INCLUDING_SELF:
       case Shorthand::ALL_EXCLUDING_SELF: {
         uint32_t excluded = kNoVcpu;
@@ -431,25 +433,49 @@ struct Vm::Impl {
           KJ_IF_MAYBE(s, source) excluded = *s;
         }
         addEnabled(excluded);
-        return true;
+        return;
       }
     }
 
     if (isBroadcastDestination(message)) {
-      addEnabled(kNoVcpu);
-      return true;
+      if (source == nullptr && !message.x2apicFormat && !x2apicBroadcastQuirk) {
+        resolveExternalXapicBroadcast(message);
+      } else {
+        addEnabled(kNoVcpu);
+      }
+      return;
     }
 
     if (useDestinationMap) {
       ensureMap();
-      if (map.lookup(message, targets, seenStamps, ++currentStamp)) return false;
+      if (map.lookup(message, targets, seenStamps, ++currentStamp)) return;
       targets.clear();
     }
     stats.destinationScans++;
     for (uint32_t i = 0; i < vcpus.size(); i++) {
       if (destinationMatches(*vcpus[i].lapic, vcpus[i].initialApicId, message)) targets.add(i);
     }
-    return false;
+  }
+
+  // An MSI or I/O APIC destination of 0xFF (extended ID bits 0) with KVM's
+  // x2APIC broadcast quirk disabled (KVM_X2APIC_API_DISABLE_BROADCAST_QUIRK,
+  // as QEMU sets it with 32-bit IDs): still the broadcast for xAPIC-mode
+  // LAPICs, but for an x2APIC-mode LAPIC it is the 32-bit destination 0xFF,
+  // APIC ID 255 (physical) or cluster 0, IDs 0-7 (logical). This is how
+  // Linux's virtual extended destination ID names APIC ID 255. Scanned:
+  // rare, and the map keys its entries by the message's format.
+  void resolveExternalXapicBroadcast(const InterruptMessage& message) const {
+    InterruptMessage asX2apic = message;
+    asX2apic.x2apicFormat = true;
+    stats.destinationScans++;
+    for (uint32_t i = 0; i < vcpus.size(); i++) {
+      const Lapic& lapic = *vcpus[i].lapic;
+      if (!lapic.hardwareEnabled()) continue;
+      if (lapic.mode() != ApicMode::X2APIC ||
+          destinationMatches(lapic, vcpus[i].initialApicId, asX2apic)) {
+        targets.add(i);
+      }
+    }
   }
 
   // ---- Routing ----
@@ -487,6 +513,31 @@ struct Vm::Impl {
     }
     lowestPriorityCursor = chosen;
     return chosen;
+  }
+
+  // Whether a message goes to one of its targets, chosen by lowest-priority
+  // arbitration, rather than to all of them.
+  static bool deliversToOne(const InterruptMessage& message, bool redirectionHint) {
+    switch (message.deliveryMode) {
+      case DeliveryMode::LOWEST_PRIORITY:
+        // KVM's one exception ("phys broadcast and lowest prio"): an
+        // xAPIC-format physical 0xFF turns into fixed delivery to all. An
+        // MSI with the redirection hint keeps arbitrating even then (KVM
+        // still treats it as lowest priority).
+        return redirectionHint || message.shorthand != Shorthand::NONE ||
+               message.logicalDestination || message.x2apicFormat ||
+               message.destination != kXapicBroadcast;
+      case DeliveryMode::FIXED:
+      case DeliveryMode::NMI:
+      case DeliveryMode::SMI:
+        // SDM 11.11.1: with RH set the message goes to the processor with the
+        // lowest priority among those the destination names, whatever its
+        // delivery mode (the fact sheet: NMI included). INIT, SIPI and
+        // ExtINT are not prioritised interrupts and keep going to all.
+        return redirectionHint;
+      default:
+        return false;
+    }
   }
 
   void acceptFixed(uint32_t index, const InterruptMessage& message) {
@@ -535,26 +586,32 @@ struct Vm::Impl {
         break;
     }
 
-    bool broadcast = resolve(message, source);
+    resolve(message, source);
     if (targets.size() == 0) {
       stats.messagesWithoutTarget++;
       return DeliveryResult{DeliveryStatus::NO_TARGET, 0};
     }
 
-    bool lowestPriority = message.deliveryMode == DeliveryMode::LOWEST_PRIORITY ||
-                          (redirectionHint && message.deliveryMode == DeliveryMode::FIXED);
-    if (lowestPriority && !broadcast) {
-      // One target among the matching hardware- and software-enabled LAPICs.
+    if (deliversToOne(message, redirectionHint)) {
+      // SDM 11.6.2.4: the one processor at the lowest priority among those
+      // the destination names, however many it names (a logical 0xFF or
+      // 0xFFFFFFFF, x2APIC physical 0xFFFFFFFF, a shorthand). Fixed and
+      // lowest-priority interrupts go only to software-enabled LAPICs
+      // (KVM); NMI and SMI are accepted by software-disabled ones too
+      // (SDM 11.4.7.2).
+      bool interrupt = message.deliveryMode == DeliveryMode::FIXED ||
+                       message.deliveryMode == DeliveryMode::LOWEST_PRIORITY;
       candidates.clear();
       for (uint32_t i : targets) {
-        if (vcpus[i].lapic->softwareEnabled()) candidates.add(i);
+        if (!interrupt || vcpus[i].lapic->softwareEnabled()) candidates.add(i);
       }
       if (candidates.size() == 0) {
         stats.messagesWithoutTarget++;
         return DeliveryResult{DeliveryStatus::NO_TARGET, 0};
       }
-      acceptFixed(chooseLowestPriority(message.vector), message);
-      return DeliveryResult{DeliveryStatus::DELIVERED, 1};
+      uint32_t chosen = chooseLowestPriority(message.vector);
+      targets.clear();
+      targets.add(chosen);
     }
 
     uint32_t count = targets.size();

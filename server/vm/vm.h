@@ -63,6 +63,14 @@ struct VmConfig {
   // lookups). false: resolve every destination by scanning all vCPUs; only
   // useful to compare the two in tests and benchmarks.
   bool destinationMap = true;
+  // KVM's x2APIC broadcast quirk: whether an MSI or I/O APIC destination of
+  // 0xFF (extended ID bits 0) broadcasts to x2APIC-mode LAPICs too. KVM has
+  // it on unless the VMM enables KVM_X2APIC_API_DISABLE_BROADCAST_QUIRK,
+  // which QEMU does together with 32-bit IDs and which a guest with more
+  // than 255 vCPUs needs: then 0xFF names x2APIC ID 255 (Linux's encoding
+  // of it with the virtual extended destination ID). Off by default, as a
+  // VMM that uses 32-bit IDs (our default layout) runs KVM.
+  bool x2apicBroadcastQuirk = false;
 };
 
 // Why a VmConfig is unusable, or nullptr if it is fine. Vm's constructor

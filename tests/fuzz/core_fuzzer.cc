@@ -17,6 +17,7 @@
 #include "server/core/registers.h"
 #include "hal/hal.h"
 
+#include "tests/fuzz/invariant.h"
 #include "tests/fuzz/trace.h"
 
 #include <fuzzer/FuzzedDataProvider.h>
@@ -73,21 +74,7 @@ void reportKnownFindings() {
   }
 }
 
-[[noreturn]] void violated(unsigned step, const char* what, uint64_t got, uint64_t expected) {
-  fprintf(stderr, "INVARIANT VIOLATED at step %u: %s (got 0x%llx, expected 0x%llx)\n", step,
-          what, (unsigned long long)got, (unsigned long long)expected);
-  abort();
-}
-
-#define EXPECT_EQ(got, expected, what)                                           \
-  do {                                                                           \
-    uint64_t got_ = uint64_t(got), expected_ = uint64_t(expected);               \
-    if (got_ != expected_) violated(step, what, got_, expected_);                \
-  } while (0)
-#define EXPECT_TRUE(cond, what)                                                  \
-  do {                                                                           \
-    if (!(cond)) violated(step, what, 0, 1);                                     \
-  } while (0)
+using fuzz::violated;
 
 constexpr uint32_t kLvtMask = 1u << 16;
 

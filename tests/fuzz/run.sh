@@ -7,7 +7,7 @@
 #
 # Usage: tests/fuzz/run.sh [--seconds N] [--build-dir DIR] [--build-only]
 #                          [--grow] [harness...]
-#   harness: core, server (default: every harness that was built)
+#   harness: core, vm, server (default: every harness that was built)
 #   --grow: add the new interesting inputs to the committed corpus (after
 #           merging, so it stays minimal) instead of a scratch directory.
 # Exit status: 0 no crash, 1 a crash or invariant violation (the reproducer

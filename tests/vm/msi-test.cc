@@ -72,12 +72,53 @@ TEST_CASE("fixed MSI, physical, in both APIC modes", "[msi]") {
   CHECK(r.targetCount == 1);
   CHECK(vm.withIrr(0x31) == ids({2}));
   CHECK(vm.take(2) == std::vector<VcpuEvent>{event(Kind::VECTOR_DELIVERABLE, 0x31)});
-  // 0xFF broadcasts in both modes (for x2APIC targets as KVM does for
-  // xAPIC-format messages from devices).
+  // 0xFF broadcasts to xAPIC-mode LAPICs; to x2APIC-mode ones it names ID
+  // 255 (KVM with its broadcast quirk disabled, our default), here nobody.
   r = vm->deliverMsi(msiAddress(0xFF), msiData(0x32));
-  CHECK(r.targetCount == 4);
-  CHECK(vm.withIrr(0x32) == ids({0, 1, 2, 3}));
+  if (x2) {
+    CHECK(r.status == DeliveryStatus::NO_TARGET);
+    CHECK(vm.withIrr(0x32).empty());
+  } else {
+    CHECK(r.targetCount == 4);
+    CHECK(vm.withIrr(0x32) == ids({0, 1, 2, 3}));
+  }
   CHECK(vm->stats().externalMessages == 2);
+}
+
+TEST_CASE("KVM x2APIC broadcast quirk on: an MSI to 0xFF broadcasts to x2APIC-mode vCPUs too",
+          "[msi][ids]") {
+  VmConfig config = makeConfig(4, {0, 255, 300, 0x7FFE});
+  config.x2apicBroadcastQuirk = true;
+  TestVm vm(config);
+  vm.allToX2apic();
+  vm.enableAll();
+  CHECK(vm->deliverMsi(msiAddress(0xFF), msiData(0x32)).targetCount == 4);
+  CHECK(vm.withIrr(0x32) == ids({0, 1, 2, 3}));
+}
+
+TEST_CASE("KVM (32-bit IDs, broadcast quirk disabled): MSI and I/O APIC destination 0xFF with "
+          "extended ID 0 is x2APIC ID 255 alone",
+          "[msi][ids][ioapic]") {
+  TestVm vm(4, {0, 255, 300, 0x7FFE});
+  vm.allToX2apic();
+  vm.enableAll();
+  auto r = vm->deliverMsi(msiAddress(0xFF), msiData(0x3C));
+  CHECK(r.status == DeliveryStatus::DELIVERED);
+  CHECK(r.targetCount == 1);
+  CHECK(vm.withIrr(0x3C) == ids({1}));
+  r = vm->deliverIoApic(redirectionEntry(0x3D, 0xFF));
+  CHECK(r.targetCount == 1);
+  CHECK(vm.withIrr(0x3D) == ids({1}));
+  // Logical 0xFF is the 32-bit logical destination 0xFF: cluster 0, IDs
+  // 0-7, so only the vCPU with x2APIC ID 0 (LDR 0x00000001).
+  vm->deliverMsi(msiAddress(0xFF, true), msiData(0x3E));
+  CHECK(vm.withIrr(0x3E) == ids({0}));
+  // A vCPU still in xAPIC mode takes 0xFF as the broadcast.
+  TestVm mixed(2, {0, 255});
+  mixed.toX2apic(1);
+  mixed.enableAll();
+  mixed->deliverMsi(msiAddress(0xFF), msiData(0x3F));
+  CHECK(mixed.withIrr(0x3F) == ids({0, 1}));
 }
 
 TEST_CASE("MSI extended destination ID reaches x2APIC IDs above 255", "[msi][ids]") {
@@ -124,6 +165,29 @@ TEST_CASE("MSI redirection hint: one target among the destination (11.11.1)", "[
   // Without the hint, all four.
   vm->deliverMsi(msiAddress(0x0F, true, false), msiData(0x3A));
   CHECK(vm.withIrr(0x3A).size() == 4);
+}
+
+TEST_CASE("SDM 11.11.1: an MSI with the redirection hint to logical 0xFF reaches one vCPU, "
+          "an NMI included",
+          "[msi][lowest]") {
+  TestVm vm(4);
+  vm.enableAll();
+  vm.drainAll();
+  for (uint32_t v = 0; v < 4; v++) vm.write(v, Reg::LDR, (1u << v) << 24);
+  auto r = vm->deliverMsi(msiAddress(0xFF, true, true), msiData(0x3B));
+  CHECK(r.targetCount == 1);
+  CHECK(vm.withIrr(0x3B).size() == 1);
+  r = vm->deliverMsi(msiAddress(0xFF, true, true), msiData(0x3C, DeliveryMode::LOWEST_PRIORITY));
+  CHECK(r.targetCount == 1);
+  CHECK(vm.withIrr(0x3C).size() == 1);
+  vm.drainAll();
+  r = vm->deliverMsi(msiAddress(0xFF, true, true), msiData(0, DeliveryMode::NMI));
+  CHECK(r.targetCount == 1);
+  CHECK(vm.withEvent(Kind::NMI).size() == 1);
+  // Without the hint the NMI goes to all four.
+  vm.drainAll();
+  vm->deliverMsi(msiAddress(0xFF, true, false), msiData(0, DeliveryMode::NMI));
+  CHECK(vm.withEvent(Kind::NMI) == ids({0, 1, 2, 3}));
 }
 
 TEST_CASE("MSI delivery modes: NMI, SMI, INIT, ExtINT are events - SIPI and 011 reserved",

@@ -231,6 +231,7 @@ kj::StringPtr timerModeName(TimerMode mode) {
     case TimerMode::ONE_SHOT: return "one-shot";
     case TimerMode::PERIODIC: return "periodic";
     case TimerMode::TSC_DEADLINE: return "TSC-deadline";
+    case TimerMode::RESERVED: return "reserved";
   }
   return "reserved";
 }

@@ -69,8 +69,12 @@ constexpr RegisterInfo kTable[] = {
   row(Reg::PPR, "PPR"_kj, RO, RO, 0, 0, 0, kUpperHalf, RegFormat::PRIORITY),
   // EOI: the value written is ignored in xAPIC mode; a non-zero WRMSR faults.
   row(Reg::EOI, "EOI"_kj, WO, WO, 0, 0, 0, kUpperHalf, RegFormat::PLAIN),
-  // Remote read: obsolete since the Pentium 4, reads 0; absent in x2APIC.
-  row(Reg::RRD, "RRD"_kj, RO, NONE, 0, 0, 0, kUpperHalf, RegFormat::PLAIN),
+  // Remote read: obsolete since the Pentium 4 (it read another APIC over the
+  // P6's APIC bus). KVM does not decode it in either mode, and neither do
+  // we: an access is refused like an absent register's (ignored, reads 0,
+  // ESR "illegal register address"), and the front does not serve it from
+  // the page. The row stays so the page layout and dumps name the offset.
+  row(Reg::RRD, "RRD"_kj, NONE, NONE, 0, 0, 0, kUpperHalf, RegFormat::PLAIN),
   // LDR: logical ID in 31:24; x2APIC: read-only, derived from the x2APIC ID.
   row(Reg::LDR, "LDR"_kj, RW, RO, 0, 0xFF000000, 0, kUpperHalf, RegFormat::LDR),
   // DFR: model in 31:28; 27:0 always read as ones (SDM "Destination Format

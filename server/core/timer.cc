@@ -242,6 +242,13 @@ void ApicTimer::writeInitialCount(uint32_t count) {
     state.period = 0;
     return;
   }
+  // Mode 11b is reserved: KVM keeps the count but never starts the timer.
+  if (state.mode == TimerMode::RESERVED) {
+    state.countdownArmed = false;
+    state.phase = 0;
+    state.period = 0;
+    return;
+  }
   // Any other write (re)starts the count from the new initial count.
   state.period = effectivePeriod(state.mode, count, state.divideConfig);
   state.phase = state.period;
@@ -382,6 +389,7 @@ kj::Maybe<kj::StringPtr> ApicTimer::checkSnapshot(const TimerSnapshot& snapshot)
     case TimerMode::ONE_SHOT:
     case TimerMode::PERIODIC:
     case TimerMode::TSC_DEADLINE:
+    case TimerMode::RESERVED:
       break;
     default:
       return kj::StringPtr("timer mode out of range");

@@ -36,7 +36,10 @@ private:
   int64_t offset;
 };
 
-enum class TimerMode : uint8_t { ONE_SHOT = 0, PERIODIC = 1, TSC_DEADLINE = 2 };
+// LVT Timer bits 18:17. RESERVED (11b): an initial count is kept but the
+// timer never starts counting in it, as KVM's (a count already running when
+// the mode is set runs out as one-shot).
+enum class TimerMode : uint8_t { ONE_SHOT = 0, PERIODIC = 1, TSC_DEADLINE = 2, RESERVED = 3 };
 
 struct TimerConfig {
   // Timer input clock before the divider. KVM ticks at 1 GHz (1 ns a tick).

@@ -69,6 +69,15 @@ inline void softwareEnable(Lapic& lapic) {
 }
 
 // A vCPU (initial ID 1) that is software-enabled.
+// A LAPIC in x2APIC mode with the strict reserved-bit option (SDM, Xen).
+inline kj::Own<Lapic> strictX2apicLapic(Env& env) {
+  LapicConfig config;
+  config.strictReservedBits = true;
+  auto lapic = env.make(config);
+  enterX2apic(*lapic);
+  return lapic;
+}
+
 inline kj::Own<Lapic> enabledLapic(Env& env, LapicConfig config = {}) {
   auto lapic = env.make(config);
   softwareEnable(*lapic);

@@ -203,6 +203,49 @@ TEST_CASE("SDM 11.5.4.1: TSC-deadline MSR writes are ignored outside TSC-deadlin
   CHECK(mmioRead(*lapic, Reg::TIMER_CURRENT_COUNT) == 0);
 }
 
+TEST_CASE("KVM: with the APIC hardware-disabled, IA32_TSC_DEADLINE writes are ignored and "
+          "it reads 0") {
+  Env env;
+  auto lapic = timerLapic(env, 0x40032);
+  uint64_t base = lapic->apicBase();
+  msrWrite(*lapic, kMsrApicBase, base & ~kApicBaseEnable);
+  REQUIRE(lapic->mode() == ApicMode::DISABLED);
+  AccessResult r = lapic->msrWrite(kMsrTscDeadline, env.tsc.now() + 100000);
+  CHECK(r.status == AccessStatus::IGNORED);
+  CHECK(r.reason == AccessReason::APIC_DISABLED);
+  CHECK(lapic->timerDeadlineNs() == nullptr);
+  r = lapic->msrRead(kMsrTscDeadline);
+  CHECK(r.status == AccessStatus::OK);
+  CHECK(r.value == 0);
+  // A deadline already past does not fire either.
+  lapic->msrWrite(kMsrTscDeadline, env.tsc.now() - 1);
+  env.clock.advance(1'000'000);
+  CHECK(lapic->onTimer() == 0);
+  CHECK(lapic->stats().timerExpiries == 0);
+}
+
+TEST_CASE("KVM: LVT timer mode 11b (reserved) never starts the timer") {
+  Env env;
+  auto lapic = timerLapic(env, 0x60033);  // bits 18:17 = 11
+  CHECK((mmioRead(*lapic, Reg::LVT_TIMER) >> 17 & 3) == 3);
+  AccessResult r = mmioWrite(*lapic, Reg::TIMER_INITIAL_COUNT, 1000);
+  CHECK(r.status == AccessStatus::OK);
+  CHECK(mmioRead(*lapic, Reg::TIMER_INITIAL_COUNT) == 1000);  // kept, as KVM's TMICT
+  CHECK(lapic->timerDeadlineNs() == nullptr);
+  CHECK(mmioRead(*lapic, Reg::TIMER_CURRENT_COUNT) == 0);
+  env.clock.advance(1'000'000);
+  CHECK(lapic->onTimer() == 0);
+  CHECK(!inIrr(*lapic, 0x33));
+  // Leaving the mode does not start it either: a count starts at a write of
+  // the initial-count register.
+  mmioWrite(*lapic, Reg::LVT_TIMER, 0x33);
+  CHECK(lapic->timerDeadlineNs() == nullptr);
+  mmioWrite(*lapic, Reg::TIMER_INITIAL_COUNT, 1000);
+  env.clock.advance(1000);
+  CHECK(lapic->onTimer() == 1);
+  CHECK(inIrr(*lapic, 0x33));
+}
+
 TEST_CASE("SDM 11.5.4: a divide change mid-count reaches the timer") {
   Env env;
   auto lapic = timerLapic(env, 0x30);

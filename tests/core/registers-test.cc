@@ -25,7 +25,7 @@ std::vector<Expect> expectedRegisters() {
       {Reg::ID, RW, RO, 0x01000000},     {Reg::VERSION, RO, RO, 0x00050014},
       {Reg::TPR, RW, RW, 0},             {Reg::APR, RO, NO, 0},
       {Reg::PPR, RO, RO, 0},             {Reg::EOI, WO, WO, 0},
-      {Reg::RRD, RO, NO, 0},             {Reg::LDR, RW, RO, 0},
+      {Reg::RRD, NO, NO, 0},               {Reg::LDR, RW, RO, 0},
       {Reg::DFR, RW, NO, 0xFFFFFFFF},    {Reg::SVR, RW, RW, 0xFF},
       {Reg::ESR, RW, RW, 0},             {Reg::ICR_LOW, RW, RW, 0},
       {Reg::ICR_HIGH, RW, NO, 0},        {Reg::LVT_TIMER, RW, RW, 0x10000},
@@ -351,14 +351,11 @@ TEST_CASE("SDM 11.5.1: LVT Timer bit 18 is reserved without TSC-deadline support
 
 TEST_CASE("SDM 11.12.1.2: strict option raises #GP on every reserved x2APIC bit") {
   Env env;
-  LapicConfig config;
-  config.strictReservedBits = true;
-  auto lapic = env.make(config);
-  enterX2apic(*lapic);
+  auto lapic = strictX2apicLapic(env);
   AccessResult r = lapic->msrWrite(regMsr(Reg::TPR), 0x100);
   CHECK(r.status == AccessStatus::GP);
   CHECK(r.reason == AccessReason::RESERVED_BITS);
-  CHECK(lapic->msrWrite(regMsr(Reg::LVT_TIMER), 1u << 12).status == AccessStatus::GP);
+  CHECK(lapic->msrWrite(regMsr(Reg::LVT_TIMER), 1u << 13).status == AccessStatus::GP);
   CHECK(lapic->msrWrite(regMsr(Reg::TIMER_DIVIDE_CONFIG), 0x4).status == AccessStatus::GP);
   CHECK(lapic->msrWrite(regMsr(Reg::SVR), 1u << 12).status == AccessStatus::GP);
   // ICR: the destination half is not reserved; delivery status (12) is.
@@ -373,6 +370,45 @@ TEST_CASE("SDM 11.12.1.2: strict option raises #GP on every reserved x2APIC bit"
   enterX2apic(*kvmLike);
   CHECK(kvmLike->msrWrite(regMsr(Reg::TPR), 0x1FF).status == AccessStatus::OK);
   CHECK(kvmLike->tpr() == 0xFF);
+}
+
+TEST_CASE("Xen: with the strict option a read-modify-write of LVT LINT0 with remote IRR or "
+          "delivery status set does not fault") {
+  Env env;
+  auto lapic = strictX2apicLapic(env);
+  softwareEnable(*lapic);
+  // A level-triggered fixed LINT0 interrupt, asserted: remote IRR is set
+  // while it is in service.
+  msrWrite(*lapic, regMsr(Reg::LVT_LINT0), 0x8031);
+  lapic->setLint(0, true);
+  uint64_t lint0 = msrRead(*lapic, regMsr(Reg::LVT_LINT0));
+  REQUIRE((lint0 & (1u << 14)) != 0);
+  // The guest masks it by read-modify-write: the read-only bits are written
+  // back as read and are ignored.
+  AccessResult r = lapic->msrWrite(regMsr(Reg::LVT_LINT0), lint0 | (1u << 16));
+  CHECK(r.status == AccessStatus::OK);
+  CHECK((msrRead(*lapic, regMsr(Reg::LVT_LINT0)) & (1u << 16)) != 0);
+  CHECK(lapic->msrWrite(regMsr(Reg::LVT_LINT1), 0x10000 | (1u << 14) | (1u << 12)).status ==
+        AccessStatus::OK);
+  CHECK(lapic->msrWrite(regMsr(Reg::LVT_ERROR), 0x10000 | (1u << 12)).status ==
+        AccessStatus::OK);
+  // Remote IRR is reserved outside LINT0/LINT1; LINT0's bit 17 is reserved.
+  CHECK(lapic->msrWrite(regMsr(Reg::LVT_ERROR), 0x10000 | (1u << 14)).status ==
+        AccessStatus::GP);
+  CHECK(lapic->msrWrite(regMsr(Reg::LVT_LINT0), 0x10000 | (1u << 17)).status ==
+        AccessStatus::GP);
+}
+
+TEST_CASE("KVM: the obsolete Remote Read register (0x0C0) is not decoded") {
+  Env env;
+  auto lapic = env.make();
+  softwareEnable(*lapic);
+  AccessResult r = lapic->mmioRead(kBase + 0xC0, 4);
+  CHECK(r.status == AccessStatus::IGNORED);
+  CHECK(r.value == 0);
+  r = lapic->mmioWrite(kBase + 0xC0, 4, 0x1234);
+  CHECK(r.status == AccessStatus::IGNORED);
+  CHECK(registerInfo(Reg::RRD).name == "RRD");  // the row still names the offset
 }
 
 TEST_CASE("SDM 11.4.1 (KVM sizes): MMIO reads of 1, 2 and 4 bytes inside a register") {

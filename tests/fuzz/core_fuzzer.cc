@@ -782,10 +782,9 @@ private:
     if (!config.tscDeadlineSupported) {
       EXPECT_TRUE(timerMode < 2, "TSC-deadline mode bit set although not supported");
     }
-    // The reserved mode 11b is stored as written (as KVM does) and counts
-    // as one-shot.
-    EXPECT_EQ(uint8_t(lapic.timer().mode()), timerMode == 3 ? 0 : timerMode,
-              "timer mode disagrees with LVT Timer");
+    // The reserved mode 11b is stored as written (as KVM does) and is a mode
+    // of its own in which the timer never starts.
+    EXPECT_EQ(uint8_t(lapic.timer().mode()), timerMode, "timer mode disagrees with LVT Timer");
     if (timerMode == 2) {
       EXPECT_EQ(lapic.timer().currentCount(), 0, "current count in TSC-deadline mode");
       // Initial-count writes are ignored in TSC-deadline mode and entering

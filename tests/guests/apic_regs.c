@@ -156,9 +156,11 @@ static void x2apic_phase(void) {
   for (unsigned i = 0; i < sizeof(read_only) / sizeof(read_only[0]); i++) {
     check_eq(wrmsr_checked(read_only[i].msr, 0), VECTOR_GP, read_only[i].name);
   }
-  /* SDM "Reserved Bit Checking": bits 63:32 of most MSRs, non-zero EOI. */
+  /* SDM "Reserved Bit Checking": bits 63:32 of most MSRs. A non-zero EOI
+   * faults only under vlapicd's strict option: KVM ignores the value, and so
+   * does our default (nothing is in service here, so the EOI is harmless). */
   check_eq(wrmsr_checked(MSR_X2APIC(APIC_TPR), 1ull << 32), VECTOR_GP, "WRMSR TPR bits 63:32 #GP");
-  check_eq(wrmsr_checked(MSR_X2APIC(APIC_EOI), 1), VECTOR_GP, "WRMSR EOI non-zero #GP");
+  check_eq(wrmsr_checked(MSR_X2APIC(APIC_EOI), 1), 0, "WRMSR EOI non-zero ignored (KVM)");
   check_eq(wrmsr_checked(0x83F, 0x100 | 0x40), VECTOR_GP, "WRMSR SELF IPI bits 31:8 #GP");
   check_eq(wrmsr_checked(MSR_X2APIC(APIC_ICR), (1u << 20) | ICR_SELF | 0x40), VECTOR_GP,
            "WRMSR ICR reserved bit 20 #GP");

@@ -1075,7 +1075,7 @@ TEST_CASE("APIC Timer: checkSnapshot rejects inconsistent snapshots with a reaso
   CHECK_FALSE(rejects(good));
 
   TimerSnapshot s = good;
-  s.mode = TimerMode(3);
+  s.mode = TimerMode(4);
   CHECK(rejects(s));
   s = good;
   s.divideConfig = 0x4;

@@ -20,10 +20,14 @@ TEST_CASE("an outside project builds against the installed client library", "[in
   auto prefix = kj::str(dir, "/prefix");
   auto build = kj::str(dir, "/build");
 
-  auto install = runTool(CMAKE_COMMAND_PATH,
-      {"--install", VLAPIC_BINARY_DIR, "--component", "vlapic-client", "--prefix", prefix});
-  INFO(install.output.cStr());
-  REQUIRE(install.exitCode == 0);
+  // The runtime library and the development files, as the two packages a
+  // distribution would make of them.
+  for (kj::StringPtr component : {"vlapic-client"_kj, "vlapic-dev"_kj}) {
+    auto install = runTool(CMAKE_COMMAND_PATH,
+        {"--install", VLAPIC_BINARY_DIR, "--component", component, "--prefix", prefix});
+    INFO(install.output.cStr());
+    REQUIRE(install.exitCode == 0);
+  }
 
   kj::Vector<kj::StringPtr> configure;
   auto prefixArg = kj::str("-DCMAKE_PREFIX_PATH=", prefix);
@@ -47,6 +51,73 @@ TEST_CASE("an outside project builds against the installed client library", "[in
   INFO(ran.output.cStr());
   CHECK(ran.exitCode == 0);
   CHECK(strstr(ran.output.cStr(), "echo 5, APIC version 0x14") != nullptr);
+}
+
+TEST_CASE("C API: bad arguments, refused requests and a dead vlapicd are error codes with a "
+          "message, never a crash",
+          "[integration][capi]") {
+  testing::DaemonProcess daemon(VLAPICD_PATH);
+  auto pid = kj::str(daemon.pid());
+  auto ran = runTool(CAPI_ERRORS_PATH, {daemon.socketPath(), pid});
+  INFO(ran.output.cStr());
+  CHECK(ran.exitCode == 0);
+  CHECK(strstr(ran.output.cStr(), "capi-errors: 0 failed") != nullptr);
+}
+
+TEST_CASE("C API: the example C front passes its checks over the shared-memory channel",
+          "[integration][capi]") {
+  testing::DaemonProcess daemon(VLAPICD_PATH);
+  auto ran = runTool(C_FRONT_PATH, {daemon.socketPath()});
+  INFO(ran.output.cStr());
+  CHECK(ran.exitCode == 0);
+  CHECK(strstr(ran.output.cStr(), "c-front: all checks passed") != nullptr);
+  CHECK(strstr(ran.output.cStr(), "FAILED") == nullptr);
+  // Everything went over the channel: vlapicd served it there.
+  CHECK(daemon.running());
+}
+
+TEST_CASE("C API: a C front builds with pkg-config against the installed tree and runs against "
+          "the installed vlapicd",
+          "[integration][capi][package]") {
+  auto dir = testing::makeTempDir();
+  KJ_DEFER(testing::removeTree(dir));
+  auto prefix = kj::str(dir, "/prefix");
+  auto install = runTool(CMAKE_COMMAND_PATH, {"--install", VLAPIC_BINARY_DIR, "--prefix", prefix});
+  INFO(install.output.cStr());
+  REQUIRE(install.exitCode == 0);
+
+  // The example's own Makefile, as its README tells a VMM developer.
+  auto source = kj::str(dir, "/c-front");
+  auto copied = runTool("/bin/cp", {"-r", C_FRONT_SOURCE, source});
+  REQUIRE(copied.exitCode == 0);
+  auto pkgConfigPath = kj::str("PKG_CONFIG_PATH=", prefix, "/", VLAPIC_INSTALL_LIBDIR, "/pkgconfig");
+  kj::Vector<kj::StringPtr> make;
+  make.addAll(std::initializer_list<kj::StringPtr>{pkgConfigPath, "make", "-C", source});
+  // A sanitizer build's library needs the sanitizer runtimes in the program.
+  auto cflags = kj::str("CFLAGS=-O2 -g ", VLAPIC_SANITIZE_FLAGS);
+  auto ldflags = kj::str("LDFLAGS=", VLAPIC_SANITIZE_FLAGS);
+  make.add(cflags);
+  make.add(ldflags);
+  auto built = runTool("/usr/bin/env", make);
+  INFO(built.output.cStr());
+  REQUIRE(built.exitCode == 0);
+
+  // The installed daemon finds what it needs by itself (RUNPATH); the
+  // example, installed nowhere, is pointed at the library.
+  auto installedDaemon = kj::str(prefix, "/bin/vlapicd");
+  testing::DaemonProcess daemon(installedDaemon);
+  auto libraryPath = kj::str("LD_LIBRARY_PATH=", prefix, "/", VLAPIC_INSTALL_LIBDIR);
+  auto program = kj::str(source, "/c-front");
+  auto ran = runTool("/usr/bin/env", {libraryPath, program, daemon.socketPath()});
+  INFO(ran.output.cStr());
+  CHECK(ran.exitCode == 0);
+  CHECK(strstr(ran.output.cStr(), "c-front: all checks passed") != nullptr);
+
+  // The installed vlapicctl runs without LD_LIBRARY_PATH (RUNPATH).
+  auto ctl = kj::str(prefix, "/bin/vlapicctl");
+  auto status = runTool(ctl, {"--socket", daemon.socketPath(), "status"});
+  INFO(status.output.cStr());
+  CHECK(status.exitCode == 0);
 }
 
 }  // namespace

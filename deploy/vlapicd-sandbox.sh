@@ -12,7 +12,9 @@
 #            [--pid-file FILE] [--user UID:GID] [-- VLAPICD-ARGS...]
 #   --socket PATH   the Unix socket vlapicd listens on (its directory is
 #                   created if needed and is the only path shared with the
-#                   sandbox; fronts connect to PATH from outside as usual)
+#                   sandbox; fronts connect to PATH from outside as usual);
+#                   the operator socket (vlapicctl) is beside it,
+#                   NAME-admin.sock for NAME.sock
 #   --vlapicd EXE   the vlapicd binary (default: vlapicd on PATH, else the
 #                   repository's build/ or build-*/ tree)
 #   --pid-file FILE write vlapicd's PID (as seen from outside) to FILE once
@@ -58,18 +60,30 @@ exe=$(readlink -f "$exe")
 
 case "$socket" in /*) ;; *) socket="$PWD/$socket" ;; esac
 socket_dir=$(dirname "$socket")
-mkdir -p "$socket_dir"
-rm -f "$socket"
+# The socket file itself is vlapicd's business: it replaces a stale one and
+# refuses (exit status 4, one line) to replace one a live server answers on.
+# This script never deletes it.
+created_dir=0
+if [ ! -d "$socket_dir" ]; then
+  mkdir -p "$socket_dir"
+  created_dir=1
+fi
 
 # As root, the sandbox is entered as an unprivileged uid (so the user
 # namespace maps to it, not to root: file ownership checks outside see that
-# uid). The socket directory must then be writable by it.
+# uid). The socket directory must then be writable by it: a directory this
+# script created is given to that uid; one that existed is never changed
+# (its owner, mode and sticky bit are someone else's decision).
 launcher=()
 if [ "$(id -u)" -eq 0 ]; then
   uid=${user_spec%%:*}
   gid=${user_spec##*:}
-  chown "$uid:$gid" "$socket_dir"
-  chmod 0755 "$socket_dir"
+  if [ "$created_dir" -eq 1 ]; then
+    chown "$uid:$gid" "$socket_dir"
+    chmod 0755 "$socket_dir"
+  elif ! setpriv --reuid="$uid" --regid="$gid" --clear-groups test -w "$socket_dir" -a -x "$socket_dir"; then
+    die "$socket_dir exists and uid $uid cannot create the socket in it; choose a directory of its own (it is created for uid $uid) or make this one writable by it"
+  fi
   launcher=(setpriv --reuid="$uid" --regid="$gid" --clear-groups --inh-caps=-all --bounding-set=-all)
 fi
 

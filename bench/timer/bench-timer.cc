@@ -811,6 +811,7 @@ int run(const Options& options) {
     KJ_IF_MAYBE(d, daemon) (*d)->stop();
     if (ownDir) {
       unlink(socketPath.cStr());
+      unlink(client::adminSocketPathFor(socketPath).cStr());
       unlink(logPath.cStr());
       rmdir(dirTemplate);
     }
@@ -919,9 +920,13 @@ int run(const Options& options) {
   // vlapicd's loop serves the fetch after a channel expiry when it comes
   // within its poll (server/daemon README): how often it did, in the phase
   // whose fronts wake ahead.
-  auto loopBefore = connection->admin()->status().wait(io.waitScope);
+  // Server-wide counters are the operator's (its own socket).
+  auto operatorConnection =
+      Connection::connect(*io.lowLevelProvider, client::adminSocketPathFor(socketPath));
+  auto loopBefore = operatorConnection->admin()->status().wait(io.waitScope);
   auto channelAhead = channelRuns(ticketArray, channelNs, tscOffset, true, rng);
-  auto loopAfter = connection->admin()->status().wait(io.waitScope);
+  auto loopAfter = operatorConnection->admin()->status().wait(io.waitScope);
+  operatorConnection = nullptr;
   vm->release().wait(io.waitScope);
   vm = nullptr;
   connection = nullptr;

@@ -68,11 +68,16 @@ public:
 
   kj::MainFunc getMain() {
     return kj::MainBuilder(context, "vlapicctl " VLAPIC_VERSION,
-        "Inspects and controls a running vlapicd through its admin capability. Anyone who "
-        "can connect to the socket has this right over every VM.")
+        "Inspects and controls a running vlapicd through its operator socket, the only place "
+        "vlapicd serves the Admin capability (every VM on the server). Whoever can connect to "
+        "that socket has this right; the front socket beside it does not give it.")
         .addOptionWithArg({'s', "socket"}, KJ_BIND_METHOD(*this, setSocket), "<path>",
-            "vlapicd's socket. Default: $XDG_RUNTIME_DIR/vlapic/vlapicd.sock, or "
-            "/run/vlapic/vlapicd.sock when XDG_RUNTIME_DIR is unset.")
+            "vlapicd's front socket; the operator socket used is the one beside it "
+            "(<name>-admin.sock for <name>.sock). Default: $XDG_RUNTIME_DIR/vlapic/vlapicd.sock, "
+            "or /run/vlapic/vlapicd.sock when XDG_RUNTIME_DIR is unset.")
+        .addOptionWithArg({'a', "admin-socket"}, KJ_BIND_METHOD(*this, setAdminSocket), "<path>",
+            "vlapicd's operator socket, when it is not beside the front socket "
+            "(vlapicd --admin-socket).")
         .addSubCommand("status", KJ_BIND_METHOD(*this, statusMain), "Server status and totals.")
         .addSubCommand("list", KJ_BIND_METHOD(*this, listMain), "VMs and their vCPUs.")
         .addSubCommand("dump", KJ_BIND_METHOD(*this, dumpMain),
@@ -88,6 +93,7 @@ public:
 private:
   kj::ProcessContext& context;
   kj::Maybe<kj::String> socketPath;
+  kj::Maybe<kj::String> adminSocketPath;
   uint64_t vmId = 0;
   uint32_t vcpuIndex = 0;
   bool haveVcpu = false;
@@ -97,6 +103,10 @@ private:
 
   kj::MainBuilder::Validity setSocket(kj::StringPtr path) {
     socketPath = kj::heapString(path);
+    return true;
+  }
+  kj::MainBuilder::Validity setAdminSocket(kj::StringPtr path) {
+    adminSocketPath = kj::heapString(path);
     return true;
   }
   kj::MainBuilder::Validity setVm(kj::StringPtr text) {
@@ -133,8 +143,10 @@ private:
   // Runs `body` against the server; any failure (server absent, VM gone,
   // rejected state) ends the tool with a clear one-line message.
   kj::MainBuilder::Validity withServer(kj::Function<void(ThreadSession&, client::AsyncAdmin&)> body) {
-    auto path = socketPath.map([](kj::String& p) { return kj::heapString(p); })
-                    .orDefault(client::defaultSocketPath());
+    auto frontPath = socketPath.map([](kj::String& p) { return kj::heapString(p); })
+                         .orDefault([]() { return client::defaultSocketPath(); });
+    auto path = adminSocketPath.map([](kj::String& p) { return kj::heapString(p); })
+                    .orDefault([&]() { return client::adminSocketPathFor(frontPath); });
     KJ_IF_MAYBE(e, kj::runCatchingExceptions([&]() {
       auto session = ThreadSession::open(path);
       auto admin = session->connection().admin();

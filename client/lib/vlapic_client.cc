@@ -22,6 +22,9 @@
 namespace vlapic::client {
 
 kj::String defaultSocketPath() { return vlapic::defaultSocketPath(); }
+kj::String adminSocketPathFor(kj::StringPtr frontSocketPath) {
+  return vlapic::adminSocketPathFor(frontSocketPath);
+}
 
 kj::StringPtr eventKindName(EventKind kind) {
   switch (kind) {

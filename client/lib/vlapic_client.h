@@ -52,6 +52,9 @@ namespace vlapic::client {
 // The default socket: $XDG_RUNTIME_DIR/vlapic/vlapicd.sock if XDG_RUNTIME_DIR
 // is set, else /run/vlapic/vlapicd.sock. vlapicd uses the same rule.
 kj::String defaultSocketPath();
+// The operator socket beside a front socket (schema/socket_path.h): where
+// Connection::admin() is served; on a front socket admin() is refused.
+kj::String adminSocketPathFor(kj::StringPtr frontSocketPath);
 
 struct VmOptions {
   uint32_t vcpuCount = 1;

@@ -2,8 +2,10 @@
 // vlapicd: the vlapic server daemon. Parses flags, opens (or inherits) the
 // listening Unix socket, confines itself (sandbox.h) and serves fronts on one
 // kj event loop until SIGTERM or SIGINT.
+#include "listen_socket.h"
 #include "server.h"
 #include "sandbox.h"
+#include "socket_remover.h"
 #include "schema/socket_path.h"
 
 #include <kj/async-io.h>
@@ -28,69 +30,6 @@
 namespace vlapic {
 namespace {
 
-constexpr int kSystemdFirstFd = 3;   // SD_LISTEN_FDS_START
-
-// systemd socket activation (sd_listen_fds(3)): LISTEN_PID names us and
-// LISTEN_FDS >= 1. The variables are consumed so children do not inherit them.
-kj::Maybe<int> inheritedListenFd() {
-  const char* pid = getenv("LISTEN_PID");
-  const char* fds = getenv("LISTEN_FDS");
-  if (pid == nullptr || fds == nullptr) return nullptr;
-  bool forUs = strtol(pid, nullptr, 10) == getpid() && strtol(fds, nullptr, 10) >= 1;
-  unsetenv("LISTEN_PID");
-  unsetenv("LISTEN_FDS");
-  unsetenv("LISTEN_FDNAMES");
-  if (!forUs) return nullptr;
-  int flags;
-  KJ_SYSCALL(flags = fcntl(kSystemdFirstFd, F_GETFD), "inherited listening fd 3 is not open");
-  KJ_SYSCALL(fcntl(kSystemdFirstFd, F_SETFD, flags | FD_CLOEXEC));
-  int acceptsConnections = 0;
-  socklen_t length = sizeof(acceptsConnections);
-  KJ_SYSCALL(getsockopt(kSystemdFirstFd, SOL_SOCKET, SO_ACCEPTCONN, &acceptsConnections, &length),
-             "inherited fd 3 is not a socket");
-  KJ_REQUIRE(acceptsConnections, "inherited fd 3 is not a listening socket");
-  return kSystemdFirstFd;
-}
-
-void makeParentDirectory(kj::StringPtr path) {
-  KJ_IF_MAYBE(slash, path.findLast('/')) {
-    if (*slash == 0) return;
-    auto parent = kj::heapString(path.slice(0, *slash));
-    makeParentDirectory(parent);
-    if (mkdir(parent.cStr(), 0755) < 0 && errno != EEXIST) {
-      KJ_FAIL_SYSCALL("mkdir", errno, parent);
-    }
-  }
-}
-
-// Bind and listen on `path`. A stale socket file (nobody accepting) is
-// replaced; a live one is an error, so two daemons never share a path.
-int listenOnPath(kj::StringPtr path, mode_t mode) {
-  struct sockaddr_un address = {};
-  address.sun_family = AF_UNIX;
-  KJ_REQUIRE(path.size() < sizeof(address.sun_path), "socket path too long", path);
-  memcpy(address.sun_path, path.cStr(), path.size() + 1);
-  makeParentDirectory(path);
-
-  int fd;
-  KJ_SYSCALL(fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
-  kj::AutoCloseFd owned(fd);
-  if (bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)) < 0) {
-    int error = errno;
-    KJ_REQUIRE(error == EADDRINUSE, "cannot bind the socket", path, strerror(error));
-    int probe;
-    KJ_SYSCALL(probe = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
-    kj::AutoCloseFd ownedProbe(probe);
-    bool live = connect(probe, reinterpret_cast<sockaddr*>(&address), sizeof(address)) == 0;
-    KJ_REQUIRE(!live, "another vlapicd is already serving this socket", path);
-    KJ_SYSCALL(unlink(path.cStr()), "removing stale socket", path);
-    KJ_SYSCALL(bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)), path);
-  }
-  KJ_SYSCALL(chmod(path.cStr(), mode), path);
-  KJ_SYSCALL(listen(fd, 128));
-  return owned.release();
-}
-
 // Resolves when `pipe` reaches end of file. With --exit-with-parent-fd only
 // the parent holds the write end, and the kernel closes it when the parent
 // exits however it exits (SIGKILL included); anything read is ignored. Not
@@ -113,11 +52,17 @@ public:
   kj::MainFunc getMain() {
     // MainBuilder keeps StringPtrs: the help text must outlive it.
     socketHelp = kj::str(
-        "Listen on the Unix socket <path> (created, with missing parent directories; a "
-        "stale socket file is replaced). Default here: ", defaultSocketPath(),
-        " ($XDG_RUNTIME_DIR/vlapic/vlapicd.sock, or /run/vlapic/vlapicd.sock when "
-        "XDG_RUNTIME_DIR is unset). Whoever can connect to it has full rights over every VM "
-        "(the admin capability), so keep it private.");
+        "Serve hypervisor fronts on the Unix socket <path> (created, with missing parent "
+        "directories; a stale socket file is replaced, a live one is refused). Default here: ",
+        defaultSocketPath(), " ($XDG_RUNTIME_DIR/vlapic/vlapicd.sock, or "
+        "/run/vlapic/vlapicd.sock when XDG_RUNTIME_DIR is unset). A front reaches only the VMs "
+        "it creates, within its quotas; give this socket to the hypervisors' group.");
+    adminSocketHelp = kj::str(
+        "Serve the operator (vlapicctl: every VM, dump, save, restore, release) on <path>. "
+        "Default: beside the front socket, <name>-admin.sock for <name>.sock (here ",
+        adminSocketPathFor(defaultSocketPath()), "). It is the only place the Admin "
+        "capability is served: its permissions (--admin-socket-mode, default 0600) are the "
+        "operator's right.");
     return kj::MainBuilder(context, "vlapicd " VLAPIC_VERSION,
         "Serves virtual x86 local APICs (xAPIC MMIO, x2APIC MSRs, timer, IPIs, INIT/SIPI) to "
         "hypervisor fronts over Cap'n Proto on a Unix socket. Each front creates VMs through "
@@ -125,13 +70,42 @@ public:
         "a front's VMs are released when it disconnects.\n"
         "With systemd socket activation (LISTEN_FDS/LISTEN_PID set for this process) it "
         "serves the inherited listening socket (fd 3) and ignores --socket.\n"
-        "Stops cleanly on SIGTERM or SIGINT. Logging: warnings and errors by default; "
+        "Inherited sockets named 'admin' (LISTEN_FDNAMES, systemd's FileDescriptorName=admin) "
+        "serve the operator, the others fronts.\n"
+        "Stops cleanly on SIGTERM or SIGINT and removes the socket files it bound; SIGHUP is "
+        "ignored (nothing to reload; the VMs' state must not die with a closing terminal).\n"
+        "Exit status: 0 stopped cleanly; 1 bad command line or other failure; 3 a socket path "
+        "cannot be created, bound or used; 4 another server already answers on a socket path; "
+        "5 confinement was asked for and could not be applied.\n"
+        "Logging: warnings and errors by default; "
         "--verbose adds informational messages (connections, VMs created and released), "
         "--quiet keeps errors only.")
         .addOptionWithArg({"socket"}, KJ_BIND_METHOD(*this, setSocket), "<path>",
             socketHelp)
         .addOptionWithArg({"socket-mode"}, KJ_BIND_METHOD(*this, setSocketMode), "<octal>",
-            "Permissions of the socket file. Default: 0600 (only vlapicd's user).")
+            "Permissions of the front socket file. Default: 0600 (only vlapicd's user).")
+        .addOptionWithArg({"admin-socket"}, KJ_BIND_METHOD(*this, setAdminSocket), "<path>",
+            adminSocketHelp)
+        .addOptionWithArg({"admin-socket-mode"}, KJ_BIND_METHOD(*this, setAdminSocketMode),
+            "<octal>", "Permissions of the operator socket file. Default: 0600.")
+        .addOption({"no-admin-socket"}, KJ_BIND_METHOD(*this, disableAdminSocket),
+            "Serve no operator socket (nobody can list or open VMs).")
+        .addOptionWithArg({"max-vms-per-front"}, limit("--max-vms-per-front", options.frontLimits.vms), "<n>",
+            "Quota: VMs one front connection may hold at once. Default: 64.")
+        .addOptionWithArg({"max-vcpus-per-front"}, limit("--max-vcpus-per-front", options.frontLimits.vcpus), "<n>",
+            "Quota: vCPUs (one 4 KiB page each) over all of one front's VMs. Default: 1024.")
+        .addOptionWithArg({"max-channels-per-front"}, limit("--max-channels-per-front", options.frontLimits.channels), "<n>",
+            "Quota: shared-memory channels (one server thread each) of one front's VMs. "
+            "Default: 256.")
+        .addOptionWithArg({"max-channels"}, limit("--max-channels", options.maxChannels), "<n>",
+            "Channels on the whole server: its task limit must fit this plus a few threads "
+            "(deploy/vlapicd.service). Default: 1024.")
+        .addOptionWithArg({"max-connections"}, limit("--max-connections", options.maxConnections), "<n>",
+            "Front connections at once; one more is closed at once. Default: 256.")
+        .addOptionWithArg({"max-connections-per-uid"}, limit("--max-connections-per-uid", options.maxConnectionsPerUid), "<n>",
+            "Front connections at once from one peer uid (SO_PEERCRED). Default: 128.")
+        .addOptionWithArg({"max-vms"}, limit("--max-vms", options.maxVms), "<n>",
+            "VMs on the whole server. Default: 4096.")
         .addOptionWithArg({"hal"}, KJ_BIND_METHOD(*this, setHal), "<host|shared>",
             "Where APIC pages live. 'host' (default): private host memory. 'shared': memfd "
             "pages whose fds are passed to fronts over the socket, so a co-located front can "
@@ -166,8 +140,12 @@ public:
 private:
   kj::ProcessContext& context;
   kj::String socketHelp;
+  kj::String adminSocketHelp;
   kj::Maybe<kj::String> socketPath;
   mode_t socketMode = 0600;
+  kj::Maybe<kj::String> adminSocketPath;
+  mode_t adminSocketMode = 0600;
+  bool adminSocket = true;
   daemon::ServerOptions options;
   SandboxOptions sandbox;
   kj::Maybe<kj::String> user;
@@ -184,12 +162,54 @@ private:
     return true;
   }
 
-  kj::MainBuilder::Validity setSocketMode(kj::StringPtr text) {
+  static kj::Maybe<mode_t> parseMode(kj::StringPtr text) {
     char* end;
     long mode = strtol(text.cStr(), &end, 8);
-    if (*end != '\0' || mode < 0 || mode > 0777) return kj::str("--socket-mode wants octal permissions like 0660");
-    socketMode = mode;
+    if (text.size() == 0 || *end != '\0' || mode < 0 || mode > 0777) return nullptr;
+    return mode_t(mode);
+  }
+
+  kj::MainBuilder::Validity setSocketMode(kj::StringPtr text) {
+    KJ_IF_MAYBE(mode, parseMode(text)) {
+      socketMode = *mode;
+      return true;
+    }
+    return kj::str("--socket-mode wants octal permissions like 0660");
+  }
+
+  kj::MainBuilder::Validity setAdminSocket(kj::StringPtr path) {
+    if (path.size() == 0 || path.size() >= sizeof(sockaddr_un::sun_path)) {
+      return kj::str("--admin-socket needs a path shorter than ",
+                     sizeof(sockaddr_un::sun_path), " bytes");
+    }
+    adminSocketPath = kj::heapString(path);
     return true;
+  }
+
+  kj::MainBuilder::Validity setAdminSocketMode(kj::StringPtr text) {
+    KJ_IF_MAYBE(mode, parseMode(text)) {
+      adminSocketMode = *mode;
+      return true;
+    }
+    return kj::str("--admin-socket-mode wants octal permissions like 0600");
+  }
+
+  kj::MainBuilder::Validity disableAdminSocket() {
+    adminSocket = false;
+    return true;
+  }
+
+  // The parser of one numeric limit flag.
+  kj::Function<kj::MainBuilder::Validity(kj::StringPtr)> limit(kj::StringPtr flag, uint32_t& target) {
+    return [flag, &target](kj::StringPtr text) -> kj::MainBuilder::Validity {
+      char* end;
+      unsigned long long value = strtoull(text.cStr(), &end, 10);
+      if (text.size() == 0 || *end != '\0' || value < 1 || value > UINT32_MAX) {
+        return kj::str(flag, " wants a whole number from 1 to ", UINT32_MAX);
+      }
+      target = uint32_t(value);
+      return true;
+    };
   }
 
   kj::MainBuilder::Validity setHal(kj::StringPtr kind) {
@@ -241,41 +261,85 @@ private:
     return true;
   }
 
+  // Prints the one line a start-up failure gets and exits with its status.
+  [[noreturn]] void fail(const daemon::StartupFailure& failure) {
+    context.error(kj::str("vlapicd: ", failure.message));
+    _exit(failure.exitStatus);
+  }
+
+  // The listening sockets: inherited from systemd, else bound on paths.
+  kj::Vector<daemon::ListenSocket> openSockets() {
+    kj::Vector<daemon::ListenSocket> sockets;
+    KJ_SWITCH_ONEOF(daemon::inheritedListenSockets()) {
+      KJ_CASE_ONEOF(inherited, kj::Vector<daemon::ListenSocket>) sockets = kj::mv(inherited);
+      KJ_CASE_ONEOF(failure, daemon::StartupFailure) fail(failure);
+    }
+    bool activated = sockets.size() > 0;
+    bool haveAdmin = false;
+    for (auto& s: sockets) haveAdmin = haveAdmin || s.authority == daemon::Authority::OPERATOR;
+    auto frontPath = socketPath.map([](kj::String& p) { return kj::heapString(p); })
+                         .orDefault([]() { return defaultSocketPath(); });
+    auto bind = [&](kj::StringPtr path, mode_t mode, daemon::Authority authority) {
+      KJ_SWITCH_ONEOF(daemon::listenOnPath(path, mode, authority)) {
+        KJ_CASE_ONEOF(socket, daemon::ListenSocket) sockets.add(kj::mv(socket));
+        KJ_CASE_ONEOF(failure, daemon::StartupFailure) {
+          for (auto& s: sockets) {
+            close(s.fd);
+            KJ_IF_MAYBE(p, s.path) unlink(p->cStr());   // bound a moment ago
+          }
+          fail(failure);
+        }
+      }
+    };
+    if (!activated) bind(frontPath, socketMode, daemon::Authority::FRONT);
+    // With socket activation the operator socket is systemd's too (a second
+    // unit, FileDescriptorName=admin); bind one only when asked by name.
+    if (adminSocket && !haveAdmin && (!activated || adminSocketPath != nullptr)) {
+      auto adminPath = adminSocketPath.map([](kj::String& p) { return kj::heapString(p); })
+                           .orDefault([&]() { return adminSocketPathFor(frontPath); });
+      bind(adminPath, adminSocketMode, daemon::Authority::OPERATOR);
+    }
+    return sockets;
+  }
+
   kj::MainBuilder::Validity run() {
     // Signals must be captured before the event loop exists (they are then
     // delivered through it rather than killing us mid-operation).
     kj::UnixEventPort::captureSignal(SIGTERM);
     kj::UnixEventPort::captureSignal(SIGINT);
-    // A front that disconnects while we write to it must not kill us.
+    // A front that disconnects while we write to it must not kill us, nor
+    // must a closing terminal: there is nothing to reload, and every VM's
+    // LAPIC state lives here.
     signal(SIGPIPE, SIG_IGN);
+    signal(SIGHUP, SIG_IGN);
+
+    auto sockets = openSockets();
+    // Forked now, while vlapicd may still touch the file system and before
+    // any thread exists.
+    daemon::SocketRemover remover(sockets);
 
     auto io = kj::setupAsyncIo();
     daemon::Server server(io.unixEventPort, options);
 
-    int listenFd;
-    kj::Maybe<kj::String> ownedPath;
-    KJ_IF_MAYBE(fd, inheritedListenFd()) {
-      listenFd = *fd;
-      if (!quiet) context.warning("vlapicd: serving the socket-activated listening fd 3");
-    } else {
-      auto path = kj::mv(socketPath).orDefault(defaultSocketPath());
-      listenFd = listenOnPath(path, socketMode);
-      ownedPath = kj::mv(path);
+    kj::Vector<kj::Own<kj::ConnectionReceiver>> listeners;
+    for (auto& socket: sockets) {
+      // kj makes each close-on-exec and non-blocking, and owns it now.
+      listeners.add(io.lowLevelProvider->wrapListenSocketFd(
+          socket.fd, kj::LowLevelAsyncIoProvider::TAKE_OWNERSHIP));
     }
-    auto listener = io.lowLevelProvider->wrapListenSocketFd(
-        listenFd, kj::LowLevelAsyncIoProvider::TAKE_OWNERSHIP);
-    // kj makes it close-on-exec and non-blocking.
     kj::Maybe<kj::Own<kj::AsyncInputStream>> parentPipe;
     KJ_IF_MAYBE(fd, parentFd) {
       parentPipe = io.lowLevelProvider->wrapInputFd(*fd, kj::LowLevelAsyncIoProvider::TAKE_OWNERSHIP);
     }
 
-    sandbox.listenFd = listenFd;
-    KJ_IF_MAYBE(p, ownedPath) sandbox.socketPath = kj::StringPtr(*p);
+    sandbox.listenFd = sockets[0].fd;
+    KJ_IF_MAYBE(p, sockets[0].path) sandbox.socketPath = kj::StringPtr(*p);
     sandbox.sharedMemoryHal = options.hal == daemon::HalKind::SHARED;
     KJ_IF_MAYBE(u, user) sandbox.user = kj::StringPtr(*u);
 #if VLAPIC_HAVE_SANDBOX
-    applySandbox(sandbox);
+    KJ_IF_MAYBE(e, kj::runCatchingExceptions([&]() { applySandbox(sandbox); })) {
+      fail({daemon::kExitSandbox, kj::str("cannot confine the daemon: ", e->getDescription())});
+    }
 #else
     if (sandbox.enabled) {
       context.warning("vlapicd: built without sandbox support (server/daemon/sandbox.cc "
@@ -284,9 +348,15 @@ private:
 #endif
 
     if (!quiet) {
-      KJ_IF_MAYBE(p, ownedPath) {
-        context.warning(kj::str("vlapicd: serving on ", *p, " (hal ", server.halName(),
-                                ", pid ", getpid(), ")"));
+      for (auto& socket: sockets) {
+        kj::StringPtr role = socket.authority == daemon::Authority::OPERATOR ? "operator" : "fronts";
+        KJ_IF_MAYBE(p, socket.path) {
+          context.warning(kj::str("vlapicd: serving ", role, " on ", *p, " (hal ",
+                                  server.halName(), ", pid ", getpid(), ")"));
+        } else {
+          context.warning(kj::str("vlapicd: serving ", role, " on socket-activated fd ",
+                                  socket.fd));
+        }
       }
     }
 
@@ -296,14 +366,17 @@ private:
     KJ_IF_MAYBE(pipe, parentPipe) {
       stop = stop.exclusiveJoin(untilEndOfFile(**pipe).then([]() { return kj::str("parent exited"); }));
     }
-    auto serving = server.listen(*listener).then([]() { return kj::str("listening socket closed"); });
-    kj::String why = serving.exclusiveJoin(kj::mv(stop)).wait(io.waitScope);
+    for (size_t i = 0; i < listeners.size(); i++) {
+      auto serving = server.listen(*listeners[i], sockets[i].authority)
+          .then([]() { return kj::str("listening socket closed"); });
+      stop = stop.exclusiveJoin(kj::mv(serving));
+    }
+    kj::String why = stop.wait(io.waitScope);
     KJ_LOG(INFO, "shutting down", why);
 
-    KJ_IF_MAYBE(p, ownedPath) {
-      // Best effort: a confined daemon may not be allowed to unlink; the next
-      // start replaces a stale socket anyway.
-      unlink(p->cStr());
+    if (!remover.remove()) {
+      KJ_LOG(WARNING, "socket files not removed (the remover did not answer); the next start "
+                      "replaces them");
     }
     if (!quiet) context.warning(kj::str("vlapicd: stopped (", why, ")"));
     return true;

@@ -2,6 +2,7 @@
 #include "server.h"
 
 #include "deadline_scheduler.h"
+#include "front_account.h"
 #include "server/channel/channel.h"
 #include "schema/vlapic.capnp.h"
 #include "server/vm/vm.h"
@@ -20,6 +21,7 @@
 #include <set>
 #include <mutex>
 #include <sys/eventfd.h>
+#include <sys/socket.h>
 #include <sys/random.h>
 #include <thread>
 #include <unistd.h>
@@ -194,6 +196,9 @@ struct Server::Impl final: private kj::TaskSet::ErrorHandler {
 
   struct Connection;
   std::map<uint64_t, kj::Own<Connection>> connections;
+  std::map<uid_t, uint32_t> connectionsPerUid;   // front connections only
+  ServerWideUsage serverWide;
+  uint64_t refusedConnections = 0;
 
   uint64_t totalEventsPosted = 0;
   // Added to by the loop and by channel threads (a due timer a request
@@ -227,9 +232,10 @@ struct Server::Impl final: private kj::TaskSet::ErrorHandler {
   kj::Maybe<VmHost&> findVm(uint64_t id);
   VmHost& requireVm(uint64_t id);
   void releaseVm(uint64_t id);
-  void accept(kj::Own<kj::AsyncCapabilityStream> stream);
+  void accept(kj::Own<kj::AsyncCapabilityStream> stream, Authority authority);
   ServerCounters counters() const;
   void fillStatus(proto::ServerStatus::Builder out) const;
+  void fillFrontStatus(proto::ServerStatus::Builder out, const FrontAccount& account) const;
   void fillVmInfo(proto::VmInfo::Builder out, const VmHost& host) const;
 
   void taskFailed(kj::Exception&& exception) override {
@@ -275,10 +281,12 @@ private:
 // holds vmMutex (channels are destroyed outside the lock).
 class VmHost final: public VmEventListener, private kj::TaskSet::ErrorHandler {
 public:
-  VmHost(ServerState& server, uint64_t id, uint64_t owner, kj::String name,
+  // `account` has been charged for this VM; the VM refunds it when it goes.
+  VmHost(ServerState& server, uint64_t id, kj::Own<FrontAccount> account, kj::String name,
          const VmConfig& config, proto::EventSink::Client sink,
          uint32_t maxBatchesInFlight, uint32_t maxEventsPerBatch)
-      : server(server), id(id), owner(owner), name(kj::mv(name)),
+      : server(server), id(id), owner(account->owner()), account(kj::mv(account)),
+        name(kj::mv(name)),
         createdNs(monotonicNowNs()), vm(*server.hal, config), sink(kj::mv(sink)),
         maxBatchesInFlight(maxBatchesInFlight), maxEventsPerBatch(maxEventsPerBatch),
         loopThread(std::this_thread::get_id()),
@@ -313,11 +321,13 @@ public:
         closing = kj::mv(channel);
         channel = nullptr;
       }
+      if (closing != nullptr) account->refundChannel();
     }
     vm.setListener(nullptr);
     for (auto& key: ticketKeys) {
       KJ_IF_MAYBE(k, key) server.tickets.erase(*k);
     }
+    account->refundVm(vm.vcpuCount());
   }
 
   // Every Vm operation holds this.
@@ -424,6 +434,12 @@ public:
     {
       auto guard = lock();
       KJ_REQUIRE(channels[vcpu] == nullptr, "this vCPU already has an open channel", vcpu);
+    }
+    // Each channel is a server thread: charged to the VM's creator.
+    account->chargeChannel();
+    KJ_ON_SCOPE_FAILURE(account->refundChannel());
+    {
+      auto guard = lock();
       generation = ++channelGenerations[vcpu];
     }
     auto created = channel::ChannelServer::create(
@@ -453,6 +469,7 @@ public:
       // What the front did not fetch goes to the EventSink again.
       if (vm.hasEvents(vcpu)) markDirty(vcpu);
     }
+    if (closing != nullptr) account->refundChannel();
     closing = nullptr;   // joins the channel thread, outside the lock
   }
 
@@ -497,7 +514,8 @@ public:
 
   ServerState& server;
   const uint64_t id;
-  const uint64_t owner;
+  const uint64_t owner;   // the creating connection's id
+  kj::Own<FrontAccount> account;
   const kj::String name;
   const uint64_t createdNs;
   Vm vm;
@@ -1203,10 +1221,14 @@ private:
   ServerState& server;
 };
 
+// The bootstrap of one connection. What it may do is decided here and only
+// here: every connection may create VMs (charged to its own account) and
+// redeem tickets; only a connection accepted on the operator socket gets
+// Admin, the one capability that names VMs by id.
 class ServiceImpl final: public proto::Service::Server {
 public:
-  ServiceImpl(ServerState& server, uint64_t connectionId)
-      : server(server), connectionId(connectionId) {}
+  ServiceImpl(ServerState& server, Authority authority, kj::Own<FrontAccount> account)
+      : server(server), authority(authority), account(kj::mv(account)) {}
 
   kj::Promise<void> echo(EchoContext context) override {
     context.getResults(capnp::MessageSize{4, 0}).setValue(context.getParams().getValue());
@@ -1217,7 +1239,10 @@ public:
     auto params = context.getParams();
     auto in = params.getConfig();
     const auto& options = server.options;
-    KJ_REQUIRE(server.vms.size() < options.maxVms, "too many VMs on this server", options.maxVms);
+    if (server.vms.size() >= options.maxVms) {
+      kj::throwFatalException(KJ_EXCEPTION(OVERLOADED, "vlapicd holds its most VMs (--max-vms)",
+                                           options.maxVms));
+    }
     KJ_REQUIRE(in.getVcpuCount() >= 1 && in.getVcpuCount() <= options.maxVcpusPerVm,
                "VmConfig.vcpuCount out of range", in.getVcpuCount(), options.maxVcpusPerVm);
 
@@ -1252,9 +1277,14 @@ public:
     // A batch always holds at least one vCPU's whole queue.
     perBatch = kj::max(perBatch, kMaxQueuedEventsPerVcpu);
 
+    account->chargeVm(config.vcpuCount);
+    bool hostOwnsCharge = false;   // once the VmHost exists, it refunds
+    KJ_ON_SCOPE_FAILURE(if (!hostOwnsCharge) account->refundVm(config.vcpuCount));
     uint64_t id = server.nextVmId++;
-    auto host = kj::heap<VmHost>(server, id, connectionId, kj::heapString(in.getName()), config,
-                                 params.getSink(), batches, perBatch);
+    auto host = kj::heap<VmHost>(server, id, kj::addRef(*account), kj::heapString(in.getName()),
+                                 config, params.getSink(), batches, perBatch);
+    hostOwnsCharge = true;
+    uint64_t connectionId = account->owner();
     auto lease = kj::refcounted<VmLease>(server, id);
     host->lease = *lease;
     server.vms.emplace(id, kj::mv(host));
@@ -1276,18 +1306,29 @@ public:
   }
 
   kj::Promise<void> admin(AdminContext context) override {
+    if (authority != Authority::OPERATOR) {
+      kj::throwFatalException(KJ_EXCEPTION(FAILED,
+          "permission denied: operator authority (Service.admin) is served only on "
+          "vlapicd's operator socket (--admin-socket), not on the front socket"));
+    }
     context.getResults(kReplySize).setAdmin(kj::heap<AdminImpl>(server));
     return kj::READY_NOW;
   }
 
   kj::Promise<void> status(StatusContext context) override {
-    server.fillStatus(context.getResults(kReplySize).initStatus());
+    auto out = context.getResults(kReplySize).initStatus();
+    if (authority == Authority::OPERATOR) {
+      server.fillStatus(out);
+    } else {
+      server.fillFrontStatus(out, *account);
+    }
     return kj::READY_NOW;
   }
 
 private:
   ServerState& server;
-  uint64_t connectionId;
+  Authority authority;
+  kj::Own<FrontAccount> account;
 };
 
 }  // namespace
@@ -1296,13 +1337,22 @@ private:
 
 // One front's RPC session.
 struct Server::Impl::Connection {
-  Connection(ServerState& server, uint64_t id, kj::Own<kj::AsyncCapabilityStream> streamParam)
-      : id(id), stream(kj::mv(streamParam)),
+  Connection(ServerState& server, uint64_t id, Authority authority, kj::Maybe<uid_t> peerUid,
+             kj::Own<kj::AsyncCapabilityStream> streamParam)
+      : id(id), authority(authority), peerUid(peerUid),
+        account(kj::refcounted<FrontAccount>(id, server.options.frontLimits, server.serverWide)),
+        stream(kj::mv(streamParam)),
         // Fronts have no reason to send fds, but capnp sends fds (the page
         // memfds) only on a network that accepts some; one per message
         // bounds what a hostile front can push (dropped with its message).
         network(*stream, 1, capnp::rpc::twoparty::Side::SERVER, readerOptions(server.options)),
-        rpc(capnp::makeRpcServer(network, kj::heap<ServiceImpl>(server, id))) {}
+        rpc(capnp::makeRpcServer(network,
+                                 kj::heap<ServiceImpl>(server, authority, kj::addRef(*account)))) {
+    // Calls whose replies are not yet sent: past this many words of their
+    // parameters the RPC system stops reading this connection (the front
+    // waits; nobody else notices).
+    rpc.setFlowLimit(server.options.maxCallWordsInFlight);
+  }
 
   static capnp::ReaderOptions readerOptions(const ServerOptions& options) {
     capnp::ReaderOptions result;
@@ -1312,6 +1362,9 @@ struct Server::Impl::Connection {
   }
 
   uint64_t id;
+  Authority authority;
+  kj::Maybe<uid_t> peerUid;   // SO_PEERCRED, when the stream has one
+  kj::Own<FrontAccount> account;
   kj::Own<kj::AsyncCapabilityStream> stream;
   capnp::TwoPartyVatNetwork network;
   capnp::RpcSystem<capnp::rpc::twoparty::VatId> rpc;
@@ -1335,6 +1388,7 @@ Server::Impl::Impl(kj::UnixEventPort& eventPort, ServerOptions options)
       wakeFd(newEventFd()),
       wakeObserver(eventPort, wakeFd, kj::UnixEventPort::FdObserver::OBSERVE_READ),
       tasks(*this) {
+  serverWide.maxChannels = options.maxChannels;
   tasks.add(takeCrossThreadWork());
 }
 
@@ -1401,19 +1455,62 @@ void Server::Impl::releaseVm(uint64_t id) {
   host = nullptr;
 }
 
-void Server::Impl::accept(kj::Own<kj::AsyncCapabilityStream> stream) {
+namespace {
+kj::Maybe<uid_t> peerUid(kj::AsyncCapabilityStream& stream) {
+  struct ucred credentials = {};
+  uint length = sizeof(credentials);
+  KJ_IF_MAYBE(e, kj::runCatchingExceptions([&]() {
+    stream.getsockopt(SOL_SOCKET, SO_PEERCRED, &credentials, &length);
+  })) {
+    return nullptr;   // not a Unix socket (tests' in-memory pipes)
+  }
+  return credentials.uid;
+}
+}  // namespace
+
+void Server::Impl::accept(kj::Own<kj::AsyncCapabilityStream> stream, Authority authority) {
+  kj::Maybe<uid_t> uid = peerUid(*stream);
+  if (authority == Authority::FRONT) {
+    // Refused at once (the front sees its connection closed and the log
+    // says why), never accepted and left to starve: a host's connection
+    // slots are shared, so no one uid may take all of them.
+    uint32_t fronts = 0;
+    for (auto& entry: connections) fronts += entry.second->authority == Authority::FRONT;
+    uint32_t ofUid = 0;
+    KJ_IF_MAYBE(u, uid) {
+      auto it = connectionsPerUid.find(*u);
+      if (it != connectionsPerUid.end()) ofUid = it->second;
+    }
+    if (fronts >= options.maxConnections || ofUid >= options.maxConnectionsPerUid) {
+      refusedConnections++;
+      KJ_LOG(WARNING, "front connection refused: connection limit reached", fronts,
+             options.maxConnections, ofUid, options.maxConnectionsPerUid);
+      return;   // dropping the stream closes it
+    }
+    KJ_IF_MAYBE(u, uid) connectionsPerUid[*u]++;
+  }
   uint64_t id = nextConnectionId++;
-  auto connection = kj::heap<Connection>(*this, id, kj::mv(stream));
+  auto connection = kj::heap<Connection>(*this, id, authority, uid, kj::mv(stream));
   auto disconnected = connection->network.onDisconnect();
   connections.emplace(id, kj::mv(connection));
-  KJ_LOG(INFO, "front connected", id);
+  KJ_LOG(INFO, authority == Authority::OPERATOR ? "operator connected" : "front connected", id);
   tasks.add(disconnected.then([this, id]() {
     // Dropping the RPC system drops every capability the front held, which
     // releases its VMs. Do it on a fresh turn, outside the network's own
     // callbacks.
     return kj::evalLater([this, id]() {
-      connections.erase(id);
-      KJ_LOG(INFO, "front disconnected", id);
+      auto it = connections.find(id);
+      if (it == connections.end()) return;
+      if (it->second->authority == Authority::FRONT) {
+        KJ_IF_MAYBE(u, it->second->peerUid) {
+          auto count = connectionsPerUid.find(*u);
+          if (count != connectionsPerUid.end() && --count->second == 0) {
+            connectionsPerUid.erase(count);
+          }
+        }
+      }
+      connections.erase(it);
+      KJ_LOG(INFO, "connection closed", id);
     });
   }));
 }
@@ -1421,6 +1518,8 @@ void Server::Impl::accept(kj::Own<kj::AsyncCapabilityStream> stream) {
 ServerCounters Server::Impl::counters() const {
   ServerCounters c;
   c.connections = connections.size();
+  c.refusedConnections = refusedConnections;
+  c.channels = serverWide.channels;
   c.vms = vms.size();
   for (auto& entry: vms) c.vcpus += entry.second->vm.vcpuCount();
   c.pagesInUse = hal->pagesInUse();
@@ -1464,6 +1563,20 @@ void Server::Impl::fillStatus(proto::ServerStatus::Builder out) const {
   out.setChannelRequestTimerFires(c.channelRequestTimerFires);
 }
 
+void Server::Impl::fillFrontStatus(proto::ServerStatus::Builder out,
+                                   const FrontAccount& account) const {
+  // A front learns about the server only what concerns it: no counts of
+  // other fronts' connections, VMs or traffic.
+  out.setVersion(VLAPIC_VERSION);
+  out.setHal(hal->name());
+  out.setUptimeNs(clock.nowNs() - startNs);
+  out.setConnections(1);
+  out.setVms(account.vmCount());
+  out.setVcpus(account.vcpuCount());
+  out.setPagesInUse(account.vcpuCount());
+  out.setChannelTimerPolls(options.channelThreadTimerPolls);
+}
+
 void Server::Impl::fillVmInfo(proto::VmInfo::Builder out, const VmHost& host) const {
   out.setId(host.id);
   out.setName(host.name);
@@ -1481,15 +1594,15 @@ Server::Server(kj::UnixEventPort& eventPort, ServerOptions options)
 
 Server::~Server() noexcept(false) {}
 
-void Server::accept(kj::Own<kj::AsyncCapabilityStream> connection) {
-  impl->accept(kj::mv(connection));
+void Server::accept(kj::Own<kj::AsyncCapabilityStream> connection, Authority authority) {
+  impl->accept(kj::mv(connection), authority);
 }
 
-kj::Promise<void> Server::listen(kj::ConnectionReceiver& listener) {
-  return listener.accept().then([this, &listener](kj::Own<kj::AsyncIoStream>&& stream) {
+kj::Promise<void> Server::listen(kj::ConnectionReceiver& listener, Authority authority) {
+  return listener.accept().then([this, &listener, authority](kj::Own<kj::AsyncIoStream>&& stream) {
     // kj's Unix sockets are capability streams (as TwoPartyServer assumes).
-    impl->accept(stream.downcast<kj::AsyncCapabilityStream>());
-    return listen(listener);
+    impl->accept(stream.downcast<kj::AsyncCapabilityStream>(), authority);
+    return listen(listener, authority);
   });
 }
 

@@ -16,11 +16,19 @@
 #include <kj/string.h>
 #include <cstdint>
 
+#include "front_account.h"
+
 namespace vlapic::daemon {
 
 enum class HalKind : uint8_t {
   HOST,    // pages from host memory (private to vlapicd)
   SHARED,  // pages from memfds: fronts may map them (fds passed over the socket)
+};
+
+// Who is on the other end of a connection, by the socket it came in on.
+enum class Authority : uint8_t {
+  FRONT,      // a hypervisor front: its own VMs only, within its quotas
+  OPERATOR,   // the operator socket: also Admin (every VM on the server)
 };
 
 struct ServerOptions {
@@ -35,6 +43,18 @@ struct ServerOptions {
   // Resource limits per server, so one front cannot exhaust the host.
   uint32_t maxVms = 4096;
   uint32_t maxVcpusPerVm = 4096;
+  // And per front (front_account.h): what one connection's VMs may hold.
+  FrontLimits frontLimits;
+  // Shared-memory channels on the whole server: each is a thread, so this
+  // is what a deployment's task limit must fit (deploy/vlapicd.service).
+  uint32_t maxChannels = 1024;
+  // Front connections at once, in all and per peer uid (SO_PEERCRED); one
+  // beyond either is closed at once. Operator connections are not counted.
+  uint32_t maxConnections = 256;
+  uint32_t maxConnectionsPerUid = 128;
+  // Per connection: parameter words of calls not yet answered past which
+  // vlapicd stops reading that connection until they are (capnp flow limit).
+  uint64_t maxCallWordsInFlight = 4 * 1024 * 1024;
   // Keep a channel vCPU's channel thread polling across each of its timer
   // expiries (from the deadline minus the advance margin + 20 us until the
   // front's fetch, at most 150 us past the deadline). Off: on this 2-core
@@ -47,6 +67,8 @@ struct ServerOptions {
 
 struct ServerCounters {
   uint32_t connections = 0;
+  uint64_t refusedConnections = 0;   // over maxConnections / maxConnectionsPerUid
+  uint32_t channels = 0;             // open shared-memory channels
   uint32_t vms = 0;
   uint32_t vcpus = 0;
   uint64_t pagesInUse = 0;
@@ -77,12 +99,15 @@ public:
   ~Server() noexcept(false);
   KJ_DISALLOW_COPY(Server);
 
-  // Serve one front on an already connected Unix stream.
-  void accept(kj::Own<kj::AsyncCapabilityStream> connection);
+  // Serve one connection on an already connected Unix stream, with the
+  // authority of the socket it arrived on.
+  void accept(kj::Own<kj::AsyncCapabilityStream> connection,
+              Authority authority = Authority::FRONT);
   // Accept connections from a listening Unix socket until the promise is
   // dropped. The receiver must produce AsyncCapabilityStreams (any kj Unix
   // socket listener does).
-  kj::Promise<void> listen(kj::ConnectionReceiver& listener);
+  kj::Promise<void> listen(kj::ConnectionReceiver& listener,
+                           Authority authority = Authority::FRONT);
 
   ServerCounters counters() const;
   kj::StringPtr halName() const;

@@ -75,8 +75,10 @@ auto call(kj::WaitScope& waitScope, Request&& request)
 
 class Front {
 public:
-  Front(FuzzedDataProvider& in, kj::AsyncIoContext& io, kj::AsyncCapabilityStream& stream)
-      : in(in), io(io), client(stream, 4), service(client.bootstrap().castAs<proto::Service>()) {}
+  Front(FuzzedDataProvider& in, kj::AsyncIoContext& io, kj::AsyncCapabilityStream& stream,
+        daemon::Authority authority)
+      : in(in), io(io), authority(authority), client(stream, 4),
+        service(client.bootstrap().castAs<proto::Service>()) {}
 
   void run() {
     unsigned steps = 0;
@@ -86,6 +88,7 @@ public:
 private:
   FuzzedDataProvider& in;
   kj::AsyncIoContext& io;
+  daemon::Authority authority;
   capnp::TwoPartyClient client;
   proto::Service::Client service;
   kj::Vector<proto::Vm::Client> vms;
@@ -349,7 +352,10 @@ private:
       case 8: {
         TRACE("admin\n");
         auto admin = service.adminRequest().send().getAdmin();
-        call(io.waitScope, admin.statusRequest());
+        bool granted = call(io.waitScope, admin.statusRequest()) != nullptr;
+        if (granted != (authority == daemon::Authority::OPERATOR)) {
+          violated("Admin is served exactly on operator connections", granted, 0);
+        }
         KJ_IF_MAYBE(list, call(io.waitScope, admin.listVmsRequest())) {
           auto r = admin.openVmRequest();
           r.setId(list->getVms().size() > 0 && in.ConsumeBool() ? list->getVms()[0].getId()
@@ -414,7 +420,10 @@ void fuzzOne(const uint8_t* data, size_t size) {
   bool raw = in.ConsumeBool();
   {
     auto pipe = io.provider->newCapabilityPipe();
-    server.accept(kj::mv(pipe.ends[0]));
+    // A front must be refused Admin; the operator gets it.
+    auto authority = !raw && in.ConsumeBool() ? daemon::Authority::OPERATOR
+                                              : daemon::Authority::FRONT;
+    server.accept(kj::mv(pipe.ends[0]), authority);
     if (raw) {
       auto bytes = in.ConsumeRemainingBytes<uint8_t>();
       TRACE("raw: %zu bytes\n", bytes.size());
@@ -440,7 +449,7 @@ void fuzzOne(const uint8_t* data, size_t size) {
         if (n == 0) break;
       }
     } else {
-      Front front(in, io, *pipe.ends[1]);
+      Front front(in, io, *pipe.ends[1], authority);
       front.run();
     }
     // The front goes away.

@@ -57,8 +57,11 @@ void removeTree(kj::StringPtr path) {
        16, FTW_DEPTH | FTW_PHYS);
 }
 
-DaemonProcess::DaemonProcess(kj::StringPtr binary, kj::ArrayPtr<const kj::StringPtr> extraArgs)
-    : dir(makeTempDir()), socket(kj::str(dir, "/vlapicd.sock")), logPath(kj::str(dir, "/vlapicd.log")) {
+DaemonProcess::DaemonProcess(kj::StringPtr binary, kj::ArrayPtr<const kj::StringPtr> extraArgs,
+                             kj::StringPtr socketName)
+    : dir(makeTempDir()),
+      socket(socketName.startsWith("/") ? kj::str(socketName) : kj::str(dir, "/", socketName)),
+      logPath(kj::str(dir, "/vlapicd.log")) {
   kj::Vector<kj::StringPtr> args;
   args.add("--socket");
   args.add(socket);

@@ -16,7 +16,10 @@ public:
   // Starts `binary --socket <tmpdir>/vlapicd.sock <extraArgs...>` and waits
   // (up to 10 s) until the socket accepts connections. Throws if it never
   // does, with the daemon's log attached.
-  DaemonProcess(kj::StringPtr binary, kj::ArrayPtr<const kj::StringPtr> extraArgs = nullptr);
+  // `socketName` may name a subdirectory the daemon (or script) creates,
+  // or be an absolute path (the caller then owns its directory).
+  DaemonProcess(kj::StringPtr binary, kj::ArrayPtr<const kj::StringPtr> extraArgs = nullptr,
+                kj::StringPtr socketName = "vlapicd.sock");
   // SIGTERM, then SIGKILL if it does not stop within 5 s; removes the
   // temporary directory.
   ~DaemonProcess() noexcept(false);

@@ -3,6 +3,7 @@
 // misbehave in ways the library never would, and for systemd socket
 // activation of the real daemon.
 #include "schema/vlapic.capnp.h"
+#include "schema/socket_path.h"
 #include "tests/integration/daemon_process.h"
 
 #include <capnp/rpc-twoparty.h>
@@ -102,9 +103,14 @@ TEST_CASE("a front that never finishes an event batch stalls neither vlapicd nor
   auto echo = healthy.service.echoRequest();
   echo.setValue(77);
   CHECK(echo.send().wait(ws).getValue() == 77);
-  auto statusResponse = healthy.service.statusRequest().send().wait(ws);
+  // And the operator, who alone sees server-wide counts.
+  RawFront operatorView(io, adminSocketPathFor(daemon.socketPath()));
+  auto statusResponse = operatorView.service.statusRequest().send().wait(ws);
   auto status = statusResponse.getStatus();
   CHECK(status.getVms() == 1);
+  // The healthy front's own view: none of them is its.
+  auto ownResponse = healthy.service.statusRequest().send().wait(ws);
+  CHECK(ownResponse.getStatus().getVms() == 0);
 }
 
 TEST_CASE("a VM lives while any of its creator's capabilities does", "[integration]") {

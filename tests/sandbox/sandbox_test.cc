@@ -15,9 +15,11 @@
 #include <cerrno>
 #include <csignal>
 #include <cstdio>
+#include <cstring>
 #include <fcntl.h>
 #include <sys/ptrace.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/user.h>
 #include <sys/wait.h>
@@ -253,10 +255,18 @@ pid_t readPidFile(const std::string& path) {
 
 // vlapicd started through deploy/vlapicd-sandbox.sh, with its own pid.
 struct SandboxedDaemon {
-  kj::String pidDir = makeTempDir();
+  kj::String pidDir = traversable(makeTempDir());
   kj::String pidFile = kj::str(pidDir, "/vlapicd.pid");
+  kj::String socket = kj::str(pidDir, "/run/vlapicd.sock");
+  // The socket's directory is the script's to create (and to give to the
+  // sandbox's uid); the directory above it must be traversable by that uid.
   DaemonProcess script{SANDBOX_SCRIPT,
-                       {"--vlapicd", VLAPICD_PATH, "--pid-file", pidFile}};
+                       {"--vlapicd", VLAPICD_PATH, "--pid-file", pidFile}, socket};
+
+  static kj::String traversable(kj::String dir) {
+    KJ_SYSCALL(chmod(dir.cStr(), 0711));
+    return dir;
+  }
   pid_t vlapicd = readPidFile(pidFile.cStr());
   ~SandboxedDaemon() noexcept(false) { removeTree(pidDir); }
 };
@@ -395,6 +405,53 @@ TEST_CASE("vlapicd-sandbox.sh: a forbidden call injected into the sandboxed vlap
   int status = sandboxed.script.stop();
   CHECK(WIFEXITED(status));
   CHECK(WEXITSTATUS(status) == 128 + SIGSYS);
+}
+
+TEST_CASE("vlapicd-sandbox.sh: an existing directory keeps its owner and mode; a live socket "
+          "is never replaced", "[sandbox][script]") {
+  requireRoot("starting the sandbox as root");
+  // A shared sticky directory, like /tmp: the socket may go in it, the
+  // script must not take it over.
+  auto shared = makeTempDir();
+  KJ_DEFER(removeTree(shared));
+  REQUIRE(chmod(shared.cStr(), 01777) == 0);
+  auto socket = kj::str(shared, "/vlapicd.sock");
+  auto pidDir = makeTempDir();
+  KJ_DEFER(removeTree(pidDir));
+  auto pidFile = kj::str(pidDir, "/vlapicd.pid");
+  pid_t script = fork();
+  REQUIRE(script >= 0);
+  if (script == 0) {
+    int null = open("/dev/null", O_WRONLY);
+    dup2(null, STDOUT_FILENO);
+    dup2(null, STDERR_FILENO);
+    execl("/bin/bash", "bash", SANDBOX_SCRIPT, "--vlapicd", VLAPICD_PATH, "--socket",
+          socket.cStr(), "--pid-file", pidFile.cStr(), (char*)nullptr);
+    _exit(127);
+  }
+  KJ_DEFER({
+    kill(script, SIGTERM);
+    int ignored;
+    waitpid(script, &ignored, 0);
+  });
+  readPidFile(pidFile.cStr());
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (runTool(VLAPICCTL_PATH, {"--socket", socket, "status"}).exitCode != 0 &&
+         std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  requireServes(socket);
+  struct stat after;
+  REQUIRE(stat(shared.cStr(), &after) == 0);
+  CHECK((after.st_mode & 07777) == 01777);
+  CHECK(after.st_uid == 0);
+
+  // A second sandboxed daemon on the same path: refused, the first serves on.
+  auto second = runTool(SANDBOX_SCRIPT, {"--vlapicd", VLAPICD_PATH, "--socket", socket});
+  INFO(second.output.cStr());
+  CHECK(second.exitCode == 4);
+  CHECK(strstr(second.output.cStr(), "already answering") != nullptr);
+  requireServes(socket);
 }
 
 }  // namespace

@@ -1,0 +1,58 @@
+// SPDX-License-Identifier: MIT
+// What one connection to vlapicd may hold, and what it holds now. Every VM
+// a connection creates is charged to that connection's account (its vCPUs,
+// one 4 KiB virtual-APIC page each, and the shared-memory channels opened on
+// them, each a server thread), whichever connection later drives its vCPUs:
+// a ticket redeemed elsewhere works for the creator's VM, it does not make
+// the redeemer its owner. The account outlives the connection while its VMs
+// do (a redeemed ticket keeps a VM alive), so it is refcounted.
+//
+// Refusals are kj OVERLOADED exceptions naming the limit and the flag that
+// sets it: the front sees a clear error reply, nobody else notices.
+#pragma once
+
+#include <kj/refcount.h>
+#include <kj/string.h>
+#include <cstdint>
+
+namespace vlapic::daemon {
+
+struct FrontLimits {
+  uint32_t vms = 64;          // --max-vms-per-front
+  uint32_t vcpus = 1024;      // --max-vcpus-per-front (also its pages: one each)
+  uint32_t channels = 256;    // --max-channels-per-front
+};
+
+// Server-wide counts that no one front may take all of: channel threads
+// (bounded by the task limit a deployment gives vlapicd).
+struct ServerWideUsage {
+  uint32_t channels = 0;
+  uint32_t maxChannels = 1024;   // --max-channels
+};
+
+class FrontAccount final: public kj::Refcounted {
+public:
+  FrontAccount(uint64_t connectionId, FrontLimits limits, ServerWideUsage& serverWide)
+      : connectionId(connectionId), limits(limits), serverWide(serverWide) {}
+
+  // Charge or refund a VM of `vcpus` vCPUs. Throws OVERLOADED when over.
+  void chargeVm(uint32_t vcpus);
+  void refundVm(uint32_t vcpus);
+  void chargeChannel();
+  void refundChannel();
+
+  uint64_t owner() const { return connectionId; }
+  uint32_t vmCount() const { return vms; }
+  uint32_t vcpuCount() const { return vcpus; }
+  uint32_t channelCount() const { return channels; }
+
+private:
+  uint64_t connectionId;
+  FrontLimits limits;
+  ServerWideUsage& serverWide;
+  uint32_t vms = 0;
+  uint32_t vcpus = 0;
+  uint32_t channels = 0;
+};
+
+}  // namespace vlapic::daemon

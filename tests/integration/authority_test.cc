@@ -214,7 +214,7 @@ TEST_CASE("quotas: one front over its limits is refused alone", "[integration][a
   CHECK(daemon.running());
 }
 
-TEST_CASE("connections over the limit are closed at once; the others keep working",
+TEST_CASE("connections over the limit are closed at once, the others keep working",
           "[integration][authority]") {
   kj::StringPtr args[] = {"--no-sandbox", "--max-connections", "3"};
   DaemonProcess daemon(VLAPICD_PATH, args);

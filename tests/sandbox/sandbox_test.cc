@@ -407,7 +407,7 @@ TEST_CASE("vlapicd-sandbox.sh: a forbidden call injected into the sandboxed vlap
   CHECK(WEXITSTATUS(status) == 128 + SIGSYS);
 }
 
-TEST_CASE("vlapicd-sandbox.sh: an existing directory keeps its owner and mode; a live socket "
+TEST_CASE("vlapicd-sandbox.sh: an existing directory keeps its owner and mode, and a live socket "
           "is never replaced", "[sandbox][script]") {
   requireRoot("starting the sandbox as root");
   // A shared sticky directory, like /tmp: the socket may go in it, the

@@ -3,6 +3,7 @@
 
 #include "deadline_scheduler.h"
 #include "front_account.h"
+#include "reply_backpressure.h"
 #include "server/channel/channel.h"
 #include "schema/vlapic.capnp.h"
 #include "server/vm/vm.h"
@@ -1341,7 +1342,10 @@ struct Server::Impl::Connection {
              kj::Own<kj::AsyncCapabilityStream> streamParam)
       : id(id), authority(authority), peerUid(peerUid),
         account(kj::refcounted<FrontAccount>(id, server.options.frontLimits, server.serverWide)),
-        stream(kj::mv(streamParam)),
+        stream(kj::heap<ReplyBackpressureStream>(kj::mv(streamParam),
+            [this, limit = server.options.maxReplyBacklogBytes]() {
+              return network.getCurrentQueueSize() > limit;
+            })),
         // Fronts have no reason to send fds, but capnp sends fds (the page
         // memfds) only on a network that accepts some; one per message
         // bounds what a hostile front can push (dropped with its message).

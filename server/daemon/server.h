@@ -55,6 +55,10 @@ struct ServerOptions {
   // Per connection: parameter words of calls not yet answered past which
   // vlapicd stops reading that connection until they are (capnp flow limit).
   uint64_t maxCallWordsInFlight = 4 * 1024 * 1024;
+  // Per connection: bytes of replies not yet sent (a front that does not
+  // read them) past which vlapicd stops reading its requests
+  // (reply_backpressure.h). One reply may exceed it (a large VM save).
+  uint64_t maxReplyBacklogBytes = 1024 * 1024;
   // Keep a channel vCPU's channel thread polling across each of its timer
   // expiries (from the deadline minus the advance margin + 20 us until the
   // front's fetch, at most 150 us past the deadline). Off: on this 2-core

@@ -8,6 +8,7 @@
 #include "client/lib/vlapic_client.h"
 #include "server/channel/channel.h"
 #include "tests/integration/daemon_process.h"
+#include "tests/integration/rpc_flood.h"
 #include "tests/integration/xapic_addresses.h"
 
 #include <catch2/catch.hpp>
@@ -249,6 +250,43 @@ TEST_CASE("connections over the limit are closed at once, the others keep workin
     if (!served) std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
   CHECK(served);
+  CHECK(daemon.running());
+}
+
+uint64_t residentKb(pid_t pid) {
+  auto path = kj::str("/proc/", pid, "/status");
+  FILE* f = fopen(path.cStr(), "r");
+  if (f == nullptr) return 0;
+  char line[256];
+  uint64_t kb = 0;
+  while (fgets(line, sizeof(line), f) != nullptr) {
+    if (strncmp(line, "VmRSS:", 6) == 0) kb = strtoull(line + 6, nullptr, 10);
+  }
+  fclose(f);
+  return kb;
+}
+
+TEST_CASE("a front that floods calls and never reads the replies is paused, not buffered",
+          "[integration][authority]") {
+  DaemonProcess daemon(VLAPICD_PATH);
+  auto healthy = Client::connect(daemon.socketPath());
+  CHECK(healthy->echo(1) == 1);
+  uint64_t rssBefore = residentKb(daemon.pid());
+  // 400k echo calls, ~40 MB of requests and as much in replies.
+  auto flood = testing::echoFloodMessages(400000);
+  int fd = -1;
+  size_t accepted = testing::writeWithoutReading(daemon.socketPath(), flood, 5.0, &fd);
+  KJ_DEFER(close(fd));
+  uint64_t rssDuring = residentKb(daemon.pid());
+  INFO("accepted " << accepted << " of " << flood.size() << " bytes; vlapicd RSS "
+       << rssBefore << " KiB before, " << rssDuring << " KiB during");
+  // vlapicd stopped reading: most of the flood never left the flooder.
+  CHECK(accepted < flood.size() / 4);
+  CHECK(rssDuring < rssBefore + 32 * 1024);
+  // Nobody else noticed.
+  CHECK(healthy->echo(2) == 2);
+  auto other = Client::connect(daemon.socketPath());
+  CHECK(other->echo(3) == 3);
   CHECK(daemon.running());
 }
 

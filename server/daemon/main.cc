@@ -4,21 +4,25 @@
 // kj event loop until SIGTERM or SIGINT.
 #include "server.h"
 #include "sandbox.h"
+#include "schema/exit_status.h"
 #include "schema/socket_path.h"
 
 #include <kj/async-io.h>
 #include <kj/async-unix.h>
 #include <kj/debug.h>
 #include <kj/main.h>
+#include <kj/vector.h>
 
 #include <cerrno>
 #include <csignal>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <fcntl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 
 #ifndef VLAPIC_VERSION
@@ -106,9 +110,78 @@ kj::Promise<void> untilEndOfFile(kj::AsyncInputStream& pipe) {
   });
 }
 
+// vlapicd's log on stderr: "<monotonic seconds> <LEVEL> <message>", one
+// line per message (continuation lines indented). The monotonic clock is the
+// one timer deadlines and `vlapicctl list` use, so log lines line up with
+// them; journald adds wall-clock time itself. The source location kj passes
+// along is left out: it means something to a developer with this tree, not
+// to an operator. Installed by main() for the main thread and, through
+// getThreadInitializer(), for every kj::Thread (the channel threads).
+class LogSink final: public kj::ExceptionCallback {
+public:
+  void logMessage(kj::LogSeverity severity, const char*, int, int contextDepth, kj::String&& text) override {
+    write(severity, kj::str(kj::repeat(' ', contextDepth * 2), text));
+  }
+
+  // Also for lines that are printed whatever the log level (start-up).
+  void write(kj::LogSeverity severity, kj::StringPtr text) const {
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    char stamp[32];
+    snprintf(stamp, sizeof(stamp), "%llu.%06ld ", static_cast<unsigned long long>(now.tv_sec),
+             now.tv_nsec / 1000);
+    kj::Vector<char> line;
+    line.addAll(kj::StringPtr(stamp));
+    line.addAll(levelName(severity));
+    line.add(' ');
+    for (char c: text) {
+      if (c == '\n') {
+        line.addAll(kj::StringPtr("\n    "));
+      } else {
+        line.add(c);
+      }
+    }
+    while (line.size() > 0 && (line.back() == ' ' || line.back() == '\n')) line.removeLast();
+    line.add('\n');
+    // One write per line: lines from several threads never interleave.
+    // Nothing to do about a failed write to our own stderr.
+    ssize_t ignored = ::write(STDERR_FILENO, line.begin(), line.size());
+    (void)ignored;
+  }
+
+  kj::Function<void(kj::Function<void()>)> getThreadInitializer() override {
+    return [this](kj::Function<void()> threadMain) {
+      Forward forward(*this);
+      threadMain();
+    };
+  }
+
+private:
+  class Forward final: public kj::ExceptionCallback {
+  public:
+    explicit Forward(const LogSink& sink): sink(sink) {}
+    void logMessage(kj::LogSeverity severity, const char*, int, int contextDepth, kj::String&& text) override {
+      sink.write(severity, kj::str(kj::repeat(' ', contextDepth * 2), text));
+    }
+  private:
+    const LogSink& sink;
+  };
+
+  static kj::StringPtr levelName(kj::LogSeverity severity) {
+    switch (severity) {
+      case kj::LogSeverity::INFO: return "INFO";
+      case kj::LogSeverity::WARNING: return "WARNING";
+      case kj::LogSeverity::ERROR: return "ERROR";
+      case kj::LogSeverity::FATAL: return "FATAL";
+      case kj::LogSeverity::DBG: return "DEBUG";
+    }
+    return "LOG";
+  }
+};
+
 class Vlapicd {
 public:
-  explicit Vlapicd(kj::ProcessContext& context): context(context) {}
+  Vlapicd(ExitStatusContext& context, const LogSink& log): context(context), log(log) {}
 
   kj::MainFunc getMain() {
     // MainBuilder keeps StringPtrs: the help text must outlive it.
@@ -118,7 +191,7 @@ public:
         " ($XDG_RUNTIME_DIR/vlapic/vlapicd.sock, or /run/vlapic/vlapicd.sock when "
         "XDG_RUNTIME_DIR is unset). Whoever can connect to it has full rights over every VM "
         "(the admin capability), so keep it private.");
-    return kj::MainBuilder(context, "vlapicd " VLAPIC_VERSION,
+    description = kj::str(
         "Serves virtual x86 local APICs (xAPIC MMIO, x2APIC MSRs, timer, IPIs, INIT/SIPI) to "
         "hypervisor fronts over Cap'n Proto on a Unix socket. Each front creates VMs through "
         "the socket's bootstrap capability and drives each vCPU through its own capability; "
@@ -127,7 +200,12 @@ public:
         "serves the inherited listening socket (fd 3) and ignores --socket.\n"
         "Stops cleanly on SIGTERM or SIGINT. Logging: warnings and errors by default; "
         "--verbose adds informational messages (connections, VMs created and released), "
-        "--quiet keeps errors only.")
+        "--quiet keeps errors only. Each line is \"<seconds> <LEVEL> <message>\", the "
+        "seconds on the host's monotonic clock (the one timer deadlines use), LEVEL one of "
+        "INFO, WARNING, ERROR, FATAL.\n",
+        exitStatusHelp(""), " A stop on SIGTERM or SIGINT is a success; failing to start "
+        "(the socket cannot be bound, another vlapicd serves it) is 1.");
+    return kj::MainBuilder(context, "vlapicd " VLAPIC_VERSION, description)
         .addOptionWithArg({"socket"}, KJ_BIND_METHOD(*this, setSocket), "<path>",
             socketHelp)
         .addOptionWithArg({"socket-mode"}, KJ_BIND_METHOD(*this, setSocketMode), "<octal>",
@@ -164,8 +242,10 @@ public:
   }
 
 private:
-  kj::ProcessContext& context;
+  ExitStatusContext& context;
+  const LogSink& log;
   kj::String socketHelp;
+  kj::String description;
   kj::Maybe<kj::String> socketPath;
   mode_t socketMode = 0600;
   daemon::ServerOptions options;
@@ -241,7 +321,17 @@ private:
     return true;
   }
 
+  // A failure to start (or to keep serving) is logged like everything else
+  // rather than as kj's "*** Uncaught exception ***" with a stack trace.
   kj::MainBuilder::Validity run() {
+    KJ_IF_MAYBE(e, kj::runCatchingExceptions([this]() { serve(); })) {
+      log.write(kj::LogSeverity::ERROR, e->getDescription());
+      context.exitWith(ExitStatus::FAILED, "");
+    }
+    return true;
+  }
+
+  void serve() {
     // Signals must be captured before the event loop exists (they are then
     // delivered through it rather than killing us mid-operation).
     kj::UnixEventPort::captureSignal(SIGTERM);
@@ -256,7 +346,7 @@ private:
     kj::Maybe<kj::String> ownedPath;
     KJ_IF_MAYBE(fd, inheritedListenFd()) {
       listenFd = *fd;
-      if (!quiet) context.warning("vlapicd: serving the socket-activated listening fd 3");
+      if (!quiet) log.write(kj::LogSeverity::INFO, "serving the socket-activated listening fd 3");
     } else {
       auto path = kj::mv(socketPath).orDefault(defaultSocketPath());
       listenFd = listenOnPath(path, socketMode);
@@ -278,15 +368,15 @@ private:
     applySandbox(sandbox);
 #else
     if (sandbox.enabled) {
-      context.warning("vlapicd: built without sandbox support (server/daemon/sandbox.cc "
-                      "absent): running unconfined");
+      log.write(kj::LogSeverity::WARNING, "built without sandbox support (server/daemon/sandbox.cc "
+                                          "absent): running unconfined");
     }
 #endif
 
     if (!quiet) {
       KJ_IF_MAYBE(p, ownedPath) {
-        context.warning(kj::str("vlapicd: serving on ", *p, " (hal ", server.halName(),
-                                ", pid ", getpid(), ")"));
+        log.write(kj::LogSeverity::INFO, kj::str("serving on ", *p, " (hal ", server.halName(),
+                                                 ", pid ", getpid(), ")"));
       }
     }
 
@@ -305,12 +395,18 @@ private:
       // start replaces a stale socket anyway.
       unlink(p->cStr());
     }
-    if (!quiet) context.warning(kj::str("vlapicd: stopped (", why, ")"));
-    return true;
+    if (!quiet) log.write(kj::LogSeverity::INFO, kj::str("stopped (", why, ")"));
   }
 };
 
 }  // namespace
 }  // namespace vlapic
 
-KJ_MAIN(vlapic::Vlapicd)
+int main(int argc, char* argv[]) {
+  vlapic::ExitStatusContext context(argv[0]);
+  vlapic::spellHelpOption(argc, argv);
+  // Before anything can log; it lives as long as the daemon.
+  vlapic::LogSink log;
+  vlapic::Vlapicd daemon(context, log);
+  return kj::runMainAndExit(context, daemon.getMain(), argc, argv);
+}

@@ -8,6 +8,9 @@ VLAPIC_PACKAGES=(
   # Hardening (issue 8): vlapicd's seccomp filter, the sandbox script, the
   # libFuzzer harnesses (clang + its runtime), leak checks.
   libseccomp-dev bubblewrap clang libclang-rt-14-dev valgrind
+  # Packaging (issue 15): the debian/ build and its checks, man(1) for the
+  # installed pages.
+  debhelper dpkg-dev fakeroot lintian man-db
 )
 
 install_packages() {

@@ -11,6 +11,9 @@ VLAPIC_PACKAGES=(
   # The shipped units checked offline (tests/deploy/units-test.sh):
   # systemd-analyze. Installing it starts nothing.
   systemd
+  # Packaging (issue 15): the debian/ build and its checks, man(1) for the
+  # installed pages.
+  debhelper dpkg-dev fakeroot lintian man-db
 )
 
 install_packages() {

@@ -2,8 +2,9 @@
 // vlapicctl: the operator's tool for a running vlapicd. It uses the server's
 // admin capability (Service.admin), which anyone who can connect to the
 // socket holds: listing, dumping, saving and restoring any front's VMs.
+#include "client/ctl/output.h"
 #include "client/lib/vlapic_client.h"
-#include "server/core/dump.h"
+#include "schema/exit_status.h"
 
 #include <kj/debug.h>
 #include <kj/main.h>
@@ -16,6 +17,7 @@
 #include <thread>
 #include <chrono>
 #include <map>
+#include <time.h>
 #include <unistd.h>
 
 #ifndef VLAPIC_VERSION
@@ -27,25 +29,18 @@ namespace {
 
 using client::ThreadSession;
 
-kj::String formatDuration(uint64_t ns) {
-  uint64_t s = ns / 1'000'000'000ull;
-  return kj::str(s / 3600, "h", (s / 60) % 60, "m", s % 60, "s");
+uint64_t monotonicNs() {
+  struct timespec now;
+  clock_gettime(CLOCK_MONOTONIC, &now);
+  return uint64_t(now.tv_sec) * 1'000'000'000ull + now.tv_nsec;
 }
 
-kj::StringPtr runStateName(client::RunState state) {
-  return state == client::RunState::WAIT_FOR_SIPI ? "wait-for-SIPI" : "running";
-}
-
-// Left-aligned column.
-kj::String pad(kj::StringPtr text, size_t width) {
-  if (text.size() >= width) return kj::str(text, " ");
-  return kj::str(text, kj::repeat(' ', width - text.size()));
-}
-
-kj::String hex(uint64_t value) {
-  char buffer[24];
-  snprintf(buffer, sizeof(buffer), "0x%" PRIx64, value);
-  return kj::heapString(buffer);
+// One document or frame on stdout (kj::ProcessContext::exitInfo would end
+// the program; stats and top print several).
+void printOut(kj::StringPtr text) {
+  kj::FdOutputStream out(STDOUT_FILENO);
+  out.write(text.begin(), text.size());
+  out.write("\n", 1);
 }
 
 kj::Array<kj::byte> readFile(kj::StringPtr path) {
@@ -62,15 +57,38 @@ void writeFile(kj::StringPtr path, kj::ArrayPtr<const kj::byte> bytes) {
   output.write(bytes.begin(), bytes.size());
 }
 
+constexpr const char* kJsonHelp =
+    "Print one JSON object on one line instead of text. Field names are stable; see "
+    "'vlapicctl --help' and vlapicctl(1).";
+
 class Vlapicctl {
 public:
-  explicit Vlapicctl(kj::ProcessContext& context): context(context) {}
+  explicit Vlapicctl(ExitStatusContext& context): context(context) {}
 
   kj::MainFunc getMain() {
-    return kj::MainBuilder(context, "vlapicctl " VLAPIC_VERSION,
+    description = kj::str(
         "Inspects and controls a running vlapicd through its operator socket, the only place "
         "vlapicd serves the Admin capability (every VM on the server). Whoever can connect to "
-        "that socket has this right; the front socket beside it does not give it.")
+        "that socket has this right; the front socket beside it does not give it. -h or "
+        "--help after any command explains it.\n"
+        "--json (status, list, dump, stats) prints one JSON object per line. Its fields: "
+        "status: version pid socket uptime_ns hal pages_in_use connections vms vcpus "
+        "armed_timers events_posted timer_expiries channel_loop_requests channel_loop_polls "
+        "channel_loop_skipped channel_timer_polls channel_hints_given channel_hinted_polls "
+        "channel_hinted_wakeups channel_hinted_requests channel_request_timer_fires. "
+        "list: vms[] of id name vcpu_count owner_connection created_ns events_queued "
+        "batches_in_flight vcpus[] (index apic_id initial_apic_id bsp mode run_state "
+        "channel_open timer_deadline_ns, null when idle). "
+        "dump: vm vcpu run_state bsp mode apic_base apic_base_decoded pending_vector (null: "
+        "none) tpr ppr timer_deadline_ns registers[] (name offset msr raw decoded, as the "
+        "text table's cells). "
+        "stats: vm sampled_ns (vlapicctl's monotonic clock) events_posted batches_posted "
+        "events_coalesced timer_expiries msis_delivered vcpus[] (index reads writes "
+        "gp_faults ignored_accesses accepted acknowledged eois ipis_sent timer_expiries "
+        "events_posted registers[] of name offset count); always totals, one line per "
+        "sample. Numbers are integers unless named otherwise; fields are only ever added.\n",
+        exitStatusHelp(", 3 cannot reach vlapicd (or lost the connection), 4 no such VM or vCPU"));
+    return kj::MainBuilder(context, "vlapicctl " VLAPIC_VERSION, description)
         .addOptionWithArg({'s', "socket"}, KJ_BIND_METHOD(*this, setSocket), "<path>",
             "vlapicd's front socket; the operator socket used is the one beside it "
             "(<name>-admin.sock for <name>.sock). Default: $XDG_RUNTIME_DIR/vlapic/vlapicd.sock, "
@@ -87,11 +105,14 @@ public:
             "Restore a VM or a vCPU from a file.")
         .addSubCommand("stats", KJ_BIND_METHOD(*this, statsMain),
             "Per-vCPU statistics of a VM, optionally refreshed live.")
+        .addSubCommand("top", KJ_BIND_METHOD(*this, topMain),
+            "Live per-VM and per-vCPU rates of accesses, IPIs, timer expiries and events.")
         .build();
   }
 
 private:
-  kj::ProcessContext& context;
+  ExitStatusContext& context;
+  kj::String description;   // MainBuilder keeps a StringPtr
   kj::Maybe<kj::String> socketPath;
   kj::Maybe<kj::String> adminSocketPath;
   uint64_t vmId = 0;
@@ -100,6 +121,8 @@ private:
   kj::String file;
   double intervalSeconds = 1.0;
   uint32_t repeat = 1;
+  bool forever = true;    // top without --count or --once
+  bool json = false;
 
   kj::MainBuilder::Validity setSocket(kj::StringPtr path) {
     socketPath = kj::heapString(path);
@@ -130,14 +153,30 @@ private:
   kj::MainBuilder::Validity setInterval(kj::StringPtr text) {
     char* end;
     intervalSeconds = strtod(text.cStr(), &end);
-    if (*end != '\0' || intervalSeconds <= 0) return kj::str("not a positive number of seconds: ", text);
+    if (*end != '\0' || !(intervalSeconds > 0)) return kj::str("not a positive number of seconds: ", text);
     return true;
   }
   kj::MainBuilder::Validity setRepeat(kj::StringPtr text) {
     char* end;
     repeat = strtoul(text.cStr(), &end, 10);
     if (*end != '\0' || repeat == 0) return kj::str("not a positive count: ", text);
+    forever = false;
     return true;
+  }
+  kj::MainBuilder::Validity setOnce() {
+    repeat = 1;
+    forever = false;
+    return true;
+  }
+  kj::MainBuilder::Validity setJson() {
+    json = true;
+    return true;
+  }
+
+  // A lost or refused connection is the one failure a script may want to
+  // retry, so it has its own status.
+  static ExitStatus statusFor(const kj::Exception& e) {
+    return e.getType() == kj::Exception::Type::DISCONNECTED ? ExitStatus::NO_SERVER : ExitStatus::FAILED;
   }
 
   // Runs `body` against the server; any failure (server absent, VM gone,
@@ -152,60 +191,50 @@ private:
       auto admin = session->connection().admin();
       body(*session, *admin);
     })) {
-      context.exitError(kj::str("vlapicctl: ", e->getDescription()));
+      context.exitWith(statusFor(*e), kj::str("vlapicctl: ", e->getDescription()));
     }
     return true;
   }
 
+  // The VM's summary, checked before use so that a mistyped VM id or vCPU
+  // index exits NOT_FOUND rather than with whatever the server says.
+  client::VmInfo findVm(ThreadSession& session, client::AsyncAdmin& admin, kj::Maybe<uint32_t> vcpu) {
+    for (auto& vm: admin.listVms().wait(session.waitScope())) {
+      if (vm.id != vmId) continue;
+      KJ_IF_MAYBE(v, vcpu) {
+        if (*v >= vm.vcpuCount) {
+          context.exitWith(ExitStatus::NOT_FOUND,
+              kj::str("vlapicctl: VM ", vmId, " has no vCPU ", *v, " (it has ", vm.vcpuCount, ")"));
+        }
+      }
+      return kj::mv(vm);
+    }
+    context.exitWith(ExitStatus::NOT_FOUND, kj::str("vlapicctl: no VM with id ", vmId,
+                                                     " (vlapicctl list shows the VMs)"));
+  }
+
   kj::MainFunc statusMain() {
     return kj::MainBuilder(context, "vlapicctl status", "Prints the server's status and totals.")
+        .addOption({"json"}, KJ_BIND_METHOD(*this, setJson), kJsonHelp)
         .callAfterParsing([this]() { return withServer([this](ThreadSession& session, client::AsyncAdmin& admin) {
           auto s = admin.status().wait(session.waitScope());
-          context.exitInfo(kj::str(
-              "vlapicd ", s.version, " (pid ", s.pid, ") at ", session.connection().socketPath(), "\n",
-              "  uptime           ", formatDuration(s.uptimeNs), "\n",
-              "  HAL              ", s.hal, " (", s.pagesInUse, " pages in use)\n",
-              "  connections      ", s.connections, "\n",
-              "  VMs / vCPUs      ", s.vms, " / ", s.vcpus, "\n",
-              "  armed timers     ", s.armedTimers, "\n",
-              "  events posted    ", s.totalEventsPosted, "\n",
-              "  timer expiries   ", s.totalTimerExpiries, "\n",
-              "  expiry fetches   ", s.channelLoopRequests, " served by the loop in ",
-              s.channelLoopPolls, " polls, ", s.channelLoopSkipped, " skipped\n",
-              "  timer polls      ",
-              s.channelTimerPolls
-                  ? kj::str("on: ", s.channelHintedPolls, " polls for ", s.channelHintsGiven,
-                            " deadlines (", s.channelHintedWakeups, " woke the thread), ",
-                            s.channelHintedRequests, " requests served")
-                  : kj::str("off (vlapicd --channel-timer-polls)")));
+          auto socket = session.connection().socketPath();
+          context.exitInfo(json ? ctl::statusJson(s, socket) : ctl::statusText(s, socket));
         }); })
         .build();
   }
 
   kj::MainFunc listMain() {
     return kj::MainBuilder(context, "vlapicctl list", "Lists every VM and its vCPUs.")
+        .addOption({"json"}, KJ_BIND_METHOD(*this, setJson), kJsonHelp)
         .callAfterParsing([this]() { return withServer([this](ThreadSession& session, client::AsyncAdmin& admin) {
           auto& ws = session.waitScope();
-          auto vms = admin.listVms().wait(ws);
-          kj::Vector<kj::String> lines;
-          if (vms.size() == 0) lines.add(kj::str("no VMs"));
-          for (auto& vm: vms) {
-            lines.add(kj::str("VM ", vm.id, " \"", vm.name, "\": ", vm.vcpuCount, " vCPUs, owner connection ",
-                              vm.owner, ", ", vm.eventsQueued, " events queued, ", vm.batchesInFlight,
-                              " batches in flight"));
-            lines.add(kj::str("  ", pad("vCPU", 6), pad("APIC ID", 10), pad("initial", 9), pad("BSP", 5),
-                              pad("mode", 10), pad("run state", 15), pad("channel", 9), "timer"));
-            auto handle = admin.openVm(vm.id, vm.vcpuCount);
-            for (auto& v: handle->listVcpus().wait(ws)) {
-              kj::String timer = kj::str("idle");
-              KJ_IF_MAYBE(d, v.timerDeadlineNs) timer = kj::str("armed (deadline ", *d, " ns)");
-              lines.add(kj::str("  ", pad(kj::str(v.index), 6), pad(hex(v.apicId), 10),
-                                pad(hex(v.initialApicId), 9), pad(v.bsp ? "yes" : "no", 5),
-                                pad(apicModeName(v.apicMode), 10), pad(runStateName(v.runState), 15),
-                                pad(v.channelOpen ? "open" : "-", 9), timer));
-            }
+          kj::Vector<ctl::VmListing> listings;
+          for (auto& vm: admin.listVms().wait(ws)) {
+            auto vcpus = admin.openVm(vm.id, vm.vcpuCount)->listVcpus().wait(ws);
+            listings.add(ctl::VmListing{kj::mv(vm), kj::mv(vcpus)});
           }
-          context.exitInfo(kj::strArray(lines, "\n"));
+          context.exitInfo(json ? ctl::listJson(listings) : ctl::listText(listings));
         }); })
         .build();
   }
@@ -214,25 +243,17 @@ private:
     return kj::MainBuilder(context, "vlapicctl dump",
         "Prints one vCPU's registers as the SDM names them: one row per register with its "
         "xAPIC offset, x2APIC MSR, raw value and decoded fields.")
+        .addOption({"json"}, KJ_BIND_METHOD(*this, setJson), kJsonHelp)
         .expectArg("<vm-id>", KJ_BIND_METHOD(*this, setVm))
         .expectArg("<vcpu>", KJ_BIND_METHOD(*this, setVcpu))
         .callAfterParsing([this]() { return withServer([this](ThreadSession& session, client::AsyncAdmin& admin) {
           auto& ws = session.waitScope();
+          findVm(session, admin, vcpuIndex);
           auto vm = admin.openVm(vmId, vcpuIndex + 1);
           auto vcpu = vm->vcpu(vcpuIndex);
-          auto info = vcpu->info().wait(ws);
-          auto state = vcpu->save().wait(ws);
-          auto interrupt = vcpu->interruptState().wait(ws);
-          kj::String pending = kj::str("none");
-          KJ_IF_MAYBE(p, interrupt.pendingVector) pending = hex(*p);
-          kj::String timer = kj::str("idle");
-          KJ_IF_MAYBE(d, info.timerDeadlineNs) timer = kj::str("armed, deadline ", *d, " ns (host monotonic)");
-          context.exitInfo(kj::str(
-              "VM ", vmId, " vCPU ", vcpuIndex, ": ", runStateName(info.runState),
-              info.bsp ? ", BSP" : "", "\n",
-              "IA32_APIC_BASE: ", decodeApicBase(ApicBaseValue(state.apicBase)), "\n",
-              "pending interrupt: ", pending, "; timer: ", timer, "\n\n",
-              dumpRegisters(state.view())));
+          ctl::VcpuDump dump{vmId, vcpu->info().wait(ws), vcpu->save().wait(ws),
+                             vcpu->interruptState().wait(ws)};
+          context.exitInfo(json ? ctl::dumpJson(dump) : ctl::dumpText(dump));
         }); })
         .build();
   }
@@ -246,6 +267,7 @@ private:
         .expectArg("<file>", KJ_BIND_METHOD(*this, setFile))
         .callAfterParsing([this]() { return withServer([this](ThreadSession& session, client::AsyncAdmin& admin) {
           auto& ws = session.waitScope();
+          findVm(session, admin, haveVcpu ? kj::Maybe<uint32_t>(vcpuIndex) : nullptr);
           auto vm = admin.openVm(vmId, haveVcpu ? vcpuIndex + 1 : 0);
           client::VmState state;
           if (haveVcpu) {
@@ -271,6 +293,7 @@ private:
         .callAfterParsing([this]() { return withServer([this](ThreadSession& session, client::AsyncAdmin& admin) {
           auto& ws = session.waitScope();
           auto state = client::decodeVmState(readFile(file));
+          findVm(session, admin, haveVcpu ? kj::Maybe<uint32_t>(vcpuIndex) : nullptr);
           auto vm = admin.openVm(vmId, haveVcpu ? vcpuIndex + 1 : state.vcpus.size());
           if (haveVcpu) {
             KJ_REQUIRE(state.vcpus.size() == 1, "--vcpu needs a file saved with --vcpu (one vCPU)",
@@ -284,78 +307,110 @@ private:
         .build();
   }
 
+  void sleepInterval() {
+    std::this_thread::sleep_for(std::chrono::duration<double>(intervalSeconds));
+  }
+
   kj::MainFunc statsMain() {
     return kj::MainBuilder(context, "vlapicctl stats",
         "Per-vCPU statistics of a VM: accesses per register, #GPs, ignored accesses, "
         "interrupts accepted/acknowledged/EOIed, IPIs, events posted and timer expiries. "
         "With --count N, refreshes N times every --interval seconds, showing the change "
-        "since the previous sample.")
+        "since the previous sample (with --json: N lines of totals).")
         .addOptionWithArg({'i', "interval"}, KJ_BIND_METHOD(*this, setInterval), "<seconds>",
             "Time between samples (default 1).")
         .addOptionWithArg({'n', "count"}, KJ_BIND_METHOD(*this, setRepeat), "<n>",
             "Number of samples (default 1: totals only).")
+        .addOption({"json"}, KJ_BIND_METHOD(*this, setJson), kJsonHelp)
         .expectArg("<vm-id>", KJ_BIND_METHOD(*this, setVm))
         .callAfterParsing([this]() { return withServer([this](ThreadSession& session, client::AsyncAdmin& admin) {
           auto& ws = session.waitScope();
+          findVm(session, admin, nullptr);
           auto vm = admin.openVm(vmId, 0);
           kj::Maybe<client::VmStats> previous;
           for (uint32_t sample = 0; sample < repeat; sample++) {
-            if (sample > 0) {
-              std::this_thread::sleep_for(std::chrono::duration<double>(intervalSeconds));
-            }
+            if (sample > 0) sleepInterval();
             auto stats = vm->stats().wait(ws);
-            auto text = formatStats(stats, previous);
-            context.warning(text);
+            printOut(json ? ctl::statsJson(vmId, stats, monotonicNs()) : ctl::statsText(vmId, stats, previous));
             previous = kj::mv(stats);
           }
         }); })
         .build();
   }
 
-  kj::String formatStats(const client::VmStats& now, kj::Maybe<client::VmStats>& before) {
-    // With a previous sample, every figure is the change since then.
-    kj::Vector<kj::String> lines;
-    bool live = before != nullptr;
-    auto since = [&](uint64_t nowValue, uint64_t beforeValue) { return live ? nowValue - beforeValue : nowValue; };
-    const client::VmStats* prev = nullptr;
-    KJ_IF_MAYBE(b, before) prev = b;
-    lines.add(kj::str("VM ", vmId, live ? " (change since previous sample)" : " (totals)", ": ",
-                      since(now.eventsPosted, prev ? prev->eventsPosted : 0), " events in ",
-                      since(now.batchesPosted, prev ? prev->batchesPosted : 0), " batches, ",
-                      since(now.eventsCoalesced, prev ? prev->eventsCoalesced : 0), " coalesced, ",
-                      since(now.timerExpiries, prev ? prev->timerExpiries : 0), " timer expiries, ",
-                      since(now.msisDelivered, prev ? prev->msisDelivered : 0), " MSIs"));
-    lines.add(kj::str("  ", pad("vCPU", 6), pad("reads", 10), pad("writes", 10), pad("#GP", 7),
-                      pad("ignored", 9), pad("accepted", 10), pad("acked", 9), pad("EOIs", 9),
-                      pad("IPIs", 8), pad("timer", 8), "events"));
-    for (auto& v: now.vcpus) {
-      const client::VcpuStats* p = prev && v.index < prev->vcpus.size() ? &prev->vcpus[v.index] : nullptr;
-      auto d = [&](uint64_t client::VcpuStats::*field) {
-        return kj::str(since(v.*field, p ? p->*field : 0));
-      };
-      lines.add(kj::str("  ", pad(kj::str(v.index), 6), pad(d(&client::VcpuStats::reads), 10),
-                        pad(d(&client::VcpuStats::writes), 10), pad(d(&client::VcpuStats::gpFaults), 7),
-                        pad(d(&client::VcpuStats::ignoredAccesses), 9),
-                        pad(d(&client::VcpuStats::accepted), 10), pad(d(&client::VcpuStats::acknowledged), 9),
-                        pad(d(&client::VcpuStats::eois), 9), pad(d(&client::VcpuStats::ipisSent), 8),
-                        pad(d(&client::VcpuStats::timerExpiries), 8), d(&client::VcpuStats::eventsPosted)));
-      std::map<uint16_t, uint64_t> earlier;
-      if (p) for (auto& r: p->perRegister) earlier[uint16_t(r.reg)] = r.count;
-      kj::Vector<kj::String> registers;
-      for (auto& r: v.perRegister) {
-        uint64_t count = since(r.count, earlier[uint16_t(r.reg)]);
-        if (count == 0) continue;
-        kj::StringPtr name = "reserved";
-        KJ_IF_MAYBE(info, registerAtOffset(uint16_t(r.reg) << 4)) name = info->name;
-        registers.add(kj::str(name, "=", count));
+  kj::MainFunc topMain() {
+    return kj::MainBuilder(context, "vlapicctl top",
+        "A live view of every VM and each of its vCPUs: accesses (register reads and "
+        "writes), IPIs sent, timer expiries, events posted, interrupts accepted, EOIs and "
+        "#GPs, each per second over the last interval, one row per VM (all) and per vCPU. "
+        "On a terminal the frame is redrawn in place until interrupted; otherwise, or with "
+        "--count/--once, frames follow each other. A frame needs two samples, so the first "
+        "comes one interval after the start.")
+        .addOptionWithArg({'i', "interval"}, KJ_BIND_METHOD(*this, setInterval), "<seconds>",
+            "Time between frames (default 1).")
+        .addOptionWithArg({'n', "count"}, KJ_BIND_METHOD(*this, setRepeat), "<n>",
+            "Stop after <n> frames (default: run until interrupted).")
+        .addOption({"once"}, KJ_BIND_METHOD(*this, setOnce), "One frame, then exit (--count 1).")
+        .callAfterParsing([this]() { return withServer([this](ThreadSession& session, client::AsyncAdmin& admin) {
+          runTop(session, admin);
+        }); })
+        .build();
+  }
+
+  // Every VM's stats, by id. A VM released between the listing and its
+  // stats call is left out of the sample.
+  std::map<uint64_t, std::pair<client::VmInfo, client::VmStats>> sampleAll(
+      ThreadSession& session, client::AsyncAdmin& admin) {
+    auto& ws = session.waitScope();
+    std::map<uint64_t, std::pair<client::VmInfo, client::VmStats>> sample;
+    for (auto& vm: admin.listVms().wait(ws)) {
+      auto id = vm.id;
+      KJ_IF_MAYBE(e, kj::runCatchingExceptions([&]() {
+        auto stats = admin.openVm(id, 0)->stats().wait(ws);
+        sample.emplace(id, std::make_pair(kj::mv(vm), kj::mv(stats)));
+      })) {
+        if (e->getType() == kj::Exception::Type::DISCONNECTED) kj::throwFatalException(kj::mv(*e));
       }
-      if (registers.size() > 0) lines.add(kj::str("        accesses: ", kj::strArray(registers, ", ")));
     }
-    return kj::strArray(lines, "\n");
+    return sample;
+  }
+
+  void runTop(ThreadSession& session, client::AsyncAdmin& admin) {
+    // Redraw in place only for a person watching; a pipe gets plain frames.
+    bool terminal = isatty(STDOUT_FILENO);
+    auto previous = sampleAll(session, admin);
+    uint64_t previousNs = monotonicNs();
+    for (uint32_t frame = 0; forever || frame < repeat; frame++) {
+      sleepInterval();
+      auto status = admin.status().wait(session.waitScope());
+      auto current = sampleAll(session, admin);
+      uint64_t nowNs = monotonicNs();
+      kj::Vector<ctl::TopVm> rows;
+      for (auto& entry: current) {
+        kj::Maybe<const client::VmStats&> before;
+        auto earlier = previous.find(entry.first);
+        if (earlier != previous.end()) before = earlier->second.second;
+        rows.add(ctl::TopVm{kj::mv(entry.second.first), kj::mv(entry.second.second), before});
+      }
+      auto text = ctl::topFrame(status, rows, double(nowNs - previousNs) / 1e9);
+      printOut(terminal ? kj::str("\x1b[H\x1b[2J", text) : kj::str(text, forever || frame + 1 < repeat ? "\n" : ""));
+      // Keep this sample's stats for the next frame's differences.
+      previous.clear();
+      for (auto& row: rows) {
+        auto id = row.vm.id;
+        previous.emplace(id, std::make_pair(kj::mv(row.vm), kj::mv(row.now)));
+      }
+      previousNs = nowNs;
+    }
   }
 };
 
 }  // namespace
 }  // namespace vlapic
 
-KJ_MAIN(vlapic::Vlapicctl)
+int main(int argc, char* argv[]) {
+  vlapic::ExitStatusContext context(argv[0]);
+  vlapic::spellHelpOption(argc, argv);
+  vlapic::Vlapicctl tool(context);
+  return kj::runMainAndExit(context, tool.getMain(), argc, argv);
+}

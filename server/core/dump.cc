@@ -196,10 +196,6 @@ bool readable(RegAccess access) {
   return access == RegAccess::READ_ONLY || access == RegAccess::READ_WRITE;
 }
 
-struct Row {
-  kj::String cells[5];
-};
-
 }  // namespace
 
 kj::StringPtr deliveryModeName(DeliveryMode mode) {
@@ -276,18 +272,46 @@ kj::String decodeApicBase(ApicBaseValue value) {
 namespace {
 
 kj::String dumpTable(const ConstRegisterView& view, kj::Maybe<ApicBaseValue> apicBase) {
+  kj::Vector<DumpRow> rows;
+  rows.add(DumpRow { kj::str("Register"), kj::str("Offset"), kj::str("MSR"), kj::str("Raw"),
+                     kj::str("Decoded") });
+  for (auto& row: dumpRows(view, apicBase)) rows.add(kj::mv(row));
+
+  auto cells = [](const DumpRow& row) {
+    return kj::arr(row.name.asPtr(), row.offset.asPtr(), row.msr.asPtr(), row.raw.asPtr());
+  };
+  size_t widths[4] = {};
+  for (auto& row: rows) {
+    auto c = cells(row);
+    for (size_t column = 0; column < 4; column++) widths[column] = kj::max(widths[column], c[column].size());
+  }
+  kj::Vector<char> text;
+  for (auto& row: rows) {
+    auto c = cells(row);
+    for (size_t column = 0; column < 4; column++) {
+      text.addAll(c[column]);
+      for (size_t pad = c[column].size(); pad < widths[column] + 2; pad++) text.add(' ');
+    }
+    text.addAll(row.decoded);
+    text.add('\n');
+  }
+  text.add('\0');
+  return kj::String(text.releaseAsArray());
+}
+
+}  // namespace
+
+kj::Array<DumpRow> dumpRows(const ConstRegisterView& view, kj::Maybe<ApicBaseValue> apicBase) {
   bool x2apic = view.layout() != RegisterLayout::XAPIC;
   unsigned lvtEntries = view.version().lvtEntries();
   DfrValue dfrValue = view.dfr();
   kj::Maybe<const DfrValue&> dfr;
   if (!x2apic) dfr = dfrValue;
 
-  kj::Vector<Row> rows;
-  rows.add(Row { { kj::str("Register"), kj::str("Offset"), kj::str("MSR"), kj::str("Raw"),
-                   kj::str("Decoded") } });
+  kj::Vector<DumpRow> rows;
   KJ_IF_MAYBE(base, apicBase) {
-    rows.add(Row { { kj::str("IA32_APIC_BASE"), kj::str("-"), hex(kMsrApicBase, 3), hex(base->raw(), 8),
-                     decodeApicBase(*base) } });
+    rows.add(DumpRow { kj::str("IA32_APIC_BASE"), kj::str("-"), hex(kMsrApicBase, 3), hex(base->raw(), 8),
+                       decodeApicBase(*base) });
   }
   for (const RegisterInfo& info: registerTable()) {
     RegAccess access = x2apic ? info.x2apic : info.xapic;
@@ -301,43 +325,24 @@ kj::String dumpTable(const ConstRegisterView& view, kj::Maybe<ApicBaseValue> api
       VectorSet set = info.reg == Reg::ISR0 ? view.isr() : info.reg == Reg::TMR0 ? view.tmr() : view.irr();
       kj::String msrRange = info.x2apic == RegAccess::NONE ? kj::str("-")
           : kj::str(hex(info.msr(), 3), "-", hex(last.msr(), 3));
-      rows.add(Row { { bitmapName(info),
-                       kj::str(hex(info.offset(), 3), "-", hex(last.offset(), 3)),
-                       kj::mv(msrRange), kj::str("-"), vectorList(set) } });
+      rows.add(DumpRow { bitmapName(info),
+                         kj::str(hex(info.offset(), 3), "-", hex(last.offset(), 3)),
+                         kj::mv(msrRange), kj::str("-"), vectorList(set) });
     } else if (x2apic && info.reg == Reg::ICR_LOW) {
       // x2APIC has one 64-bit ICR (MSR 0x830); its high half is kept at 0x310.
       IcrValue icr = view.icr();
-      rows.add(Row { { kj::str("ICR"),
-                       kj::str(hex(info.offset(), 3), "-", hex(registerInfo(Reg::ICR_HIGH).offset(), 3)),
-                       kj::mv(msr), hex(icr.raw(), 16),
-                       decodeIcr(icr, view.layout()) } });
+      rows.add(DumpRow { kj::str("ICR"),
+                         kj::str(hex(info.offset(), 3), "-", hex(registerInfo(Reg::ICR_HIGH).offset(), 3)),
+                         kj::mv(msr), hex(icr.raw(), 16),
+                         decodeIcr(icr, view.layout()) });
     } else {
       uint32_t value = view.raw(info.reg);
-      rows.add(Row { { kj::str(info.name), hex(info.offset(), 3), kj::mv(msr), hex(value, 8),
-                       decode(info, value, view.layout(), dfr) } });
+      rows.add(DumpRow { kj::str(info.name), hex(info.offset(), 3), kj::mv(msr), hex(value, 8),
+                         decode(info, value, view.layout(), dfr) });
     }
   }
-
-  size_t widths[4] = {};
-  for (auto& row: rows) {
-    for (size_t column = 0; column < 4; column++) {
-      widths[column] = kj::max(widths[column], row.cells[column].size());
-    }
-  }
-  kj::Vector<char> text;
-  for (auto& row: rows) {
-    for (size_t column = 0; column < 4; column++) {
-      text.addAll(row.cells[column]);
-      for (size_t pad = row.cells[column].size(); pad < widths[column] + 2; pad++) text.add(' ');
-    }
-    text.addAll(row.cells[4]);
-    text.add('\n');
-  }
-  text.add('\0');
-  return kj::String(text.releaseAsArray());
+  return rows.releaseAsArray();
 }
-
-}  // namespace
 
 kj::String dumpRegisters(const ConstRegisterView& view) {
   return dumpTable(view, nullptr);

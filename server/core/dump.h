@@ -9,6 +9,7 @@
 #pragma once
 
 #include "regview.h"
+#include <kj/array.h>
 #include <kj/string.h>
 
 namespace vlapic {
@@ -44,6 +45,15 @@ kj::String decodeApicBase(ApicBaseValue value);
 // entries. ISR, TMR and IRR are one row each listing the set vectors; in
 // x2APIC layouts ICR is one 64-bit row.
 kj::String dumpRegisters(const ConstRegisterView& view);
+
+// The rows of that table (without its heading), for output in other forms
+// (vlapicctl dump --json). Hex cells as the table prints them; a range such
+// as "0x100-0x170" for ISR, TMR, IRR and the x2APIC ICR; "-" where a
+// register has no such cell. With `apicBase`, IA32_APIC_BASE comes first.
+struct DumpRow {
+  kj::String name, offset, msr, raw, decoded;
+};
+kj::Array<DumpRow> dumpRows(const ConstRegisterView& view, kj::Maybe<ApicBaseValue> apicBase = nullptr);
 
 // The same table with IA32_APIC_BASE (MSR 0x1B) as its first row: a saved
 // vCPU is its kvm_lapic_state plus this MSR.

@@ -17,7 +17,8 @@ namespace vlapic::daemon {
 
 // Exit statuses of vlapicd (documented in its --help and man page).
 constexpr int kExitOk = 0;
-constexpr int kExitFailure = 1;        // a bad command line, anything not listed below
+constexpr int kExitFailure = 1;        // anything not listed below
+constexpr int kExitUsage = 2;          // bad command line (schema/exit_status.h)
 constexpr int kExitSocketUnusable = 3; // cannot create, bind or chmod a socket path
 constexpr int kExitSocketInUse = 4;    // a live server already answers on the path
 constexpr int kExitSandbox = 5;        // confinement was asked for and could not be applied

@@ -6,21 +6,25 @@
 #include "server.h"
 #include "sandbox.h"
 #include "socket_remover.h"
+#include "schema/exit_status.h"
 #include "schema/socket_path.h"
 
 #include <kj/async-io.h>
 #include <kj/async-unix.h>
 #include <kj/debug.h>
 #include <kj/main.h>
+#include <kj/vector.h>
 
 #include <cerrno>
 #include <csignal>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <fcntl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 
 #ifndef VLAPIC_VERSION
@@ -45,9 +49,78 @@ kj::Promise<void> untilEndOfFile(kj::AsyncInputStream& pipe) {
   });
 }
 
+// vlapicd's log on stderr: "<monotonic seconds> <LEVEL> <message>", one
+// line per message (continuation lines indented). The monotonic clock is the
+// one timer deadlines and `vlapicctl list` use, so log lines line up with
+// them; journald adds wall-clock time itself. The source location kj passes
+// along is left out: it means something to a developer with this tree, not
+// to an operator. Installed by main() for the main thread and, through
+// getThreadInitializer(), for every kj::Thread (the channel threads).
+class LogSink final: public kj::ExceptionCallback {
+public:
+  void logMessage(kj::LogSeverity severity, const char*, int, int contextDepth, kj::String&& text) override {
+    write(severity, kj::str(kj::repeat(' ', contextDepth * 2), text));
+  }
+
+  // Also for lines that are printed whatever the log level (start-up).
+  void write(kj::LogSeverity severity, kj::StringPtr text) const {
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    char stamp[32];
+    snprintf(stamp, sizeof(stamp), "%llu.%06ld ", static_cast<unsigned long long>(now.tv_sec),
+             now.tv_nsec / 1000);
+    kj::Vector<char> line;
+    line.addAll(kj::StringPtr(stamp));
+    line.addAll(levelName(severity));
+    line.add(' ');
+    for (char c: text) {
+      if (c == '\n') {
+        line.addAll(kj::StringPtr("\n    "));
+      } else {
+        line.add(c);
+      }
+    }
+    while (line.size() > 0 && (line.back() == ' ' || line.back() == '\n')) line.removeLast();
+    line.add('\n');
+    // One write per line: lines from several threads never interleave.
+    // Nothing to do about a failed write to our own stderr.
+    ssize_t ignored = ::write(STDERR_FILENO, line.begin(), line.size());
+    (void)ignored;
+  }
+
+  kj::Function<void(kj::Function<void()>)> getThreadInitializer() override {
+    return [this](kj::Function<void()> threadMain) {
+      Forward forward(*this);
+      threadMain();
+    };
+  }
+
+private:
+  class Forward final: public kj::ExceptionCallback {
+  public:
+    explicit Forward(const LogSink& sink): sink(sink) {}
+    void logMessage(kj::LogSeverity severity, const char*, int, int contextDepth, kj::String&& text) override {
+      sink.write(severity, kj::str(kj::repeat(' ', contextDepth * 2), text));
+    }
+  private:
+    const LogSink& sink;
+  };
+
+  static kj::StringPtr levelName(kj::LogSeverity severity) {
+    switch (severity) {
+      case kj::LogSeverity::INFO: return "INFO";
+      case kj::LogSeverity::WARNING: return "WARNING";
+      case kj::LogSeverity::ERROR: return "ERROR";
+      case kj::LogSeverity::FATAL: return "FATAL";
+      case kj::LogSeverity::DBG: return "DEBUG";
+    }
+    return "LOG";
+  }
+};
+
 class Vlapicd {
 public:
-  explicit Vlapicd(kj::ProcessContext& context): context(context) {}
+  Vlapicd(ExitStatusContext& context, const LogSink& log): context(context), log(log) {}
 
   kj::MainFunc getMain() {
     // MainBuilder keeps StringPtrs: the help text must outlive it.
@@ -63,7 +136,7 @@ public:
         adminSocketPathFor(defaultSocketPath()), "). It is the only place the Admin "
         "capability is served: its permissions (--admin-socket-mode, default 0600) are the "
         "operator's right.");
-    return kj::MainBuilder(context, "vlapicd " VLAPIC_VERSION,
+    description = kj::str(
         "Serves virtual x86 local APICs (xAPIC MMIO, x2APIC MSRs, timer, IPIs, INIT/SIPI) to "
         "hypervisor fronts over Cap'n Proto on a Unix socket. Each front creates VMs through "
         "the socket's bootstrap capability and drives each vCPU through its own capability; "
@@ -74,12 +147,16 @@ public:
         "serve the operator, the others fronts.\n"
         "Stops cleanly on SIGTERM or SIGINT and removes the socket files it bound; SIGHUP is "
         "ignored (nothing to reload; the VMs' state must not die with a closing terminal).\n"
-        "Exit status: 0 stopped cleanly; 1 bad command line or other failure; 3 a socket path "
-        "cannot be created, bound or used; 4 another server already answers on a socket path; "
-        "5 confinement was asked for and could not be applied.\n"
         "Logging: warnings and errors by default; "
         "--verbose adds informational messages (connections, VMs created and released), "
-        "--quiet keeps errors only.")
+        "--quiet keeps errors only. Each line is \"<seconds> <LEVEL> <message>\", the "
+        "seconds on the host's monotonic clock (the one timer deadlines use), LEVEL one of "
+        "INFO, WARNING, ERROR, FATAL.\n",
+        exitStatusHelp(", 3 a socket path cannot be created, bound or used, 4 another server "
+                       "already answers on a socket path (never replaced), 5 confinement was "
+                       "asked for and could not be applied"),
+        " A stop on SIGTERM or SIGINT is a success.");
+    return kj::MainBuilder(context, "vlapicd " VLAPIC_VERSION, description)
         .addOptionWithArg({"socket"}, KJ_BIND_METHOD(*this, setSocket), "<path>",
             socketHelp)
         .addOptionWithArg({"socket-mode"}, KJ_BIND_METHOD(*this, setSocketMode), "<octal>",
@@ -138,9 +215,11 @@ public:
   }
 
 private:
-  kj::ProcessContext& context;
+  ExitStatusContext& context;
+  const LogSink& log;
   kj::String socketHelp;
   kj::String adminSocketHelp;
+  kj::String description;
   kj::Maybe<kj::String> socketPath;
   mode_t socketMode = 0600;
   kj::Maybe<kj::String> adminSocketPath;
@@ -263,8 +342,8 @@ private:
 
   // Prints the one line a start-up failure gets and exits with its status.
   [[noreturn]] void fail(const daemon::StartupFailure& failure) {
-    context.error(kj::str("vlapicd: ", failure.message));
-    _exit(failure.exitStatus);
+    log.write(kj::LogSeverity::ERROR, failure.message);
+    context.exitWith(ExitStatus(failure.exitStatus), "");
   }
 
   // The listening sockets: inherited from systemd, else bound on paths.
@@ -302,7 +381,17 @@ private:
     return sockets;
   }
 
+  // A failure to start (or to keep serving) is logged like everything else
+  // rather than as kj's "*** Uncaught exception ***" with a stack trace.
   kj::MainBuilder::Validity run() {
+    KJ_IF_MAYBE(e, kj::runCatchingExceptions([this]() { serve(); })) {
+      log.write(kj::LogSeverity::ERROR, e->getDescription());
+      context.exitWith(ExitStatus::FAILED, "");
+    }
+    return true;
+  }
+
+  void serve() {
     // Signals must be captured before the event loop exists (they are then
     // delivered through it rather than killing us mid-operation).
     kj::UnixEventPort::captureSignal(SIGTERM);
@@ -342,20 +431,21 @@ private:
     }
 #else
     if (sandbox.enabled) {
-      context.warning("vlapicd: built without sandbox support (server/daemon/sandbox.cc "
-                      "absent): running unconfined");
+      log.write(kj::LogSeverity::WARNING, "built without sandbox support (server/daemon/sandbox.cc "
+                                          "absent): running unconfined");
     }
 #endif
 
     if (!quiet) {
       for (auto& socket: sockets) {
-        kj::StringPtr role = socket.authority == daemon::Authority::OPERATOR ? "operator" : "fronts";
+        kj::StringPtr role = socket.authority == daemon::Authority::OPERATOR ? "the operator"
+                                                                             : "fronts";
         KJ_IF_MAYBE(p, socket.path) {
-          context.warning(kj::str("vlapicd: serving ", role, " on ", *p, " (hal ",
+          log.write(kj::LogSeverity::INFO, kj::str("serving on ", *p, " for ", role, " (hal ",
                                   server.halName(), ", pid ", getpid(), ")"));
         } else {
-          context.warning(kj::str("vlapicd: serving ", role, " on socket-activated fd ",
-                                  socket.fd));
+          log.write(kj::LogSeverity::INFO,
+                    kj::str("serving on socket-activated fd ", socket.fd, " for ", role));
         }
       }
     }
@@ -378,12 +468,18 @@ private:
       KJ_LOG(WARNING, "socket files not removed (the remover did not answer); the next start "
                       "replaces them");
     }
-    if (!quiet) context.warning(kj::str("vlapicd: stopped (", why, ")"));
-    return true;
+    if (!quiet) log.write(kj::LogSeverity::INFO, kj::str("stopped (", why, ")"));
   }
 };
 
 }  // namespace
 }  // namespace vlapic
 
-KJ_MAIN(vlapic::Vlapicd)
+int main(int argc, char* argv[]) {
+  vlapic::ExitStatusContext context(argv[0]);
+  vlapic::spellHelpOption(argc, argv);
+  // Before anything can log; it lives as long as the daemon.
+  vlapic::LogSink log;
+  vlapic::Vlapicd daemon(context, log);
+  return kj::runMainAndExit(context, daemon.getMain(), argc, argv);
+}

@@ -11,6 +11,7 @@
 #include <cstring>
 #include <fcntl.h>
 #include <ftw.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <sys/wait.h>
@@ -152,6 +153,37 @@ ToolResult runTool(kj::StringPtr binary, kj::ArrayPtr<const kj::StringPtr> args)
   KJ_SYSCALL(waitpid(pid, &status, 0));
   return ToolResult{WIFEXITED(status) ? WEXITSTATUS(status) : -1,
                     kj::heapString(reinterpret_cast<const char*>(bytes.begin()), bytes.size())};
+}
+
+SeparatedToolResult runToolSeparated(kj::StringPtr binary, kj::ArrayPtr<const kj::StringPtr> args) {
+  kj::Vector<kj::String> storage;
+  auto arguments = argv(binary, args, storage);
+  int fds[2];
+  KJ_SYSCALL(pipe2(fds, O_CLOEXEC));
+  // stderr goes to an anonymous file, read after the child exits: reading
+  // two pipes one after the other could block on a full one.
+  int errFd;
+  KJ_SYSCALL(errFd = memfd_create("tool-stderr", MFD_CLOEXEC));
+  kj::AutoCloseFd errOwned(errFd);
+  pid_t pid;
+  KJ_SYSCALL(pid = fork());
+  if (pid == 0) {
+    dup2(fds[1], STDOUT_FILENO);
+    dup2(errFd, STDERR_FILENO);
+    execv(arguments[0], arguments.begin());
+    _exit(127);
+  }
+  close(fds[1]);
+  kj::FdInputStream input{kj::AutoCloseFd(fds[0])};
+  auto out = input.readAllBytes();
+  int status;
+  KJ_SYSCALL(waitpid(pid, &status, 0));
+  KJ_SYSCALL(lseek(errFd, 0, SEEK_SET));
+  kj::FdInputStream errInput{kj::mv(errOwned)};
+  auto err = errInput.readAllBytes();
+  return SeparatedToolResult{WIFEXITED(status) ? WEXITSTATUS(status) : -1,
+                             kj::heapString(reinterpret_cast<const char*>(out.begin()), out.size()),
+                             kj::heapString(reinterpret_cast<const char*>(err.begin()), err.size())};
 }
 
 }  // namespace vlapic::testing

@@ -52,6 +52,15 @@ struct ToolResult {
 // Runs `binary args...` to completion.
 ToolResult runTool(kj::StringPtr binary, kj::ArrayPtr<const kj::StringPtr> args);
 
+struct SeparatedToolResult {
+  int exitCode;        // -1 if killed by a signal
+  kj::String out;      // stdout
+  kj::String err;      // stderr
+};
+
+// The same, keeping stdout and stderr apart.
+SeparatedToolResult runToolSeparated(kj::StringPtr binary, kj::ArrayPtr<const kj::StringPtr> args);
+
 // A fresh private temporary directory (mkdtemp).
 kj::String makeTempDir();
 void removeTree(kj::StringPtr path);

@@ -603,8 +603,8 @@ TEST_CASE("vlapicctl: status, list, dump, save, restore, stats", "[integration]"
   CHECK(contains(live.output, "change since previous sample"));
 
   auto missing = runTool(VLAPICCTL_PATH, {"--socket", socket, "dump", "999", "0"});
-  CHECK(missing.exitCode != 0);
-  CHECK(contains(missing.output, "no VM with this id"));
+  CHECK(missing.exitCode == 4);   // NOT_FOUND (schema/exit_status.h)
+  CHECK(contains(missing.output, "no VM with id 999"));
 }
 
 TEST_CASE("clear errors when vlapicd is absent", "[integration]") {

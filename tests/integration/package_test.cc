@@ -8,6 +8,7 @@
 #include <catch2/catch.hpp>
 #include <kj/debug.h>
 #include <cstring>
+#include <unistd.h>
 
 namespace vlapic {
 namespace {
@@ -118,6 +119,29 @@ TEST_CASE("C API: a C front builds with pkg-config against the installed tree an
   auto status = runTool(ctl, {"--socket", daemon.socketPath(), "status"});
   INFO(status.output.cStr());
   CHECK(status.exitCode == 0);
+
+  // What an operator and a packager need besides the programs: man pages,
+  // the systemd units (the service naming the installed vlapicd), the
+  // sandbox script, the schema as documentation. (The service names the
+  // vlapicd of the prefix configured, not of --prefix here.)
+  for (auto file: {"share/man/man8/vlapicd.8", "share/man/man1/vlapicctl.1", "share/man/man1/vlapic-kvm.1",
+                   "lib/systemd/system/vlapicd.service", "lib/systemd/system/vlapicd.socket",
+                   "libexec/vlapic/vlapicd-sandbox.sh", "share/doc/vlapic/schema/vlapic.capnp",
+                   "share/doc/vlapic/schema/channel.capnp"}) {
+    INFO(file);
+    CHECK(access(kj::str(prefix, "/", file).cStr(), R_OK) == 0);
+  }
+  CHECK(access(kj::str(prefix, "/libexec/vlapic/vlapicd-sandbox.sh").cStr(), X_OK) == 0);
+  auto unit = runTool("/bin/grep", {"^ExecStart=", kj::str(prefix, "/lib/systemd/system/vlapicd.service")});
+  INFO(unit.output.cStr());
+  CHECK(strstr(unit.output.cStr(), "/bin/vlapicd ") != nullptr);
+  auto page = runTool("/usr/bin/env", {"MANWIDTH=80", "man", "-l", kj::str(prefix, "/share/man/man1/vlapicctl.1")});
+  if (page.exitCode == 127 || access("/usr/bin/man", X_OK) != 0) {
+    WARN("SKIP: man(1) not installed, vlapicctl.1 not rendered");
+  } else {
+    CHECK(page.exitCode == 0);
+    CHECK(strstr(page.output.cStr(), "EXIT STATUS") != nullptr);
+  }
 }
 
 }  // namespace

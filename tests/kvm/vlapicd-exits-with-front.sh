@@ -24,7 +24,7 @@ cleanup() {
   # vlapic-kvm removes its vlapicd's socket directory on an orderly exit
   # only; this one was killed.
   local socket
-  socket=$(sed -n 's|^vlapicd: serving on \(/tmp/vlapic-kvm\.[A-Za-z0-9]*\)/vlapicd\.sock .*|\1|p' "$log")
+  socket=$(sed -n 's|^[0-9.]* INFO serving on \(/tmp/vlapic-kvm\.[A-Za-z0-9]*\)/vlapicd\.sock .*|\1|p' "$log")
   [ -n "$socket" ] && rm -rf "$socket"
   rm -f "$log"
 }

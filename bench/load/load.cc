@@ -221,7 +221,8 @@ int run(uint32_t fronts, uint32_t vcpus, uint32_t seconds, kj::Maybe<kj::StringP
   }
   // Forked before this process has any thread.
   pid_t doomed = startDoomedFront(socket, vcpus);
-  auto monitor = client::Client::connect(socket);
+  // Server-wide views are the operator's: its socket beside the front one.
+  auto monitor = client::Client::connect(client::adminSocketPathFor(socket));
   auto doomedVmExists = [&]() {
     for (auto& vm : monitor->listVms()) {
       if (vm.name == "doomed") return true;

@@ -8,6 +8,7 @@
 #include "client/lib/vlapic_client.h"
 #include "server/channel/channel.h"
 #include "tests/integration/daemon_process.h"
+#include "tests/integration/expect.h"
 #include "tests/integration/rpc_flood.h"
 #include "tests/integration/xapic_addresses.h"
 
@@ -30,15 +31,6 @@ using namespace client;
 using testing::DaemonProcess;
 using testing::runTool;
 using namespace testing;   // xapic_addresses.h
-
-template <typename Func>
-kj::Maybe<kj::Exception> failure(Func&& func) {
-  return kj::runCatchingExceptions(kj::fwd<Func>(func));
-}
-
-bool contains(kj::StringPtr haystack, kj::StringPtr needle) {
-  return strstr(haystack.cStr(), needle.cStr()) != nullptr;
-}
 
 VmOptions vmOptions(uint32_t vcpus, kj::StringPtr name) {
   VmOptions options;

@@ -8,6 +8,7 @@
 #include "client/lib/vlapic_client.h"
 #include "server/core/registers.h"
 #include "tests/integration/daemon_process.h"
+#include "tests/integration/expect.h"
 #include "tests/integration/xapic_addresses.h"
 
 #include <catch2/catch.hpp>
@@ -122,15 +123,6 @@ void sendIpi(VcpuHandle& from, uint8_t destinationApicId, uint32_t icrLow) {
   REQUIRE(from.mmioWrite(kIcrHigh, 4, uint32_t(destinationApicId) << 24).status == AccessStatus::OK);
   auto result = from.mmioWrite(kIcrLow, 4, icrLow);
   REQUIRE(result.status == AccessStatus::OK);
-}
-
-template <typename Func>
-kj::Maybe<kj::Exception> failure(Func&& func) {
-  return kj::runCatchingExceptions(kj::fwd<Func>(func));
-}
-
-bool contains(kj::StringPtr haystack, kj::StringPtr needle) {
-  return strstr(haystack.cStr(), needle.cStr()) != nullptr;
 }
 
 TEST_CASE("vlapicd serves a front: create a VM, access a register, get an IPI event", "[integration]") {

@@ -323,6 +323,7 @@ struct Lapic::Impl {
   void reset();
   void init();
   LapicSnapshot save(bool x2apic32BitIds) const;
+  void normaliseImage(uint32_t* image, ApicMode imageMode, bool x2apic32BitIds) const;
   kj::Maybe<kj::String> checkImage(const uint32_t* image, ApicMode imageMode,
                                    bool x2apic32BitIds) const;
   kj::Maybe<kj::String> restore(const LapicSnapshot& snapshot);
@@ -990,8 +991,9 @@ LapicSnapshot Lapic::Impl::save(bool x2apic32BitIds) const {
   auto setWord = [&](Reg r, uint32_t value) {
     memcpy(snapshot.regs + regOffset(r), &value, sizeof(value));
   };
-  // KVM fills the current count at save time and restarts from it.
-  setWord(Reg::TIMER_CURRENT_COUNT, timer.currentCount());
+  // KVM fills the current count at save time, in its own terms (time left
+  // in counts), and restarts from it.
+  setWord(Reg::TIMER_CURRENT_COUNT, timer.kvmCurrentCount());
   snapshot.x2apic32BitIds = x2apic32BitIds;
   if (mode == ApicMode::X2APIC && !x2apic32BitIds) setWord(Reg::ID, (initialId & 0xFF) << 24);
 
@@ -1006,17 +1008,46 @@ LapicSnapshot Lapic::Impl::save(bool x2apic32BitIds) const {
   return snapshot;
 }
 
+// What a real KVM's KVM_GET_LAPIC can put into an image that this model never
+// holds, brought to the value this model would hold, so that migration from
+// KVM imports (KVM's own KVM_SET_LAPIC accepts and fixes up the same):
+// - the x2APIC ID in the legacy layout (no 32-bit IDs): KVM takes the ID
+//   from the vCPU, whatever the image says; it becomes this vCPU's;
+// - delivery status (bit 12) in the LVTs: KVM's LVT masks keep it, a
+//   virtual LAPIC never has a send pending; cleared;
+// - ICR low bits this model does not store (reserved bits such as 20, and
+//   delivery status): KVM stores all but bit 12; cleared;
+// - IRR and TMR bits of vectors 0-15: KVM accepts them, this model never
+//   requests an illegal vector (SDM 11.5.2); cleared;
+// - bytes 0x304-0x307, the upper half of KVM's 64-bit x2APIC ICR: KVM
+//   rebuilds them from ICR high (0x310) on restore and leaves them stale
+//   after x2APIC -> disabled -> xAPIC; dropped, restore rebuilds them too.
+// The timer's current count above its initial count (a periodic count
+// clamped to the minimum period) is taken as time left, see
+// ApicTimer::snapshotFromCounts. Anything else is checked by checkImage.
+void Lapic::Impl::normaliseImage(uint32_t* image, ApicMode imageMode,
+                                 bool x2apic32BitIds) const {
+  auto imageReg = [&](Reg r) -> uint32_t& { return image[slotOf(r) * kWordsPerSlot]; };
+  if (imageMode == ApicMode::X2APIC && !x2apic32BitIds) {
+    imageReg(Reg::ID) = (initialId & 0xFF) << 24;
+  }
+  for (Reg lvt : kLvtRegisters) {
+    if (rows[slotOf(lvt)] != nullptr) imageReg(lvt) &= ~kLvtDeliveryStatus;
+  }
+  imageReg(Reg::ICR_LOW) &= xapicMask[slotOf(Reg::ICR_LOW)];
+  imageReg(Reg::IRR0) &= 0xFFFF0000;
+  imageReg(Reg::TMR0) &= 0xFFFF0000;
+  image[kIcrUpperHalfWord] = 0;
+}
+
 // Every word of a kvm_lapic_state image must be one this vCPU could hold.
 kj::Maybe<kj::String> Lapic::Impl::checkImage(const uint32_t* image, ApicMode imageMode,
                                               bool x2apic32BitIds) const {
   for (unsigned slot = 0; slot < kSlots; ++slot) {
     const uint32_t* slotWords = image + slot * kWordsPerSlot;
     for (unsigned i = 1; i < kWordsPerSlot; ++i) {
-      // The upper ICR half at 0x304 (64-bit x2APIC ICR layout, which KVM's
-      // KVM_GET_LAPIC also leaves there) may repeat the word at 0x310.
-      bool icrUpperHalf = slot * kWordsPerSlot + i == kIcrUpperHalfWord &&
-                          slotWords[i] == image[slotOf(Reg::ICR_HIGH) * kWordsPerSlot];
-      if (slotWords[i] != 0 && !icrUpperHalf) {
+      // (normaliseImage has dropped the upper ICR half at 0x304.)
+      if (slotWords[i] != 0) {
         return kj::str("bytes ", kj::hex(slot * 16 + i * 4), "..", kj::hex(slot * 16 + i * 4 + 3),
                        " lie between registers and must be 0");
       }
@@ -1108,6 +1139,7 @@ kj::Maybe<kj::String> Lapic::Impl::restore(const LapicSnapshot& snapshot) {
 
   uint32_t image[kKvmStateBytes / sizeof(uint32_t)];
   memcpy(image, snapshot.regs, kKvmStateBytes);
+  normaliseImage(image, imageMode, snapshot.x2apic32BitIds);
   KJ_IF_MAYBE(problem, checkImage(image, imageMode, snapshot.x2apic32BitIds)) {
     return kj::mv(*problem);
   }
@@ -1146,11 +1178,12 @@ kj::Maybe<kj::String> Lapic::Impl::restore(const LapicSnapshot& snapshot) {
       return kj::str("hidden timer initial count disagrees with the register");
     }
   } else {
-    // KVM's layout alone: restart the timer from the saved current count.
+    // KVM's layout alone: restart the timer from the saved current count
+    // (time left in counts; above the initial count for a clamped periodic
+    // timer, as KVM saves it).
     uint32_t currentCount = imageReg(Reg::TIMER_CURRENT_COUNT);
-    if (timerMode == TimerMode::TSC_DEADLINE ? currentCount != 0 : currentCount > initialCount) {
-      return kj::str("timer current count ", currentCount, " is impossible with initial count ",
-                     initialCount, " in this timer mode");
+    if (timerMode == TimerMode::TSC_DEADLINE && currentCount != 0) {
+      return kj::str("timer current count ", currentCount, " in TSC-deadline mode must be 0");
     }
     hidden.timer = timer.snapshotFromCounts(timerMode, dcr, initialCount, currentCount);
   }

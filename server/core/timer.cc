@@ -144,7 +144,7 @@ ApicTimer::SubTicks ApicTimer::nowSubTicks() const {
 ApicTimer::SubTicks ApicTimer::effectivePeriod(TimerMode mode, uint32_t count,
                                                uint32_t dcr) const {
   // count * divide * 1e9 < 2^32 * 2^7 * 2^30: 128 bits are plenty.
-  SubTicks period = SubTicks(count) * divideValue(dcr) * kNsPerSecond;
+  SubTicks period = countLength(count, dcr);
   if (mode == TimerMode::PERIODIC && count != 0) {
     // KVM's minimum period: a periodic timer faster than this would let a
     // guest flood the host with expiries. Only periodic mode is clamped.
@@ -301,6 +301,20 @@ uint32_t ApicTimer::currentCount() const {
   // counts proportionally slower over its longer period.
   return saturateU32(
       mulDiv(remaining.left, state.initialCount, remaining.countLength, Rounding::UP));
+}
+
+uint32_t ApicTimer::kvmCurrentCount() const {
+  if (state.mode == TimerMode::TSC_DEADLINE) return 0;
+  if (!state.countdownArmed || state.initialCount == 0) return 0;
+  Remaining remaining = remainingAt(state, nowSubTicks());
+  // The time left in whole counts at the divide's rate, rounded up, as KVM
+  // saves TMCCT: above the initial count while a clamped periodic count
+  // runs, equal to currentCount() for a full unclamped count.
+  return saturateU32(mulDiv(remaining.left, 1, countLength(1, state.divideConfig), Rounding::UP));
+}
+
+ApicTimer::SubTicks ApicTimer::countLength(uint32_t counts, uint32_t dcr) {
+  return SubTicks(counts) * divideValue(dcr) * kNsPerSecond;
 }
 
 uint64_t ApicTimer::readTscDeadline() const {
@@ -502,16 +516,21 @@ TimerSnapshot ApicTimer::snapshotFromCounts(TimerMode mode, uint32_t dcr,
   snapshot.initialCount = initialCount;
   if (mode == TimerMode::TSC_DEADLINE || initialCount == 0) return snapshot;
 
+  // Mode 11b is reserved: KVM never starts the timer in it on restore.
+  if (mode == TimerMode::RESERVED) return snapshot;
+
   snapshot.armed = true;
   SubTicks period = effectivePeriod(mode, initialCount, snapshot.divideConfig);
   SubTicks remaining;
   if (currentCount == 0) {
     // KVM: periodic restarts with a full period; one-shot fires at once.
     remaining = mode == TimerMode::PERIODIC ? period : 0;
-  } else if (currentCount >= initialCount) {
-    remaining = period;
   } else {
-    remaining = mulDiv(period, currentCount, initialCount, Rounding::UP);
+    // KVM's current count is the time left in counts at the divide's rate,
+    // so a periodic timer clamped to the minimum period saves a count above
+    // its initial count; a count beyond the period (only a foreign image
+    // has one) is a full period.
+    remaining = kj::min(countLength(currentCount, snapshot.divideConfig), period);
   }
   // Round down to whole ns so the snapshot never exceeds the period.
   snapshot.remainingNs = saturateU64(remaining / config.timerHz);

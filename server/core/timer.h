@@ -140,8 +140,15 @@ public:
   // of 0 restarts a periodic timer with a full period and fires a one-shot
   // with a non-zero initial count at once. In TSC-deadline mode the deadline
   // is restored separately (writeTscDeadline after setMode).
+  // A current count is taken as the time left in counts at the divide's
+  // rate (KVM's meaning), at most one period; in mode 11b nothing is armed.
   TimerSnapshot snapshotFromCounts(TimerMode mode, uint32_t dcr, uint32_t initialCount,
                                    uint32_t currentCount) const;
+  // The current count as KVM's KVM_GET_LAPIC writes it into an image: the
+  // time left in counts at the divide's rate. It equals currentCount() for
+  // a full unclamped count; while a periodic count clamped to the minimum
+  // period runs it is above the initial count (as KVM's is).
+  uint32_t kvmCurrentCount() const;
 
 private:
   // Time inside the timer is kept in "sub-ticks" of 1/timerHz ns, so that one
@@ -172,6 +179,8 @@ private:
 
   SubTicks nowSubTicks() const;
   SubTicks effectivePeriod(TimerMode mode, uint32_t count, uint32_t dcr) const;
+  // The length of `counts` counts at `dcr`'s divide, unclamped.
+  static SubTicks countLength(uint32_t counts, uint32_t dcr);
   // The longest running count `count` at `dcr` can have (checkSnapshot).
   SubTicks longestCount(uint32_t count, uint32_t dcr) const;
   // Time left to the next expiry at `now` on the countdown's grid (a

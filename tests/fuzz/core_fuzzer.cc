@@ -264,7 +264,7 @@ private:
   // ---- operations ----
 
   void doOne() {
-    switch (in.ConsumeIntegralInRange<int>(0, 17)) {
+    switch (in.ConsumeIntegralInRange<int>(0, 18)) {
       case 0: mmioRead(); break;
       case 1: mmioWrite(); break;
       case 2: msrRead(someMsr()); break;
@@ -283,6 +283,7 @@ private:
       case 15: restoreMutated(); break;
       case 16: registerWrite(); break;
       case 17: TRACE("%u: reset()\n", step); lapic.reset(); lint0ExtIntAllowed = true; checkAfterReset(); break;
+      case 18: restoreKvmImage(); break;
     }
   }
 
@@ -738,6 +739,64 @@ private:
     }
     // On success the invariants checked after every step must hold for the
     // restored state too.
+  }
+
+  // An image as KVM's KVM_GET_LAPIC could write it for this state (no
+  // hidden record, either x2APIC ID layout), with the fields KVM can hold
+  // and this model does not: restore must accept it (issue 16: "restore(
+  // export of any state KVM can produce) succeeds") and normalise them.
+  void restoreKvmImage() {
+    bool wideIds = in.ConsumeBool();
+    LapicSnapshot image = lapic.save(wideIds);
+    image.hidden = nullptr;
+    auto word = [&](uint32_t offset) -> uint32_t* {
+      return reinterpret_cast<uint32_t*>(image.regs + offset);
+    };
+    unsigned perturbations = in.ConsumeIntegralInRange<unsigned>(0, 6);
+    for (unsigned i = 0; i < perturbations && in.remaining_bytes() > 0; ++i) {
+      switch (in.ConsumeIntegralInRange<int>(0, 5)) {
+        case 0: {  // delivery status in an LVT (KVM's LVT masks keep it)
+          auto lvts = lvtRegisters(config);
+          *word(regOffset(lvts[in.ConsumeIntegralInRange<size_t>(0, lvts.size() - 1)])) |= 1u << 12;
+          break;
+        }
+        case 1:  // ICR low bits KVM stores and this model does not
+          *word(regOffset(Reg::ICR_LOW)) |= in.ConsumeIntegral<uint32_t>() &
+                                             ~registerInfo(Reg::ICR_LOW).writableMask & ~(1u << 12);
+          break;
+        case 2:  // vectors 0-15 requested
+          *word(regOffset(Reg::IRR0)) |= in.ConsumeIntegral<uint16_t>();
+          *word(regOffset(Reg::TMR0)) |= in.ConsumeIntegral<uint16_t>();
+          break;
+        case 3:  // the upper half of KVM's 64-bit ICR, stale or current
+          *word(0x304) = in.ConsumeIntegral<uint32_t>();
+          break;
+        case 4:  // the legacy x2APIC layout's ID field, which KVM ignores
+          if (lapic.mode() == ApicMode::X2APIC && !wideIds) {
+            *word(regOffset(Reg::ID)) = in.ConsumeIntegral<uint32_t>();
+          }
+          break;
+        case 5:  // a current count in KVM's terms, up to a clamped period's
+          if (((*word(regOffset(Reg::LVT_TIMER)) >> 17) & 3) != 2) {
+            *word(regOffset(Reg::TIMER_CURRENT_COUNT)) = in.ConsumeIntegral<uint32_t>();
+          }
+          break;
+      }
+    }
+    TRACE("%u: restore(KVM image, %s IDs)\n", step, wideIds ? "32-bit" : "legacy");
+    KJ_IF_MAYBE(error, lapic.restore(image)) {
+      fprintf(stderr, "restore of a KVM-producible image failed: %s\n", error->cStr());
+      violated(step, "restore(KVM export) failed", 0, 1);
+    }
+    lint0ExtIntAllowed = true;
+    EXPECT_EQ(readWord(0x304), lapic.mode() == ApicMode::X2APIC ? lapic.readRegister(Reg::ICR_HIGH) : 0,
+              "0x304 not rebuilt on restore");
+  }
+
+  uint32_t readWord(uint32_t offset) {
+    uint32_t v;
+    memcpy(&v, lapic.page().bytes().begin() + offset, 4);
+    return v;
   }
 
   // ---- invariants after every step ----

@@ -87,7 +87,16 @@ for name in "${harnesses[@]}"; do
   if [ $rc -ne 0 ]; then
     status=1
     echo "fuzz-$name: FAILED after ${execs:-?} executions (exit $rc); log: $log"
-    grep -E 'INVARIANT VIOLATED|ERROR: |SUMMARY: |runtime error|Test unit written' "$log" | head -20 || true
+    grep -E 'INVARIANT VIOLATED|ERROR: |SUMMARY: |runtime error|Test unit written|^INFO: Seed' "$log" | head -20 || true
+    # The reproducer, printed so a failure on a machine whose build tree is
+    # gone (CI) can be replayed: decode it (xxd -r -p, or python3
+    # bytes.fromhex) into a file and run fuzz-$name on that file.
+    artifact=$(sed -n 's/.*Test unit written to \(.*\)$/\1/p' "$log" | tail -1)
+    if [ -n "$artifact" ] && [ -f "$artifact" ] && [ "$(stat -c %s "$artifact")" -le 8192 ]; then
+      echo "reproducer (hex, $(stat -c %s "$artifact") bytes):"
+      od -An -v -tx1 "$artifact" | tr -d ' \n' | fold -w 128
+      echo
+    fi
   else
     echo "fuzz-$name: ${execs:-?} executions in ${seconds} s, no crash (${cov:-cov: ?}, corpus $(ls "$corpus" | wc -l) committed + $(ls "$scratch" | wc -l) new)"
   fi

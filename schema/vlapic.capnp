@@ -177,6 +177,13 @@ struct VcpuState {
   # IA32_APIC_BASE and the versioned hidden-state record the page cannot
   # hold (timer phase, TSC deadline, ESR accumulator, run state, LINT
   # levels, ...). Restore validates everything before changing anything.
+  # Without a hidden record (an image from KVM's KVM_GET_LAPIC) the timer
+  # restarts from the current count, taken as KVM means it (time left in
+  # counts, above the initial count for a periodic timer clamped to the
+  # minimum period), and what KVM can hold but this model never does is
+  # normalised, not refused: a legacy-layout x2APIC ID field (the vCPU's ID
+  # is used), LVT delivery status, ICR low bits not stored, IRR/TMR bits of
+  # vectors 0-15 (cleared), bytes 0x304-0x307 (rebuilt from ICR high).
   index @0 :UInt32;            # the vCPU within its VM
   apicBase @1 :UInt64;         # IA32_APIC_BASE
   regs @2 :Data;               # exactly 1024 bytes, kvm_lapic_state.regs
@@ -280,7 +287,12 @@ interface Vcpu {
   # events). A vCPU waiting for SIPI starts (started = true); a running one
   # drops it (SDM "MP Initialization Protocol").
 
-  save @8 () -> (state :VcpuState);
+  save @8 (legacyX2apicIds :Bool) -> (state :VcpuState);
+  # legacyX2apicIds: write KVM's layout without KVM_X2APIC_API_USE_32BIT_IDS
+  # (an x2APIC vCPU's ID field holds its ID's low 8 bits in bits 31:24), for
+  # a KVM that does not enable the 32-bit-ID API. Restore takes both
+  # layouts, and normalises what KVM's KVM_GET_LAPIC can write and this
+  # model does not hold: see VcpuState.
   restore @9 (state :VcpuState) -> ();
   # Validates first; a malformed blob is an error reply and leaves the vCPU
   # unchanged. `state.index` is ignored (the capability names the vCPU).
@@ -409,7 +421,8 @@ interface Vm {
   # Drive LINT0/LINT1 of one vCPU (`vcpu` = 0xFFFFFFFF: of every vCPU, as a
   # board wires the PIC to all LAPICs). pin 0 or 1.
 
-  save @5 () -> (state :VmState);
+  save @5 (legacyX2apicIds :Bool) -> (state :VmState);
+  # legacyX2apicIds as in Vcpu.save, for every vCPU.
   restore @6 (state :VmState, resumeTscAtSaved :Bool) -> ();
   # VM-wide save/restore; restore validates every vCPU before changing any.
   # resumeTscAtSaved = false: keep the saved TSC offset (same host clock, e.g.

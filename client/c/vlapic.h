@@ -214,6 +214,12 @@ struct vlapic_lapic_state {
   uint8_t hidden[VLAPIC_HIDDEN_MAX];
 };
 int vlapic_vcpu_save(vlapic_vcpu* vcpu, struct vlapic_lapic_state* out);
+/* vlapic_vcpu_save in a chosen x2APIC ID layout: x2apic_32bit_ids false
+ * writes KVM's legacy layout (no KVM_X2APIC_API_USE_32BIT_IDS: an x2APIC
+ * vCPU's ID field holds the ID's low 8 bits in bits 31:24), for a KVM that
+ * does not enable the 32-bit-ID API. vlapic_vcpu_save is this with true. */
+int vlapic_vcpu_save_layout(vlapic_vcpu* vcpu, bool x2apic_32bit_ids,
+                            struct vlapic_lapic_state* out);
 int vlapic_vcpu_restore(vlapic_vcpu* vcpu, const struct vlapic_lapic_state* state);
 
 /* The whole VM (every vCPU, TSC offset, queued events) as one portable blob

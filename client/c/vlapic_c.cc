@@ -440,9 +440,15 @@ bool vlapic_vcpu_consume_attention(vlapic_vcpu* vcpu) {
 }
 
 int vlapic_vcpu_save(vlapic_vcpu* vcpu, struct vlapic_lapic_state* out) {
+  return vlapic_vcpu_save_layout(vcpu, true, out);
+}
+
+int vlapic_vcpu_save_layout(vlapic_vcpu* vcpu, bool x2apic_32bit_ids,
+                            struct vlapic_lapic_state* out) {
   if (vcpu == nullptr || out == nullptr) return fail(VLAPIC_ERR_INVALID, "vcpu or out is NULL");
   return guarded([&]() -> int {
-    client::VcpuState state = vcpu->handle->save();
+    client::VcpuState state = vcpu->handle->save(x2apic_32bit_ids ? client::X2apicIdLayout::THIRTY_TWO_BIT
+                                                                   : client::X2apicIdLayout::LEGACY);
     KJ_REQUIRE(state.regs.size() == VLAPIC_KVM_LAPIC_STATE_SIZE, "vlapicd sent a register image of the wrong size");
     if (state.hidden.size() > VLAPIC_HIDDEN_MAX) {
       return fail(VLAPIC_ERR_BUFFER, "the hidden record is larger than VLAPIC_HIDDEN_MAX");

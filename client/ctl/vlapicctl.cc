@@ -118,6 +118,7 @@ private:
   uint64_t vmId = 0;
   uint32_t vcpuIndex = 0;
   bool haveVcpu = false;
+  client::X2apicIdLayout idLayout = client::X2apicIdLayout::THIRTY_TWO_BIT;  // save
   kj::String file;
   double intervalSeconds = 1.0;
   uint32_t repeat = 1;
@@ -263,6 +264,8 @@ private:
         "Saves a whole VM (every vCPU, the guest TSC, queued events), or with --vcpu one "
         "vCPU, to <file> (a packed Cap'n Proto VmState message).")
         .addOptionWithArg({"vcpu"}, KJ_BIND_METHOD(*this, setVcpu), "<index>", "Save only this vCPU.")
+        .addOption({"legacy-x2apic-ids"}, [this]() { idLayout = client::X2apicIdLayout::LEGACY; return true; },
+                   "Write x2APIC vCPUs' IDs in KVM's legacy layout (no KVM_X2APIC_API_USE_32BIT_IDS).")
         .expectArg("<vm-id>", KJ_BIND_METHOD(*this, setVm))
         .expectArg("<file>", KJ_BIND_METHOD(*this, setFile))
         .callAfterParsing([this]() { return withServer([this](ThreadSession& session, client::AsyncAdmin& admin) {
@@ -272,9 +275,9 @@ private:
           client::VmState state;
           if (haveVcpu) {
             state.vcpus = kj::heapArray<client::VcpuState>(1);
-            state.vcpus[0] = vm->vcpu(vcpuIndex)->save().wait(ws);
+            state.vcpus[0] = vm->vcpu(vcpuIndex)->save(idLayout).wait(ws);
           } else {
-            state = vm->save().wait(ws);
+            state = vm->save(idLayout).wait(ws);
           }
           writeFile(file, client::encodeVmState(state));
           context.exitInfo(kj::str("saved ", state.vcpus.size(), " vCPU(s) of VM ", vmId, " to ", file));

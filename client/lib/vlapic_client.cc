@@ -417,8 +417,10 @@ public:
     });
   }
 
-  kj::Promise<VcpuState> save() override {
-    return cap.saveRequest().send().then([](auto response) { return fromProto(response.getState()); });
+  kj::Promise<VcpuState> save(X2apicIdLayout layout) override {
+    auto request = cap.saveRequest();
+    request.setLegacyX2apicIds(layout == X2apicIdLayout::LEGACY);
+    return request.send().then([](auto response) { return fromProto(response.getState()); });
   }
 
   kj::Promise<void> restore(const VcpuState& state) override {
@@ -547,8 +549,10 @@ public:
     return request.send().ignoreResult();
   }
 
-  kj::Promise<VmState> save() override {
-    return cap.saveRequest().send().then([](auto response) { return fromProto(response.getState()); });
+  kj::Promise<VmState> save(X2apicIdLayout layout) override {
+    auto request = cap.saveRequest();
+    request.setLegacyX2apicIds(layout == X2apicIdLayout::LEGACY);
+    return request.send().then([](auto response) { return fromProto(response.getState()); });
   }
 
   kj::Promise<void> restore(const VmState& state, bool resumeTscAtSaved) override {
@@ -732,7 +736,7 @@ public:
   InterruptState interruptState() override { return wait(vcpu->interruptState()); }
   InterruptState setCr8(uint8_t cr8) override { return wait(vcpu->setCr8(cr8)); }
   StartupResult startup(uint8_t vector) override { return wait(vcpu->startup(vector)); }
-  VcpuState save() override { return wait(vcpu->save()); }
+  VcpuState save(X2apicIdLayout layout) override { return wait(vcpu->save(layout)); }
   void restore(const VcpuState& state) override { vcpu->restore(state).wait(session.waitScope()); }
   AsyncVcpu::Pages pages() override { return wait(vcpu->pages()); }
   kj::Own<MappedPage> mapVirtualApicPage() override { return wait(vcpu->mapVirtualApicPage()); }
@@ -787,7 +791,9 @@ public:
   void setLint(uint32_t vcpu, uint8_t pin, bool level) override {
     executor.executeSync([&]() { return vm->setLint(vcpu, pin, level); });
   }
-  VmState save() override { return executor.executeSync([&]() { return vm->save(); }); }
+  VmState save(X2apicIdLayout layout) override {
+    return executor.executeSync([&]() { return vm->save(layout); });
+  }
   void restore(const VmState& state, bool resumeTscAtSaved) override {
     executor.executeSync([&]() { return vm->restore(state, resumeTscAtSaved); });
   }

@@ -131,6 +131,11 @@ struct Event {
 // loop). Returning acknowledges the batch for flow control.
 using EventCallback = kj::Function<void(kj::ArrayPtr<const Event> events)>;
 
+// How an x2APIC vCPU's ID is written into a saved kvm_lapic_state: the
+// 32-bit ID (KVM_X2APIC_API_USE_32BIT_IDS, the default), or KVM's legacy
+// layout without that API (the ID's low 8 bits in bits 31:24).
+enum class X2apicIdLayout { THIRTY_TWO_BIT, LEGACY };
+
 // A saved vCPU: KVM's 1 KiB kvm_lapic_state, IA32_APIC_BASE and the hidden
 // record. View the registers with `view()` (regview.h).
 struct VcpuState {
@@ -267,7 +272,7 @@ public:
   virtual kj::Promise<InterruptState> interruptState() = 0;
   virtual kj::Promise<InterruptState> setCr8(uint8_t cr8) = 0;
   virtual kj::Promise<StartupResult> startup(uint8_t vector) = 0;
-  virtual kj::Promise<VcpuState> save() = 0;
+  virtual kj::Promise<VcpuState> save(X2apicIdLayout layout = X2apicIdLayout::THIRTY_TWO_BIT) = 0;
   virtual kj::Promise<void> restore(const VcpuState& state) = 0;
   struct Pages { PageInfo virtualApic, apicAccess; };
   virtual kj::Promise<Pages> pages() = 0;
@@ -295,7 +300,7 @@ public:
   virtual kj::Promise<void> deliverIoApic(uint64_t redirectionEntry) = 0;
   static constexpr uint32_t kAllVcpus = 0xFFFFFFFF;
   virtual kj::Promise<void> setLint(uint32_t vcpu, uint8_t pin, bool level) = 0;
-  virtual kj::Promise<VmState> save() = 0;
+  virtual kj::Promise<VmState> save(X2apicIdLayout layout = X2apicIdLayout::THIRTY_TWO_BIT) = 0;
   virtual kj::Promise<void> restore(const VmState& state, bool resumeTscAtSaved = false) = 0;
   virtual kj::Promise<VmStats> stats() = 0;
   virtual kj::Promise<VmInfo> info() = 0;
@@ -352,7 +357,7 @@ public:
   virtual InterruptState interruptState() = 0;
   virtual InterruptState setCr8(uint8_t cr8) = 0;
   virtual StartupResult startup(uint8_t vector) = 0;
-  virtual VcpuState save() = 0;
+  virtual VcpuState save(X2apicIdLayout layout = X2apicIdLayout::THIRTY_TWO_BIT) = 0;
   virtual void restore(const VcpuState& state) = 0;
   virtual AsyncVcpu::Pages pages() = 0;
   virtual kj::Own<MappedPage> mapVirtualApicPage() = 0;
@@ -398,7 +403,7 @@ public:
   virtual void deliverMsi(MsiMessage msi) = 0;
   virtual void deliverIoApic(uint64_t redirectionEntry) = 0;
   virtual void setLint(uint32_t vcpu, uint8_t pin, bool level) = 0;
-  virtual VmState save() = 0;
+  virtual VmState save(X2apicIdLayout layout = X2apicIdLayout::THIRTY_TWO_BIT) = 0;
   virtual void restore(const VmState& state, bool resumeTscAtSaved = false) = 0;
   virtual VmStats stats() = 0;
   virtual VmInfo info() = 0;

@@ -960,7 +960,9 @@ public:
   kj::Promise<void> save(SaveContext context) override {
     auto& host = server.requireVm(vmId);
     auto guard = host.lock();
-    fillSnapshot(context.getResults(kReplySize).initState(), index, host.vm.saveVcpu(index));
+    bool x2apic32BitIds = !context.getParams().getLegacyX2apicIds();
+    fillSnapshot(context.getResults(kReplySize).initState(), index,
+                 host.vm.saveVcpu(index, x2apic32BitIds));
     return kj::READY_NOW;
   }
 
@@ -1090,7 +1092,7 @@ public:
   kj::Promise<void> save(SaveContext context) override {
     auto& host = server.requireVm(vmId);
     auto guard = host.lock();
-    VmSnapshot snapshot = host.vm.saveVm();
+    VmSnapshot snapshot = host.vm.saveVm(!context.getParams().getLegacyX2apicIds());
     auto out = context.getResults(kReplySize).initState();
     auto vcpus = out.initVcpus(snapshot.vcpus.size());
     for (uint32_t v = 0; v < snapshot.vcpus.size(); v++) fillSnapshot(vcpus[v], v, snapshot.vcpus[v]);

@@ -817,7 +817,9 @@ kj::Vector<VcpuEvent> Vm::takeEvents(uint32_t vcpu) {
   return taken;
 }
 
-LapicSnapshot Vm::saveVcpu(uint32_t vcpu) const { return impl->vcpu(vcpu).lapic->save(); }
+LapicSnapshot Vm::saveVcpu(uint32_t vcpu, bool x2apic32BitIds) const {
+  return impl->vcpu(vcpu).lapic->save(x2apic32BitIds);
+}
 
 kj::Maybe<kj::String> Vm::restoreVcpu(uint32_t vcpu, const LapicSnapshot& snapshot) {
   auto& v = impl->vcpu(vcpu);
@@ -829,7 +831,7 @@ kj::Maybe<kj::String> Vm::restoreVcpu(uint32_t vcpu, const LapicSnapshot& snapsh
   return nullptr;
 }
 
-VmSnapshot Vm::saveVm() const {
+VmSnapshot Vm::saveVm(bool x2apic32BitIds) const {
   VmSnapshot snapshot;
   snapshot.tscOffset = impl->tsc.getOffset();
   snapshot.tscAtSave = impl->tsc.now();
@@ -837,7 +839,7 @@ VmSnapshot Vm::saveVm() const {
   auto lapics = kj::heapArrayBuilder<LapicSnapshot>(impl->vcpus.size());
   auto queues = kj::heapArrayBuilder<kj::Array<VcpuEvent>>(impl->vcpus.size());
   for (auto& v : impl->vcpus) {
-    lapics.add(v.lapic->save());
+    lapics.add(v.lapic->save(x2apic32BitIds));
     queues.add(kj::heapArray<VcpuEvent>(v.events.asPtr()));
   }
   snapshot.vcpus = lapics.finish();

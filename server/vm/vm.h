@@ -275,10 +275,11 @@ public:
   kj::Vector<VcpuEvent> takeEvents(uint32_t vcpu);
 
   // ---- Save / restore ----
-  LapicSnapshot saveVcpu(uint32_t vcpu) const;
+  // x2apic32BitIds = false writes KVM's legacy x2APIC ID layout.
+  LapicSnapshot saveVcpu(uint32_t vcpu, bool x2apic32BitIds = true) const;
   // On error returns the reason and leaves the vCPU unchanged.
   kj::Maybe<kj::String> restoreVcpu(uint32_t vcpu, const LapicSnapshot& snapshot);
-  VmSnapshot saveVm() const;
+  VmSnapshot saveVm(bool x2apic32BitIds = true) const;
   // All or nothing: on error returns the reason and leaves the VM unchanged.
   kj::Maybe<kj::String> restoreVm(const VmSnapshot& snapshot,
                                   TscRestore tscRestore = TscRestore::KEEP_OFFSET);

@@ -133,6 +133,13 @@ int main(int argc, char** argv) {
   bad = state;
   bad.hidden_size = VLAPIC_HIDDEN_MAX + 1;
   check_error(vlapic_vcpu_restore(vcpu, &bad), VLAPIC_ERR_INVALID, "restore hidden_size too large");
+  check_error(vlapic_vcpu_save_layout(NULL, false, &state), VLAPIC_ERR_INVALID, "save_layout a NULL vCPU");
+  check_error(vlapic_vcpu_save_layout(vcpu, false, NULL), VLAPIC_ERR_INVALID, "save_layout into NULL");
+  struct vlapic_lapic_state legacy;
+  rc = vlapic_vcpu_save_layout(vcpu, false, &legacy);
+  check(rc == VLAPIC_OK && !legacy.x2apic_32bit_ids, "save in KVM's legacy x2APIC ID layout");
+  rc = vlapic_vcpu_restore(vcpu, &legacy);
+  check(rc == VLAPIC_OK, "restore the legacy-layout state");
   static const unsigned char junk[] = "not a VM state at all";
   check_error(vlapic_vm_restore(vm, junk, sizeof(junk)), VLAPIC_ERR_FAILED, "restore a junk VM blob");
   rc = vlapic_mmio_read(vcpu, 0xFEE00030, 4, 0, &r);

@@ -7,6 +7,7 @@
 // load hits both alike; the figure is the ratio of the medians (goal: the
 // C front within 5% of the C++ one), with the 10th-90th percentile spread.
 #include "bench/capi/c_front_loop.h"
+#include "bench/common/block_options.h"
 #include "bench/common/stats.h"
 #include "client/lib/vlapic_client.h"
 #include "server/channel/channel.h"
@@ -60,30 +61,20 @@ public:
   explicit BenchCapi(kj::ProcessContext& context): context(context) {}
 
   kj::MainFunc getMain() {
-    return kj::MainBuilder(context, "bench-capi",
+    kj::MainBuilder builder(context, "bench-capi",
         "Measures an MMIO read over the shared-memory channel made through the C API (from C) "
-        "against the same read by a C++ front on the channel front, blocks interleaved.")
-        .addOptionWithArg({"blocks"}, KJ_BIND_METHOD(*this, setBlocks), "<n>",
-            "Blocks per front (default 41).")
-        .addOptionWithArg({"calls"}, KJ_BIND_METHOD(*this, setCalls), "<n>",
-            "Reads per block (default 2000).")
+        "against the same read by a C++ front on the channel front, blocks interleaved.");
+    return bench::addBlockOptions(builder, counts, "Blocks per front (default 41).",
+                                  "Reads per block (default 2000).")
         .callAfterParsing(KJ_BIND_METHOD(*this, run))
         .build();
   }
 
 private:
   kj::ProcessContext& context;
-  uint32_t blocks = 41;
-  uint32_t calls = 2000;
-
-  kj::MainBuilder::Validity setBlocks(kj::StringPtr s) {
-    blocks = strtoul(s.cStr(), nullptr, 10);
-    return blocks >= 3 ? kj::MainBuilder::Validity(true) : kj::str("need at least 3 blocks");
-  }
-  kj::MainBuilder::Validity setCalls(kj::StringPtr s) {
-    calls = strtoul(s.cStr(), nullptr, 10);
-    return calls >= 10 ? kj::MainBuilder::Validity(true) : kj::str("need at least 10 calls");
-  }
+  bench::BlockCounts counts{41, 2000};
+  uint32_t& blocks = counts.blocks;
+  uint32_t& calls = counts.calls;
 
   kj::MainBuilder::Validity run() {
     kj::StringPtr args[] = {"--quiet"};

@@ -8,6 +8,7 @@
 // three kinds interleaved block by block so that drift in machine load hits
 // them alike; figures are the median over blocks with the 10th-90th
 // percentile spread.
+#include "bench/common/block_options.h"
 #include "bench/common/stats.h"
 #include "client/lib/vlapic_client.h"
 #include "tests/integration/daemon_process.h"
@@ -45,30 +46,20 @@ public:
   explicit BenchRpc(kj::ProcessContext& context): context(context) {}
 
   kj::MainFunc getMain() {
-    return kj::MainBuilder(context, "bench-rpc",
+    kj::MainBuilder builder(context, "bench-rpc",
         "Measures vlapicd round trips (MMIO read, x2APIC MSR write) against a Cap'n Proto echo "
-        "on the same Unix socket, pipelined throughput and event-posting throughput.")
-        .addOptionWithArg({"blocks"}, KJ_BIND_METHOD(*this, setBlocks), "<n>",
-            "Blocks per round-trip kind (default 31).")
-        .addOptionWithArg({"calls"}, KJ_BIND_METHOD(*this, setCalls), "<n>",
-            "Calls per block (default 400).")
+        "on the same Unix socket, pipelined throughput and event-posting throughput.");
+    return bench::addBlockOptions(builder, counts, "Blocks per round-trip kind (default 31).",
+                                  "Calls per block (default 400).")
         .callAfterParsing(KJ_BIND_METHOD(*this, run))
         .build();
   }
 
 private:
   kj::ProcessContext& context;
-  uint32_t blocks = 31;
-  uint32_t calls = 400;
-
-  kj::MainBuilder::Validity setBlocks(kj::StringPtr s) {
-    blocks = strtoul(s.cStr(), nullptr, 10);
-    return blocks >= 3 ? kj::MainBuilder::Validity(true) : kj::str("need at least 3 blocks");
-  }
-  kj::MainBuilder::Validity setCalls(kj::StringPtr s) {
-    calls = strtoul(s.cStr(), nullptr, 10);
-    return calls >= 10 ? kj::MainBuilder::Validity(true) : kj::str("need at least 10 calls");
-  }
+  bench::BlockCounts counts{31, 400};
+  uint32_t& blocks = counts.blocks;
+  uint32_t& calls = counts.calls;
 
   kj::MainBuilder::Validity run() {
     kj::StringPtr args[] = {"--quiet"};

@@ -11,7 +11,7 @@ namespace {
 }
 }  // namespace
 
-void FrontAccount::chargeVm(uint32_t count) {
+void FrontAccount::chargeVm(uint32_t count, uint64_t nowNs) {
   if (vms + 1 > limits.vms) {
     overQuota(kj::str("quota: this front already holds ", vms, " VMs, the most vlapicd allows "
                       "one front (--max-vms-per-front ", limits.vms, ")"));
@@ -20,8 +20,21 @@ void FrontAccount::chargeVm(uint32_t count) {
     overQuota(kj::str("quota: ", count, " more vCPUs would give this front ",
                       uint64_t(vcpus) + count, ", over --max-vcpus-per-front ", limits.vcpus));
   }
+  // Within its quotas, the rate. Refill: vmCreatesPerSecond creations a
+  // second is that many credits a ns, up to the VM quota's worth.
+  uint64_t full = uint64_t(limits.vms) * kCreditPerCreation;
+  uint64_t elapsedNs = nowNs > creditAtNs ? nowNs - creditAtNs : 0;
+  unsigned __int128 refill = (unsigned __int128)elapsedNs * limits.vmCreatesPerSecond;
+  createCredit = refill >= full - createCredit ? full : createCredit + uint64_t(refill);
+  creditAtNs = nowNs;
+  if (createCredit < kCreditPerCreation) {
+    overQuota(kj::str("rate: this front creates VMs faster than vlapicd allows one front "
+                      "(--vm-creates-per-front ", limits.vmCreatesPerSecond, " a second after its "
+                      "first ", limits.vms, "); retry later"));
+  }
   vms++;
   vcpus += count;
+  createCredit -= kCreditPerCreation;
 }
 
 void FrontAccount::refundVm(uint32_t count) {

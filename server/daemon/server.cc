@@ -1280,7 +1280,7 @@ public:
     // A batch always holds at least one vCPU's whole queue.
     perBatch = kj::max(perBatch, kMaxQueuedEventsPerVcpu);
 
-    account->chargeVm(config.vcpuCount);
+    account->chargeVm(config.vcpuCount, server.clock.nowNs());
     bool hostOwnsCharge = false;   // once the VmHost exists, it refunds
     KJ_ON_SCOPE_FAILURE(if (!hostOwnsCharge) account->refundVm(config.vcpuCount));
     uint64_t id = server.nextVmId++;

@@ -207,6 +207,35 @@ TEST_CASE("quotas: one front over its limits is refused alone", "[integration][a
   CHECK(daemon.running());
 }
 
+TEST_CASE("VM creation rate: a front creating and releasing VMs in a loop is refused, others are not",
+          "[integration][authority]") {
+  kj::StringPtr args[] = {"--no-sandbox", "--max-vms-per-front", "3", "--vm-creates-per-front", "1"};
+  DaemonProcess daemon(VLAPICD_PATH, args);
+  auto churner = ThreadSession::open(daemon.socketPath());
+  auto& ws = churner->waitScope();
+  // The whole VM quota at once is fine, released again at once.
+  for (int i = 0; i < 3; i++) {
+    auto vm = churner->connection().createVm(vmOptions(1, "c"), ignoreEvents()).wait(ws);
+    CHECK(vm->vcpuCount() == 1);
+  }
+  // Beyond it, one creation a second.
+  KJ_IF_MAYBE(e, failure([&]() {
+    churner->connection().createVm(vmOptions(1, "c4"), ignoreEvents()).wait(ws);
+  })) {
+    CHECK(e->getType() == kj::Exception::Type::OVERLOADED);
+    CHECK(contains(e->getDescription(), "--vm-creates-per-front"));
+  } else {
+    FAIL("VM creation rate not enforced");
+  }
+  // Another front's rate is its own.
+  auto other = Client::connect(daemon.socketPath());
+  CHECK(other->createVm(vmOptions(1, "o"), ignoreEvents())->vcpuCount() == 1);
+  // A second later the churner may create again.
+  std::this_thread::sleep_for(std::chrono::milliseconds(1100));
+  auto again = churner->connection().createVm(vmOptions(1, "c5"), ignoreEvents()).wait(ws);
+  CHECK(again->vcpuCount() == 1);
+}
+
 TEST_CASE("connections over the limit are closed at once, the others keep working",
           "[integration][authority]") {
   kj::StringPtr args[] = {"--no-sandbox", "--max-connections", "3"};

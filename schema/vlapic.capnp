@@ -314,7 +314,7 @@ interface Vcpu {
   # each vCPU thread its own connection. Valid while the VM lives.
 
   openChannel @15 () -> (channel :VcpuChannel);
-  # The exit fast path (server/channel/README.md): a shared-memory call/reply
+  # The exit fast path (schema/channel/README.md): a shared-memory call/reply
   # channel for this vCPU, carrying the same requests as the methods above
   # (MMIO/MSR read/write, acknowledge, set CR8) plus this vCPU's events.
   # While it is open, this vCPU's events go through the channel only (never

@@ -16,8 +16,8 @@
 // Every figure is a median over many samples with p10/p90 beside it. The
 // last line is `RESULT channel ...`.
 #include "bench/common/stats.h"
-#include "server/channel/channel.h"
-#include "server/channel/shared-layout.h"
+#include "schema/channel/channel.h"
+#include "schema/channel/shared-layout.h"
 #include "echo.capnp.h"
 #include <capnp/rpc-twoparty.h>
 #include <kj/async-io.h>

@@ -11,7 +11,7 @@
 // operation, and how the cost grows with VM size.
 #include "bench/common/stats.h"
 #include "server/vm/vm.h"
-#include "server/core/registers.h"
+#include "schema/model/registers.h"
 #include "hal/hal.h"
 #include <kj/debug.h>
 #include <kj/main.h>

@@ -37,7 +37,8 @@
 
 #include "bench/common/stats.h"
 #include "client/lib/vlapic_client.h"
-#include "server/channel/channel.h"
+#include "schema/channel/channel.h"
+#include "server/core/timer.h"   // ApicTimer, GuestTsc: the in-process figure
 
 #include <kj/async-io.h>
 #include <kj/debug.h>
@@ -581,7 +582,7 @@ struct Run {
 
 // ---------------------------------------------------------------------------
 // The exit fast path: each vCPU on its own thread with its own shared-memory
-// channel (server/channel), as vlapic-kvm runs. vlapicd raises the channel's
+// channel (schema/channel), as vlapic-kvm runs. vlapicd raises the channel's
 // attention flag at the expiry; the front sees it (blocking on the
 // attention eventfd, or polling the flag when it woke ahead) and fetches
 // the events with one call. Lateness is when the DELIVERABLE event is in

@@ -5,7 +5,7 @@
 #include "client/c/vlapic.h"
 
 #include "client/lib/vlapic_client.h"
-#include "server/channel/channel.h"
+#include "schema/channel/channel.h"
 
 #include <kj/debug.h>
 #include <kj/mutex.h>

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: MIT
 #include "client/ctl/output.h"
 #include "client/ctl/json.h"
-#include "server/core/dump.h"
+#include "schema/model/dump.h"
 
 #include <kj/debug.h>
 #include <kj/vector.h>

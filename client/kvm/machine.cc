@@ -3,7 +3,7 @@
 
 #include "client/kvm/nmi_gate.h"
 
-#include "server/core/types.h"
+#include "schema/model/types.h"
 
 #include <kj/debug.h>
 #include <cerrno>
@@ -33,7 +33,7 @@ int MachineExit::processStatus() const {
 namespace {
 
 // The APIC MSR numbers and IA32_APIC_BASE bits come from the core's
-// server/core/types.h (kMsrApicBase, kMsrTscDeadline, kMsrX2apicFirst/Last,
+// schema/model/types.h (kMsrApicBase, kMsrTscDeadline, kMsrX2apicFirst/Last,
 // kApicBaseEnable, kApicBaseExtd).
 constexpr uint32_t kMsrTsc = 0x10;
 constexpr uint32_t kMsrX2apicTpr = 0x808;

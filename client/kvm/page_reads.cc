@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: MIT
 #include "client/kvm/page_reads.h"
 
-#include "server/core/registers.h"
+#include "schema/model/registers.h"
 #include <kj/debug.h>
 
 namespace vlapic::kvm {

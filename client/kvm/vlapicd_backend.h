@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: MIT
 // The ApicBackend that talks to vlapicd through the client library: one
 // control connection (VM creation, events), and per vCPU thread either the
-// vCPU's shared-memory channel (the exit fast path, server/channel; the
+// vCPU's shared-memory channel (the exit fast path, schema/channel; the
 // default) or its own RPC connection opened from a ticket (--rpc), so a
 // synchronous call never hops threads. With the channel, register reads
 // that need no computation come from the vCPU's virtual-APIC page mapped
@@ -11,7 +11,7 @@
 #include "client/kvm/apic_backend.h"
 #include "client/kvm/page_reads.h"
 #include "client/lib/vlapic_client.h"
-#include "server/channel/channel.h"
+#include "schema/channel/channel.h"
 #include <kj/mutex.h>
 #include <kj/thread.h>
 #include <kj/vector.h>

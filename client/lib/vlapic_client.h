@@ -32,8 +32,8 @@
 // DISCONNECTED when the server went away.
 #pragma once
 
-#include "server/core/types.h"
-#include "server/core/regview.h"   // typed register views, re-exported
+#include "schema/model/types.h"
+#include "schema/model/regview.h"   // typed register views, re-exported
 #include "client/lib/wake_ahead.h"   // waking ahead of timer deadlines
 #include <kj/async.h>
 #include <kj/async-io.h>
@@ -283,7 +283,7 @@ public:
   virtual kj::Promise<VcpuInfo> info() = 0;
   virtual kj::Promise<VcpuTicket> ticket() = 0;
   // Opens this vCPU's shared-memory channel (the exit fast path): returns the
-  // fd to hand to vlapic::channel::ChannelFront::connect (server/channel).
+  // fd to hand to vlapic::channel::ChannelFront::connect (schema/channel).
   // From then on this vCPU's events arrive through the channel, not through
   // the VM's event callback, until the front closes the channel.
   virtual kj::Promise<kj::AutoCloseFd> openChannel() = 0;

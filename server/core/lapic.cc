@@ -29,7 +29,7 @@
 //   32-bit values in registers that have no such bits in xAPIC mode).
 
 #include "lapic.h"
-#include "regview.h"
+#include "schema/model/regview.h"
 
 #include <kj/debug.h>
 #include <string.h>

@@ -6,9 +6,9 @@
 // deadlines to arm) come out in AccessResult or through the queries below.
 #pragma once
 
-#include "types.h"
+#include "schema/model/types.h"
 #include "timer.h"
-#include "registers.h"
+#include "schema/model/registers.h"
 #include "hal/hal.h"
 #include <kj/array.h>
 #include <kj/string.h>

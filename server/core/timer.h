@@ -4,6 +4,7 @@
 // tests advance a ManualClock.
 #pragma once
 
+#include "schema/model/types.h"
 #include "hal/hal.h"
 #include <cstdint>
 
@@ -36,10 +37,7 @@ private:
   int64_t offset;
 };
 
-// LVT Timer bits 18:17. RESERVED (11b): an initial count is kept but the
-// timer never starts counting in it, as KVM's (a count already running when
-// the mode is set runs out as one-shot).
-enum class TimerMode : uint8_t { ONE_SHOT = 0, PERIODIC = 1, TSC_DEADLINE = 2, RESERVED = 3 };
+// TimerMode (LVT Timer bits 18:17) is a register field: schema/model/types.h.
 
 struct TimerConfig {
   // Timer input clock before the divider. KVM ticks at 1 GHz (1 ns a tick).

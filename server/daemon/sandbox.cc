@@ -181,7 +181,7 @@ void addServingSyscalls(SeccompFilter& filter) {
                  SCMP_SYS(getpeername)}) {
     filter.allow(sc);
   }
-  // Each vCPU's shared-memory channel (server/channel) rings its doorbell
+  // Each vCPU's shared-memory channel (schema/channel) rings its doorbell
   // over a Unix socket pair made when the front opens it; a pair connects
   // nowhere, so this opens no network access.
   filter.allowIf(SCMP_SYS(socketpair), {SCMP_A0_32(SCMP_CMP_EQ, AF_UNIX)});
@@ -219,7 +219,7 @@ void addServingSyscalls(SeccompFilter& filter) {
   filter.allowIf(SCMP_SYS(tgkill), {SCMP_A0_64(SCMP_CMP_EQ, uint64_t(getpid()))});
 
   // Anonymous shared memory, never a file: the shared-memory channel of
-  // every vCPU (server/channel) and, with --hal shared, each vCPU page is a
+  // every vCPU (schema/channel) and, with --hal shared, each vCPU page is a
   // sealed memfd whose fd a front maps.
   filter.allow(SCMP_SYS(memfd_create));
   filter.allow(SCMP_SYS(ftruncate));

@@ -4,7 +4,7 @@
 #include "deadline_scheduler.h"
 #include "front_account.h"
 #include "reply_backpressure.h"
-#include "server/channel/channel.h"
+#include "schema/channel/channel.h"
 #include "schema/vlapic.capnp.h"
 #include "server/vm/vm.h"
 #include "hal/hal.h"
@@ -112,7 +112,7 @@ uint64_t monotonicNowNs() { return hal::MonotonicClock().nowNs(); }
 // across the expiry (channel::ChannelServer::pollBetween), so the front's
 // FETCH_EVENTS right after it finds the thread awake instead of paying a
 // cold wake-up (~40-50 us on this nested host; the thread's adaptive window
-// is 0 on a contended host, see server/channel/README.md).
+// is 0 on a contended host, see schema/channel/README.md).
 //
 // The poll starts at the deadline minus the scheduler's advance margin plus
 // kChannelPollExtraLeadNs: the margin is learned from how late this host
@@ -272,7 +272,7 @@ private:
 // the shared-memory channels of its vCPUs.
 //
 // Threads: everything runs on the event loop except channel requests, which
-// each vCPU's channel thread serves (server/channel/README.md). The Vm layer
+// each vCPU's channel thread serves (schema/channel/README.md). The Vm layer
 // is single-threaded, so every Vm operation holds `vmMutex`, on the loop as
 // on a channel thread. Listener callbacks run inside Vm operations (under
 // the lock) on whichever thread made them: on the loop they act directly; on

@@ -9,7 +9,7 @@
 #pragma once
 
 #include "server/core/lapic.h"
-#include "server/core/types.h"
+#include "schema/model/types.h"
 #include <kj/map.h>
 #include <kj/vector.h>
 #include <array>

@@ -15,7 +15,7 @@
 
 #include "server/core/lapic.h"
 #include "server/core/timer.h"
-#include "server/core/types.h"
+#include "schema/model/types.h"
 #include "hal/hal.h"
 #include <kj/array.h>
 #include <kj/memory.h>

@@ -3,7 +3,7 @@
 // every request and reply kind survives a round trip, and whatever a hostile
 // peer writes decodes to a rejection, never to a crash or an exception.
 #include "tests/channel/test-support.h"
-#include "server/channel/channel.capnp.h"
+#include "schema/channel/channel.capnp.h"
 #include <capnp/serialize.h>
 #include <catch2/catch.hpp>
 #include <random>

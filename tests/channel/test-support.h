@@ -5,7 +5,7 @@
 // processes the way vlapicd's socket does.
 #pragma once
 
-#include "server/channel/shared-layout.h"
+#include "schema/channel/shared-layout.h"
 #include <kj/debug.h>
 #include <sys/socket.h>
 #include <cstring>

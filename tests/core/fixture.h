@@ -5,7 +5,7 @@
 #pragma once
 
 #include "server/core/lapic.h"
-#include "server/core/regview.h"
+#include "schema/model/regview.h"
 #include <catch2/catch.hpp>
 
 namespace vlapic::test {

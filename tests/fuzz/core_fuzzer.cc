@@ -14,7 +14,7 @@
 // undefined), driven by tests/fuzz/run.sh.
 
 #include "server/core/lapic.h"
-#include "server/core/registers.h"
+#include "schema/model/registers.h"
 #include "hal/hal.h"
 
 #include "tests/fuzz/invariant.h"

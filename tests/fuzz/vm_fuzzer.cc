@@ -18,7 +18,7 @@
 // Built only in the clang configuration (tests/fuzz/run.sh).
 
 #include "server/vm/vm.h"
-#include "server/core/registers.h"
+#include "schema/model/registers.h"
 #include "hal/hal.h"
 
 #include "tests/fuzz/invariant.h"

@@ -6,7 +6,7 @@
 // stop: one clear line and a distinct status when a socket cannot be used,
 // SIGHUP survived, socket files removed on a clean stop.
 #include "client/lib/vlapic_client.h"
-#include "server/channel/channel.h"
+#include "schema/channel/channel.h"
 #include "tests/integration/daemon_process.h"
 #include "tests/integration/expect.h"
 #include "tests/integration/rpc_flood.h"

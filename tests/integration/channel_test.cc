@@ -5,7 +5,7 @@
 // The channel itself (protocol, polling, hostile bytes) is tested in
 // tests/channel; here: the daemon's side of it.
 #include "client/lib/vlapic_client.h"
-#include "server/channel/channel.h"
+#include "schema/channel/channel.h"
 #include "tests/integration/daemon_process.h"
 #include "tests/integration/xapic_addresses.h"
 

@@ -6,7 +6,7 @@
 // release on disconnect, hostile input, asynchronous event delivery in
 // order and without loss, the shared-memory page, the tools.
 #include "client/lib/vlapic_client.h"
-#include "server/core/registers.h"
+#include "schema/model/registers.h"
 #include "tests/integration/daemon_process.h"
 #include "tests/integration/expect.h"
 #include "tests/integration/xapic_addresses.h"

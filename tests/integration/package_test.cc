@@ -29,6 +29,14 @@ TEST_CASE("an outside project builds against the installed client library", "[in
     INFO(install.output.cStr());
     REQUIRE(install.exitCode == 0);
   }
+  // The client's headers and the model's they include ship; nothing of the
+  // server's internals does (issue 15).
+  for (auto header: {"client/lib/vlapic_client.h", "schema/model/regview.h", "schema/model/dump.h",
+                     "schema/channel/channel.h"}) {
+    INFO(header);
+    CHECK(access(kj::str(prefix, "/include/vlapic/", header).cStr(), R_OK) == 0);
+  }
+  CHECK(access(kj::str(prefix, "/include/vlapic/server").cStr(), F_OK) != 0);
 
   kj::Vector<kj::StringPtr> configure;
   auto prefixArg = kj::str("-DCMAKE_PREFIX_PATH=", prefix);
@@ -52,6 +60,7 @@ TEST_CASE("an outside project builds against the installed client library", "[in
   INFO(ran.output.cStr());
   CHECK(ran.exitCode == 0);
   CHECK(strstr(ran.output.cStr(), "echo 5, APIC version 0x14") != nullptr);
+  CHECK(strstr(ran.output.cStr(), "Version") != nullptr);  // the model's decoded dump
 }
 
 TEST_CASE("C API: bad arguments, refused requests and a dead vlapicd are error codes with a "

@@ -54,10 +54,18 @@ expect vlapicd usr/bin/vlapicd usr/share/man/man8/vlapicd.8.gz \
   usr/libexec/vlapic/vlapicd-sandbox.sh usr/share/doc/vlapic/schema/vlapic.capnp
 expect libvlapic-client0 "usr/lib/$multiarch/libvlapic-client.so.0"
 expect libvlapic-dev usr/include/vlapic/vlapic.h usr/include/vlapic/client/lib/vlapic_client.h \
+  usr/include/vlapic/schema/model/regview.h usr/include/vlapic/schema/channel/channel.h \
   "usr/lib/$multiarch/libvlapic-client.so" "usr/lib/$multiarch/pkgconfig/vlapic.pc" \
   "usr/lib/$multiarch/cmake/vlapic/vlapicConfig.cmake"
 expect vlapic-tools usr/bin/vlapicctl usr/bin/vlapic-kvm usr/share/man/man1/vlapicctl.1.gz \
   usr/share/man/man1/vlapic-kvm.1.gz
+
+# The -dev package ships the client's and the shared model's headers, none
+# of the server's internals (issue 15).
+if dpkg-deb -c "$(ls "$work"/libvlapic-dev_*.deb)" | awk '{print $6}' | grep -q '^\./usr/include/vlapic/server'; then
+  echo "FAIL: libvlapic-dev ships headers under usr/include/vlapic/server"
+  failed=1
+fi
 
 if command -v lintian >/dev/null; then
   echo "== lintian"

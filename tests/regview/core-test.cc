@@ -4,7 +4,7 @@
 // register accesses see them, in xAPIC and both x2APIC layouts; and a
 // snapshot edited through the view restores (the seed's use case: configure
 // LINT0 as ExtINT and LINT1 as NMI without computing offsets).
-#include "server/core/dump.h"
+#include "schema/model/dump.h"
 #include "server/core/lapic.h"
 #include <catch2/catch.hpp>
 

@@ -2,7 +2,7 @@
 // Decoded dumps (dump.h): one representative value per RegisterInfo::format,
 // exact text, with the fields the SDM names for each register; and the full
 // table over a kvm_lapic_state in both layouts.
-#include "server/core/dump.h"
+#include "schema/model/dump.h"
 #include "images.h"
 #include <catch2/catch.hpp>
 #include <kj/array.h>

@@ -3,7 +3,7 @@
 // offsets, written and read without the code under test.
 #pragma once
 
-#include "server/core/regview.h"
+#include "schema/model/regview.h"
 #include <kj/array.h>
 #include <cstring>
 

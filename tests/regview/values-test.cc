@@ -4,7 +4,7 @@
 // DCR, ESR, Version, TPR/PPR, LDR and DFR). Each field is checked both ways:
 // a raw value with only that field set reads back through the accessor, and
 // the setter produces exactly that raw value.
-#include "server/core/regview.h"
+#include "schema/model/regview.h"
 #include <catch2/catch.hpp>
 
 using namespace vlapic;

@@ -6,7 +6,7 @@
 // ChannelServer::pollBetween). In process: a daemon::Server on this thread's kj event loop, a front over an
 // in-memory capability pipe, the vCPU's channel driven from this thread.
 // Observed through Server::counters(), not through timing.
-#include "server/channel/channel.h"
+#include "schema/channel/channel.h"
 #include "server/daemon/server.h"
 #include "schema/vlapic.capnp.h"
 #include "tests/integration/xapic_addresses.h"

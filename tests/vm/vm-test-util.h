@@ -5,7 +5,7 @@
 #pragma once
 
 #include "server/vm/vm.h"
-#include "server/core/registers.h"
+#include "schema/model/registers.h"
 #include "hal/hal.h"
 #include <catch2/catch.hpp>
 #include <kj/debug.h>

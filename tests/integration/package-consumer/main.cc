@@ -1,7 +1,10 @@
 // SPDX-License-Identifier: MIT
-// Links against the installed libvlapic-client and uses its API and the
-// re-exported register views; run against a live vlapicd with its socket.
+// Links against the installed libvlapic-client and uses its API, the
+// register model it re-exports (typed views, decoded dumps) and the channel
+// front's header; run against a live vlapicd with its socket.
 #include "client/lib/vlapic_client.h"
+#include "schema/model/dump.h"
+#include "schema/channel/channel.h"
 #include <cstdio>
 
 int main(int argc, char** argv) {
@@ -16,5 +19,10 @@ int main(int argc, char** argv) {
   // SDM "Local APIC Version Register": the version is 0x14 on every modern APIC.
   unsigned version = state.view().version().version();
   printf("echo %llu, APIC version 0x%x\n", (unsigned long long)session->echo(5), version);
-  return version == 0x14 ? 0 : 1;
+  // The decoded dump from the model inside the library, as vlapicctl prints it.
+  auto dump = vlapic::dumpRegisters(state.view());
+  printf("%s", dump.cStr());
+  // The channel's request type from the installed channel.h.
+  auto request = vlapic::channel::Request::msrRead(vlapic::kMsrX2apicFirst + 3);
+  return version == 0x14 && dump.size() > 0 && request.msr == 0x803 ? 0 : 1;
 }

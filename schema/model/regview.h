@@ -14,9 +14,8 @@
 // bits exactly.
 #pragma once
 
-#include "types.h"
-#include "registers.h"
-#include "timer.h"
+#include "schema/model/types.h"
+#include "schema/model/registers.h"
 #include "hal/hal.h"
 #include <kj/array.h>
 #include <kj/common.h>

@@ -5,7 +5,7 @@
 // it; nothing else in the project lists registers.
 #pragma once
 
-#include "types.h"
+#include "schema/model/types.h"
 #include <kj/string.h>
 
 namespace vlapic {

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
 // Value types shared by every layer: the core (per-vCPU state machine), the
-// per-VM delivery layer and the transport. No capnp types, no I/O.
+// per-VM delivery layer, the transport, and the fronts through the client
+// library (part of the register model, schema/model). No capnp types, no I/O.
 #pragma once
 
 #include <kj/common.h>
@@ -34,6 +35,11 @@ enum class Shorthand : uint8_t {
 };
 
 enum class TriggerMode : uint8_t { EDGE = 0, LEVEL = 1 };
+
+// LVT Timer bits 18:17. RESERVED (11b): an initial count is kept but the
+// timer never starts counting in it, as KVM's (a count already running when
+// the mode is set runs out as one-shot).
+enum class TimerMode : uint8_t { ONE_SHOT = 0, PERIODIC = 1, TSC_DEADLINE = 2, RESERVED = 3 };
 
 // An interrupt message on the virtual APIC bus: an IPI decoded from an ICR
 // write, an MSI, or an I/O APIC redirection entry. The per-VM layer routes it.

@@ -8,7 +8,7 @@
 //     == "LVT Timer: vector 0x30, mode periodic, masked"
 #pragma once
 
-#include "regview.h"
+#include "schema/model/regview.h"
 #include <kj/array.h>
 #include <kj/string.h>
 

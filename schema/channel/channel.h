@@ -15,7 +15,7 @@
 // vlapic-kvm.
 #pragma once
 
-#include "server/core/types.h"
+#include "schema/model/types.h"
 #include <kj/common.h>
 #include <kj/function.h>
 #include <kj/io.h>

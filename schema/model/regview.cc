@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: MIT
-#include "regview.h"
+#include "schema/model/regview.h"
 #include <kj/debug.h>
 #include <kj/vector.h>
 

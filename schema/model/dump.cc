@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: MIT
-#include "dump.h"
+#include "schema/model/dump.h"
 #include <kj/vector.h>
 
 namespace vlapic {

@@ -4,7 +4,7 @@
 // wire codec. Users of the library need only channel.h.
 #pragma once
 
-#include "server/channel/channel.h"
+#include "schema/channel/channel.h"
 #include <capnp/common.h>
 #include <kj/one-of.h>
 #include <atomic>

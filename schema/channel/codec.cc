@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: MIT
 // Value types and the wire codec of the channel (channel.capnp).
-#include "server/channel/shared-layout.h"
-#include "server/channel/channel.capnp.h"
+#include "schema/channel/shared-layout.h"
+#include "schema/channel/channel.capnp.h"
 #include <capnp/message.h>
 #include <capnp/serialize.h>
 #include <kj/debug.h>

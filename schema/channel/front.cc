@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: MIT
 // The front side of a channel: a synchronous call from a vCPU thread.
-#include "server/channel/shared-layout.h"
+#include "schema/channel/shared-layout.h"
 #include <kj/debug.h>
 #include <atomic>
 #include <climits>

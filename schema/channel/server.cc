@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: MIT
 // The server side of a channel: one thread per channel that polls, sleeps,
 // copies each request out of shared memory, runs the handler and replies.
-#include "server/channel/shared-layout.h"
+#include "schema/channel/shared-layout.h"
 #include <kj/debug.h>
 #include <kj/mutex.h>
 #include <kj/thread.h>

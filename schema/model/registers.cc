@@ -4,7 +4,7 @@
 // rule about which register exists in which mode, what it resets to and
 // which bits a guest can change lives here; lapic.cc, the decoded dumps and
 // the tests all read it instead of listing registers again.
-#include "registers.h"
+#include "schema/model/registers.h"
 #include <kj/debug.h>
 
 namespace vlapic {

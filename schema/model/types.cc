@@ -1,5 +1,5 @@
 // SPDX-License-Identifier: MIT
-#include "types.h"
+#include "schema/model/types.h"
 
 namespace vlapic {
 

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: MIT
 // The channel's shared memory, doorbell and polling window.
-#include "server/channel/shared-layout.h"
+#include "schema/channel/shared-layout.h"
 #include <kj/debug.h>
 #include <kj/vector.h>
 #include <fcntl.h>

@@ -10,7 +10,7 @@
 #include "bench/common/block_options.h"
 #include "bench/common/stats.h"
 #include "client/lib/vlapic_client.h"
-#include "server/channel/channel.h"
+#include "schema/channel/channel.h"
 #include "tests/integration/daemon_process.h"
 
 #include <kj/debug.h>

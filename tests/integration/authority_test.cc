@@ -303,7 +303,14 @@ TEST_CASE("a front that floods calls and never reads the replies is paused, not 
        << rssBefore << " KiB before, " << rssDuring << " KiB during");
   // vlapicd stopped reading: most of the flood never left the flooder.
   CHECK(accepted < flood.size() / 4);
+#ifdef __SANITIZE_ADDRESS__
+  // ASan keeps freed memory in its quarantine (256 MiB by default), so an
+  // ASan vlapicd's RSS says nothing about what it buffers; the accepted
+  // bytes above are the evidence there.
+  WARN("ASan build: vlapicd's RSS bound not checked (quarantine), RSS " << rssDuring << " KiB");
+#else
   CHECK(rssDuring < rssBefore + 32 * 1024);
+#endif
   // Nobody else noticed.
   CHECK(healthy->echo(2) == 2);
   auto other = Client::connect(daemon.socketPath());

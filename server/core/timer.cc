@@ -290,27 +290,36 @@ void ApicTimer::writeTscDeadline(uint64_t tscValue) {
   state.tscDeadline = tscValue;
 }
 
-uint32_t ApicTimer::currentCount() const {
-  if (state.mode == TimerMode::TSC_DEADLINE) return 0;  // SDM 11.5.4.1
-  if (!state.countdownArmed || state.initialCount == 0) return 0;
+kj::Maybe<ApicTimer::Remaining> ApicTimer::runningCount() const {
+  if (state.mode == TimerMode::TSC_DEADLINE) return nullptr;  // SDM 11.5.4.1
+  if (!state.countdownArmed || state.initialCount == 0) return nullptr;
   Remaining remaining = remainingAt(state, nowSubTicks());
-  if (remaining.left == 0) return 0;
-  // The count runs from the initial count down to 0 over its length; it
-  // reads the initial count during the first tick and reaches 0 exactly at
-  // the expiry, as a hardware down-counter does. A clamped periodic timer
-  // counts proportionally slower over its longer period.
-  return saturateU32(
-      mulDiv(remaining.left, state.initialCount, remaining.countLength, Rounding::UP));
+  if (remaining.left == 0) return nullptr;
+  return remaining;
+}
+
+uint32_t ApicTimer::currentCount() const {
+  KJ_IF_MAYBE(running, runningCount()) {
+    Remaining& remaining = *running;
+    // The count runs from the initial count down to 0 over its length; it
+    // reads the initial count during the first tick and reaches 0 exactly
+    // at the expiry, as a hardware down-counter does. A clamped periodic
+    // timer counts proportionally slower over its longer period.
+    return saturateU32(
+        mulDiv(remaining.left, state.initialCount, remaining.countLength, Rounding::UP));
+  }
+  return 0;
 }
 
 uint32_t ApicTimer::kvmCurrentCount() const {
-  if (state.mode == TimerMode::TSC_DEADLINE) return 0;
-  if (!state.countdownArmed || state.initialCount == 0) return 0;
-  Remaining remaining = remainingAt(state, nowSubTicks());
-  // The time left in whole counts at the divide's rate, rounded up, as KVM
-  // saves TMCCT: above the initial count while a clamped periodic count
-  // runs, equal to currentCount() for a full unclamped count.
-  return saturateU32(mulDiv(remaining.left, 1, countLength(1, state.divideConfig), Rounding::UP));
+  KJ_IF_MAYBE(remaining, runningCount()) {
+    // The time left in whole counts at the divide's rate, rounded up, as
+    // KVM saves TMCCT: above the initial count while a clamped periodic
+    // count runs, equal to currentCount() for a full unclamped count.
+    return saturateU32(
+        mulDiv(remaining->left, 1, countLength(1, state.divideConfig), Rounding::UP));
+  }
+  return 0;
 }
 
 ApicTimer::SubTicks ApicTimer::countLength(uint32_t counts, uint32_t dcr) {

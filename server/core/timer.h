@@ -189,6 +189,9 @@ private:
     SubTicks countLength = 0;
   };
   static Remaining remainingAt(const State& s, SubTicks now);
+  // The countdown running now with time left, or nullptr (stopped, expired,
+  // TSC-deadline mode): what both current-count readings start from.
+  kj::Maybe<Remaining> runningCount() const;
   // Move every expiry due by `now` into pendingExpiries, advancing a
   // periodic timer on its grid and disarming one-shot and TSC-deadline ones.
   void catchUp(State& s, uint64_t nowNs) const;

@@ -110,20 +110,6 @@ kj::Maybe<DecodedMsi> decodeMsi(uint64_t address, uint32_t data) {
   return msi;
 }
 
-DecodedRedirectionEntry decodeRedirectionEntry(uint64_t entry) {
-  DecodedRedirectionEntry decoded;
-  InterruptMessage& m = decoded.message;
-  m.vector = entry & 0xFF;
-  m.deliveryMode = DeliveryMode((entry >> 8) & 7);
-  m.logicalDestination = (entry >> 11) & 1;
-  m.trigger = (entry >> 15) & 1 ? TriggerMode::LEVEL : TriggerMode::EDGE;
-  // The I/O APIC sends a message only while the pin is asserted.
-  m.levelAssert = true;
-  m.destination = uint32_t((entry >> 56) & 0xFF) | uint32_t(((entry >> 49) & 0x7F) << 8);
-  decoded.masked = (entry >> 16) & 1;
-  return decoded;
-}
-
 // ---------------------------------------------------------------------------
 
 struct Vm::Impl {

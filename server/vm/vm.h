@@ -15,6 +15,7 @@
 
 #include "server/core/lapic.h"
 #include "server/core/timer.h"
+#include "server/ioapic/ioapic.h"
 #include "schema/model/types.h"
 #include "hal/hal.h"
 #include <kj/array.h>
@@ -159,14 +160,7 @@ struct DecodedMsi {
 };
 kj::Maybe<DecodedMsi> decodeMsi(uint64_t address, uint32_t data);
 
-// I/O APIC redirection entry (82093AA layout): 7:0 vector, 10:8 delivery
-// mode, 11 destination mode, 15 trigger mode, 16 mask, 63:56 destination,
-// 55:49 extended destination ID (destination bits 14:8).
-struct DecodedRedirectionEntry {
-  InterruptMessage message;
-  bool masked = false;
-};
-DecodedRedirectionEntry decodeRedirectionEntry(uint64_t entry);
+// decodeRedirectionEntry (I/O APIC entries) is in server/ioapic/ioapic.h.
 
 struct VmStats {
   uint64_t ipisRouted = 0;        // ICR messages routed to other vCPUs

@@ -87,6 +87,26 @@ struct VmConfig {
   # KVM's x2APIC broadcast quirk: an MSI or I/O APIC destination 0xFF
   # (extended ID bits 0) also broadcasts to x2APIC-mode LAPICs. Off (the
   # default, as QEMU runs KVM with 32-bit IDs): it names x2APIC ID 255.
+
+  ioapic @16 :IoApicConfig;
+  # The VM's own I/O APIC. Unset: one at 0xFEC00000, ID 0, version 0x11.
+}
+
+struct IoApicConfig {
+  # An 82093AA-compatible I/O APIC with 24 pins, beside the VM's LAPICs in
+  # vlapicd, so remote IRR and EOI broadcast never cross the process
+  # boundary. Its MMIO window goes through Vcpu.mmioRead/mmioWrite (and the
+  # channel) like LAPIC MMIO; its pins through Vm.setIrqLine.
+  absent @0 :Bool;
+  # true: the VM has no I/O APIC here (a front with its own uses
+  # Vm.deliverIoApic and the EOI events); setIrqLine is then an error.
+  base @1 :UInt64;
+  # Guest-physical base of its 4 KiB window, 4 KiB aligned. 0: 0xFEC00000.
+  id @2 :UInt8;
+  # I/O APIC ID after reset, 0-15.
+  version @3 :UInt8;
+  # Version register: 0x11 (as KVM's) or 0x20 (adds the EOI register at
+  # base + 0x40, for directed EOI). 0: 0x11.
 }
 
 # ---------------------------------------------------------------------------
@@ -200,6 +220,46 @@ struct VmState {
   tscAtSave @2 :UInt64;            # guest TSC value when saved
   lowestPriorityCursor @3 :UInt32; # rotation state of lowest-priority delivery
   queuedEvents @4 :List(List(Event));  # per vCPU, oldest first
+  ioapic @5 :IoApicState;
+  # The VM's I/O APIC. Unset in a state saved from a VM without one (or by
+  # a vlapicd before it had one); restoring such a state leaves the I/O
+  # APIC as it is. Restore validates it with the rest and then re-sends
+  # what its asserted pins ask for (as KVM_SET_IRQCHIP does).
+}
+
+struct IoApicState {
+  id @0 :UInt8;                  # 4-bit I/O APIC ID
+  ioregsel @1 :UInt8;            # last IOREGSEL write
+  pinLevels @2 :UInt32;          # bit n: pin n's wire is high
+  pendingEdges @3 :UInt32;       # bit n: an edge that met a masked entry
+  redirection @4 :List(UInt64);  # exactly 24 redirection table entries
+}
+
+struct IrqLine {
+  pin @0 :UInt8;     # I/O APIC input pin, 0-23
+  level @1 :Bool;    # the wire's electrical level (high = true)
+}
+
+struct IoApicPin {
+  pin @0 :UInt8;
+  entry @1 :UInt64;        # the redirection table entry as the guest reads it
+  level @2 :Bool;          # the wire is high
+  asserted @3 :Bool;       # level, with the entry's polarity applied
+  pendingEdge @4 :Bool;    # an edge waits for the entry to be unmasked
+  assertions @5 :UInt64;   # de-asserted -> asserted transitions
+  messages @6 :UInt64;     # interrupt messages sent
+  eois @7 :UInt64;         # EOIs that cleared remote IRR
+  redeliveries @8 :UInt64; # messages re-sent at EOI or unmask, pin asserted
+  coalesced @9 :UInt64;    # assertions that found the previous one pending
+}
+
+struct IoApicStatus {
+  present @0 :Bool;        # false: the VM has no I/O APIC (the rest unset)
+  base @1 :UInt64;
+  id @2 :UInt8;
+  version @3 :UInt8;
+  ioregsel @4 :UInt8;
+  pins @5 :List(IoApicPin);
 }
 
 struct PageInfo {
@@ -437,6 +497,23 @@ interface Vm {
 
   release @10 () -> ();
   # Release the VM now (otherwise: when the last capability is dropped).
+
+  setIrqLine @11 (pin :UInt8, level :Bool) -> ();
+  # A device drives the VM's I/O APIC input `pin` (0-23) to `level`, the
+  # wire's electrical level: an entry's polarity (bit 13) says which level
+  # asserts it, and after reset every wire is low. Edge entries send on the
+  # asserting edge; level entries send while asserted and remote IRR is
+  # clear, and again at EOI if still asserted. Error reply: no I/O APIC, or
+  # pin out of range.
+
+  setIrqLines @12 (lines :List(IrqLine)) -> ();
+  # Several setIrqLine calls in one message, applied in order (a pulse is
+  # [{pin, true}, {pin, false}]). At most 1024 lines; all are checked first,
+  # so a bad one fails the call with none applied.
+
+  ioapic @13 () -> (status :IoApicStatus);
+  # The I/O APIC's registers, pin levels, remote IRR and counters (for
+  # vlapicctl ioapic and dumps).
 }
 
 # ---------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 
 #include "deadline_scheduler.h"
 #include "front_account.h"
+#include "ioapic_proto.h"
 #include "reply_backpressure.h"
 #include "schema/channel/channel.h"
 #include "schema/vlapic.capnp.h"
@@ -1075,6 +1076,34 @@ public:
     return kj::READY_NOW;
   }
 
+  kj::Promise<void> setIrqLine(SetIrqLineContext context) override {
+    auto params = context.getParams();
+    auto& host = server.requireVm(vmId);
+    auto guard = host.lock();
+    requireIoApicPin(host.vm, params.getPin());
+    host.vm.setIrqLine(params.getPin(), params.getLevel());
+    return kj::READY_NOW;
+  }
+
+  kj::Promise<void> setIrqLines(SetIrqLinesContext context) override {
+    auto lines = context.getParams().getLines();
+    auto& host = server.requireVm(vmId);
+    auto guard = host.lock();
+    KJ_REQUIRE(lines.size() <= kMaxIrqLinesPerCall, "too many lines in one setIrqLines call",
+               lines.size(), kMaxIrqLinesPerCall);
+    // All checked before any is applied: a bad call changes nothing.
+    for (auto line: lines) requireIoApicPin(host.vm, line.getPin());
+    for (auto line: lines) host.vm.setIrqLine(line.getPin(), line.getLevel());
+    return kj::READY_NOW;
+  }
+
+  kj::Promise<void> ioapic(IoapicContext context) override {
+    auto& host = server.requireVm(vmId);
+    auto guard = host.lock();
+    fillIoApicStatus(context.getResults(kReplySize).initStatus(), host.vm);
+    return kj::READY_NOW;
+  }
+
   kj::Promise<void> setLint(SetLintContext context) override {
     auto params = context.getParams();
     auto& host = server.requireVm(vmId);
@@ -1104,6 +1133,7 @@ public:
       auto events = queues.init(v, snapshot.queuedEvents[v].size());
       for (uint32_t i = 0; i < events.size(); i++) fillEvent(events[i], v, snapshot.queuedEvents[v][i]);
     }
+    KJ_IF_MAYBE(ioapic, snapshot.ioapic) fillIoApicState(out.initIoapic(), *ioapic);
     return kj::READY_NOW;
   }
 
@@ -1138,6 +1168,7 @@ public:
       queueBuilder.add(eventBuilder.finish());
     }
     snapshot.queuedEvents = queueBuilder.finish();
+    if (in.hasIoapic()) snapshot.ioapic = ioApicStateFromProto(in.getIoapic());
     auto mode = params.getResumeTscAtSaved() ? TscRestore::RESUME_AT_SAVED : TscRestore::KEEP_OFFSET;
     KJ_IF_MAYBE(reason, host.vm.restoreVm(snapshot, mode)) {
       KJ_FAIL_REQUIRE("invalid VM state", *reason);
@@ -1265,6 +1296,7 @@ public:
     config.lapic.strictReservedBits = in.getStrictReservedBits();
     config.lapic.bspLint0ExtInt = in.getBspLint0ExtInt();
     config.x2apicBroadcastQuirk = in.getX2apicBroadcastQuirk();
+    if (in.hasIoapic()) config.ioapic = ioApicConfigFromProto(in.getIoapic());
     if (in.getTimerHz() != 0) config.lapic.timer.timerHz = in.getTimerHz();
     if (in.getMinTimerPeriodNs() != 0) config.lapic.timer.minPeriodNs = in.getMinTimerPeriodNs();
     if (in.getTscHz() != 0) config.tscHz = in.getTscHz();

@@ -59,6 +59,11 @@ kj::Maybe<kj::String> validateVmConfig(const VmConfig& config) {
     return kj::str("boot vCPU ", config.bootVcpu, " is not a vCPU of ", config.vcpuCount);
   }
   if (config.tscHz == 0) return kj::str("TSC frequency must not be 0");
+  if (config.ioapic.present) {
+    KJ_IF_MAYBE(problem, validateIoApicConfig(config.ioapic)) {
+      return kj::str("I/O APIC: ", *problem);
+    }
+  }
   if (config.lapic.lvtEntries != 6 && config.lapic.lvtEntries != 7) {
     return kj::str("LVT entries must be 6 or 7 (with CMCI), not ", config.lapic.lvtEntries);
   }
@@ -112,7 +117,7 @@ kj::Maybe<DecodedMsi> decodeMsi(uint64_t address, uint32_t data) {
 
 // ---------------------------------------------------------------------------
 
-struct Vm::Impl {
+struct Vm::Impl final : public IoApicSink {
   struct Vcpu {
     kj::Own<Lapic> lapic;
     uint32_t initialApicId;
@@ -143,12 +148,20 @@ struct Vm::Impl {
     std::fill(seenStamps.begin(), seenStamps.end(), 0);
   }
 
+  // The I/O APIC's messages take the path every external message takes.
+  void sendIoApicMessage(const InterruptMessage& message) override {
+    stats.ioapicMessages++;
+    deliverExternal(message, false);
+  }
+
   GuestTsc tsc;
   uint32_t bootVcpu;
   LowestPriorityPolicy policy;
   bool useDestinationMap;
   bool x2apicBroadcastQuirk;
   kj::Array<Vcpu> vcpus;
+  // After vcpus: its messages reach them (and it is destroyed first).
+  kj::Maybe<kj::Own<IoApic>> ioapic;
   kj::Maybe<VmEventListener&> listener;
   mutable VmStats stats;
   // The previous lowest-priority winner (kNoVcpu: none yet).
@@ -326,7 +339,10 @@ struct Vm::Impl {
       route(message, index, false);
     }
     KJ_IF_MAYBE(vector, result.eoiBroadcast) {
+      // The front hears of it too: a front with its own I/O APIC (or a
+      // device that waits for its interrupt's EOI) acts on the event.
       pushEvent(index, VcpuEvent{VcpuEvent::Kind::EOI, *vector, 1});
+      KJ_IF_MAYBE(device, ioapic) (*device)->eoiBroadcast(*vector);
     }
     refreshDeliverable(index);
     checkTimer(index);
@@ -630,6 +646,18 @@ struct Vm::Impl {
     return DeliveryResult{DeliveryStatus::DELIVERED, count};
   }
 
+  // The I/O APIC, if gpa is in its window and the vCPU's own LAPIC does not
+  // decode the address itself.
+  kj::Maybe<IoApic&> ioApicDecoding(uint32_t index, uint64_t gpa) {
+    KJ_IF_MAYBE(device, ioapic) {
+      if (!(*device)->windowContains(gpa)) return nullptr;
+      const Lapic& lapic = *vcpu(index).lapic;
+      if (lapic.mmioDecoding() && lapic.mmioWindowContains(gpa)) return nullptr;
+      return **device;
+    }
+    return nullptr;
+  }
+
   DeliveryResult deliverExternal(const InterruptMessage& message, bool redirectionHint) {
     auto result = route(message, nullptr, redirectionHint);
     if (result.status == DeliveryStatus::NOT_AN_INTERRUPT) stats.messagesDropped++;
@@ -644,6 +672,7 @@ Vm::Vm(hal::Hal& hal, const VmConfig& config) {
     KJ_FAIL_REQUIRE("invalid VM configuration", *problem);
   }
   impl = kj::heap<Impl>(hal, config);
+  if (config.ioapic.present) impl->ioapic = kj::heap<IoApic>(config.ioapic, *impl);
 }
 
 Vm::~Vm() noexcept(false) {}
@@ -665,8 +694,14 @@ const Lapic& Vm::lapic(uint32_t vcpu) const { return *impl->vcpu(vcpu).lapic; }
 const GuestTsc& Vm::tsc() const { return impl->tsc; }
 GuestTsc& Vm::tsc() { return impl->tsc; }
 const VmStats& Vm::stats() const { return impl->stats; }
+bool Vm::hasIoApic() const { return impl->ioapic != nullptr; }
+const IoApic& Vm::ioapic() const {
+  KJ_IF_MAYBE(device, impl->ioapic) return **device;
+  KJ_FAIL_REQUIRE("this VM has no I/O APIC");
+}
 
 AccessResult Vm::mmioRead(uint32_t vcpu, uint64_t gpa, uint8_t size) {
+  KJ_IF_MAYBE(device, impl->ioApicDecoding(vcpu, gpa)) return device->mmioRead(gpa, size);
   uint64_t expiriesBefore = impl->timerExpiriesSoFar(vcpu);
   auto result = impl->vcpus[vcpu].lapic->mmioRead(gpa, size);
   impl->afterAccess(vcpu, result, expiriesBefore);
@@ -674,6 +709,7 @@ AccessResult Vm::mmioRead(uint32_t vcpu, uint64_t gpa, uint8_t size) {
 }
 
 AccessResult Vm::mmioWrite(uint32_t vcpu, uint64_t gpa, uint8_t size, uint64_t value) {
+  KJ_IF_MAYBE(device, impl->ioApicDecoding(vcpu, gpa)) return device->mmioWrite(gpa, size, value);
   uint64_t expiriesBefore = impl->timerExpiriesSoFar(vcpu);
   auto result = impl->vcpus[vcpu].lapic->mmioWrite(gpa, size, value);
   impl->afterAccess(vcpu, result, expiriesBefore);
@@ -744,6 +780,15 @@ DeliveryResult Vm::deliverIoApic(uint64_t redirectionEntry) {
     return DeliveryResult{DeliveryStatus::DROPPED, 0};
   }
   return impl->deliverExternal(entry.message, false);
+}
+
+void Vm::setIrqLine(uint32_t pin, bool level) {
+  KJ_IF_MAYBE(device, impl->ioapic) {
+    KJ_REQUIRE(pin < kIoApicPins, "no such I/O APIC pin", pin);
+    (*device)->setPinLevel(pin, level);
+    return;
+  }
+  KJ_FAIL_REQUIRE("this VM has no I/O APIC");
 }
 
 DeliveryResult Vm::deliverMessage(const InterruptMessage& message) {
@@ -830,6 +875,7 @@ VmSnapshot Vm::saveVm(bool x2apic32BitIds) const {
   }
   snapshot.vcpus = lapics.finish();
   snapshot.queuedEvents = queues.finish();
+  KJ_IF_MAYBE(device, impl->ioapic) snapshot.ioapic = (*device)->save();
   return snapshot;
 }
 
@@ -875,6 +921,14 @@ kj::Maybe<kj::String> Vm::restoreVm(const VmSnapshot& snapshot, TscRestore tscRe
     }
   }
 
+  KJ_IF_MAYBE(state, snapshot.ioapic) {
+    KJ_IF_MAYBE(device, impl->ioapic) {
+      KJ_IF_MAYBE(problem, (*device)->validate(*state)) return kj::str("I/O APIC: ", *problem);
+    } else {
+      return kj::str("the snapshot has an I/O APIC and this VM has none");
+    }
+  }
+
   // All or nothing: keep what we have, restore, and put it back on failure.
   int64_t previousOffset = impl->tsc.getOffset();
   auto previous = kj::heapArrayBuilder<LapicSnapshot>(n);
@@ -915,6 +969,11 @@ kj::Maybe<kj::String> Vm::restoreVm(const VmSnapshot& snapshot, TscRestore tscRe
     impl->queueTimerExpiriesSince(i, expiriesBeforeRestore[i]);
     impl->settle(i);
     if (!v.events.empty()) impl->notifyPending(i);
+  }
+  // Last: restoring the I/O APIC re-sends what its pins assert, into the
+  // LAPICs as restored.
+  KJ_IF_MAYBE(state, snapshot.ioapic) {
+    KJ_IF_MAYBE(device, impl->ioapic) (*device)->restore(*state);
   }
   return nullptr;
 }

@@ -72,6 +72,11 @@ struct VmConfig {
   // of it with the virtual extended destination ID). Off by default, as a
   // VMM that uses 32-bit IDs (our default layout) runs KVM.
   bool x2apicBroadcastQuirk = false;
+  // The VM's I/O APIC (server/ioapic): on by default at 0xFEC00000, as on a
+  // PC. Its MMIO window is served by mmioRead/mmioWrite, its pins by
+  // setIrqLine, its EOIs come from the LAPICs' EOI broadcasts. present =
+  // false leaves the I/O APIC to the front (deliverIoApic, EOI events).
+  IoApicConfig ioapic;
 };
 
 // Why a VmConfig is unusable, or nullptr if it is fine. Vm's constructor
@@ -175,6 +180,7 @@ struct VmStats {
   // LAPIC timer expiries queued as TIMER_EXPIRED, from onTimer() and from
   // accesses or restores that collected one.
   uint64_t timerExpiries = 0;
+  uint64_t ioapicMessages = 0;    // messages the VM's own I/O APIC sent
 };
 
 // A whole VM's state: every vCPU's LAPIC, the guest TSC, the events the front
@@ -185,6 +191,9 @@ struct VmSnapshot {
   uint32_t lowestPriorityCursor = 0;
   kj::Array<LapicSnapshot> vcpus;
   kj::Array<kj::Array<VcpuEvent>> queuedEvents;  // per vCPU, in queue order
+  // The VM's I/O APIC; nullptr for a VM without one, and in snapshots saved
+  // before vlapicd had one (restoring those leaves the I/O APIC as it is).
+  kj::Maybe<IoApicState> ioapic;
 };
 
 // How restoreVm() sets the guest TSC.
@@ -213,9 +222,13 @@ public:
   const GuestTsc& tsc() const;
   GuestTsc& tsc();
   const VmStats& stats() const;
+  bool hasIoApic() const;
+  const IoApic& ioapic() const;  // requires hasIoApic()
 
   // ---- Per-vCPU guest accesses (wrap Lapic's; the side effects in the
   // returned AccessResult have already been routed and turned into events) --
+  // MMIO in the I/O APIC's window goes to the I/O APIC, unless the vCPU's
+  // own LAPIC decodes the address (the LAPIC wins, as in KVM).
   AccessResult mmioRead(uint32_t vcpu, uint64_t gpa, uint8_t size);
   AccessResult mmioWrite(uint32_t vcpu, uint64_t gpa, uint8_t size, uint64_t value);
   AccessResult msrRead(uint32_t vcpu, uint32_t msr);
@@ -238,6 +251,10 @@ public:
   DeliveryResult deliverMsi(uint64_t address, uint32_t data);
   // The I/O APIC sends the message of this redirection entry.
   DeliveryResult deliverIoApic(uint64_t redirectionEntry);
+  // The VM's I/O APIC's input pin `pin` (< kIoApicPins) is driven to
+  // `level` (the wire's electrical level; see IoApic::setPinLevel).
+  // Requires hasIoApic().
+  void setIrqLine(uint32_t pin, bool level);
   // Any message without a sending vCPU (shorthands are NOT_AN_INTERRUPT).
   DeliveryResult deliverMessage(const InterruptMessage& message);
   // Routes `message` as an IPI from vcpu (sourceVcpu is set from `vcpu`):

@@ -2,6 +2,7 @@
 #include "vlapic_client.h"
 
 #include "schema/socket_path.h"
+#include "schema/ioapic_wire.h"
 #include "schema/vlapic.capnp.h"
 
 #include <capnp/message.h>
@@ -195,6 +196,7 @@ VmState fromProto(proto::VmState::Reader in) {
     queues.add(events.finish());
   }
   out.queuedEvents = queues.finish();
+  if (in.hasIoapic()) out.ioapic = ioApicStateFromProto(in.getIoapic());
   return out;
 }
 
@@ -209,6 +211,33 @@ void toProto(proto::VmState::Builder out, const VmState& in) {
     auto events = queues.init(v, in.queuedEvents[v].size());
     for (uint32_t i = 0; i < events.size(); i++) toProto(events[i], in.queuedEvents[v][i]);
   }
+  KJ_IF_MAYBE(ioapic, in.ioapic) fillIoApicState(out.initIoapic(), *ioapic);
+}
+
+IoApicStatus fromProto(proto::IoApicStatus::Reader in) {
+  IoApicStatus out;
+  out.present = in.getPresent();
+  out.base = in.getBase();
+  out.id = in.getId();
+  out.version = in.getVersion();
+  out.ioregsel = in.getIoregsel();
+  auto pins = kj::heapArrayBuilder<IoApicPinStatus>(in.getPins().size());
+  for (auto pin: in.getPins()) {
+    IoApicPinStatus p;
+    p.pin = pin.getPin();
+    p.entry = pin.getEntry();
+    p.level = pin.getLevel();
+    p.asserted = pin.getAsserted();
+    p.pendingEdge = pin.getPendingEdge();
+    p.stats.assertions = pin.getAssertions();
+    p.stats.messages = pin.getMessages();
+    p.stats.eois = pin.getEois();
+    p.stats.redeliveries = pin.getRedeliveries();
+    p.stats.coalesced = pin.getCoalesced();
+    pins.add(p);
+  }
+  out.pins = pins.finish();
+  return out;
 }
 
 PageInfo fromProto(proto::PageInfo::Reader in) {
@@ -549,6 +578,28 @@ public:
     return request.send().ignoreResult();
   }
 
+  kj::Promise<void> setIrqLine(uint8_t pin, bool level) override {
+    auto request = cap.setIrqLineRequest();
+    request.setPin(pin);
+    request.setLevel(level);
+    return request.send().ignoreResult();
+  }
+
+  kj::Promise<void> setIrqLines(kj::ArrayPtr<const IrqLine> lines) override {
+    auto request = cap.setIrqLinesRequest();
+    auto out = request.initLines(lines.size());
+    for (uint32_t i = 0; i < lines.size(); i++) {
+      out[i].setPin(lines[i].pin);
+      out[i].setLevel(lines[i].level);
+    }
+    return request.send().ignoreResult();
+  }
+
+  kj::Promise<IoApicStatus> ioapic() override {
+    return cap.ioapicRequest().send().then(
+        [](auto response) { return fromProto(response.getStatus()); });
+  }
+
   kj::Promise<VmState> save(X2apicIdLayout layout) override {
     auto request = cap.saveRequest();
     request.setLegacyX2apicIds(layout == X2apicIdLayout::LEGACY);
@@ -654,6 +705,11 @@ public:
     config.setMinTimerPeriodNs(options.minTimerPeriodNs);
     config.setBspLint0ExtInt(options.bspLint0ExtInt);
     config.setX2apicBroadcastQuirk(options.x2apicBroadcastQuirk);
+    auto ioapic = config.initIoapic();
+    ioapic.setAbsent(!options.ioapic.present);
+    ioapic.setBase(options.ioapic.base);
+    ioapic.setId(options.ioapic.id);
+    ioapic.setVersion(options.ioapic.version);
     config.setName(options.name);
     config.setMaxBatchesInFlight(options.maxBatchesInFlight);
     config.setMaxEventsPerBatch(options.maxEventsPerBatch);
@@ -791,6 +847,13 @@ public:
   void setLint(uint32_t vcpu, uint8_t pin, bool level) override {
     executor.executeSync([&]() { return vm->setLint(vcpu, pin, level); });
   }
+  void setIrqLine(uint8_t pin, bool level) override {
+    executor.executeSync([&]() { return vm->setIrqLine(pin, level); });
+  }
+  void setIrqLines(kj::ArrayPtr<const IrqLine> lines) override {
+    executor.executeSync([&]() { return vm->setIrqLines(lines); });
+  }
+  IoApicStatus ioapic() override { return executor.executeSync([&]() { return vm->ioapic(); }); }
   VmState save(X2apicIdLayout layout) override {
     return executor.executeSync([&]() { return vm->save(layout); });
   }

@@ -32,6 +32,7 @@
 // DISCONNECTED when the server went away.
 #pragma once
 
+#include "schema/model/ioapic.h"
 #include "schema/model/types.h"
 #include "schema/model/regview.h"   // typed register views, re-exported
 #include "client/lib/wake_ahead.h"   // waking ahead of timer deadlines
@@ -72,6 +73,15 @@ struct VmOptions {
   // MSI/I/O APIC destination 0xFF broadcasts to x2APIC-mode LAPICs too
   // (KVM's quirk); off: it names x2APIC ID 255.
   bool x2apicBroadcastQuirk = false;
+  // The VM's I/O APIC in vlapicd (schema IoApicConfig): present by
+  // default at 0xFEC00000 with 24 pins; its MMIO window goes through the
+  // vCPUs' mmioRead/mmioWrite (and channels), its pins through setIrqLine.
+  struct IoApic {
+    bool present = true;
+    uint64_t base = 0;              // 0: 0xFEC00000
+    uint8_t id = 0;                 // 0-15
+    uint8_t version = 0;            // 0x11 or 0x20 (EOI register); 0: 0x11
+  } ioapic;
   uint64_t minTimerPeriodNs = 0;    // 0: server default (200 us)
   kj::String name;
   uint32_t maxBatchesInFlight = 0;  // 0: server default
@@ -155,6 +165,7 @@ struct VmState {
   uint64_t tscAtSave = 0;
   uint32_t lowestPriorityCursor = 0;
   kj::Array<kj::Array<Event>> queuedEvents;   // per vCPU, oldest first
+  kj::Maybe<IoApicState> ioapic;              // nullptr: the VM has none
 };
 
 // Portable file form of saved state (vlapicctl save/restore): a Cap'n Proto
@@ -199,6 +210,26 @@ struct VmStats {
   kj::Array<VcpuStats> vcpus;
   uint64_t eventsPosted = 0, batchesPosted = 0, eventsCoalesced = 0;
   uint64_t timerExpiries = 0, msisDelivered = 0;
+};
+
+// One I/O APIC input pin's wire level (Vm.setIrqLines).
+struct IrqLine {
+  uint8_t pin = 0;       // 0-23
+  bool level = false;    // electrical: high = true
+};
+
+// The VM's I/O APIC as vlapicd reports it (schema IoApicStatus).
+struct IoApicPinStatus {
+  uint8_t pin = 0;
+  uint64_t entry = 0;               // redirection entry, as the guest reads it
+  bool level = false, asserted = false, pendingEdge = false;
+  IoApicPinStats stats;
+};
+struct IoApicStatus {
+  bool present = false;             // false: the VM has no I/O APIC
+  uint64_t base = 0;
+  uint8_t id = 0, version = 0, ioregsel = 0;
+  kj::Array<IoApicPinStatus> pins;
 };
 
 struct VcpuInfo {
@@ -300,6 +331,10 @@ public:
   virtual kj::Promise<void> deliverIoApic(uint64_t redirectionEntry) = 0;
   static constexpr uint32_t kAllVcpus = 0xFFFFFFFF;
   virtual kj::Promise<void> setLint(uint32_t vcpu, uint8_t pin, bool level) = 0;
+  // The VM's I/O APIC pins (schema Vm.setIrqLine / setIrqLines).
+  virtual kj::Promise<void> setIrqLine(uint8_t pin, bool level) = 0;
+  virtual kj::Promise<void> setIrqLines(kj::ArrayPtr<const IrqLine> lines) = 0;
+  virtual kj::Promise<IoApicStatus> ioapic() = 0;
   virtual kj::Promise<VmState> save(X2apicIdLayout layout = X2apicIdLayout::THIRTY_TWO_BIT) = 0;
   virtual kj::Promise<void> restore(const VmState& state, bool resumeTscAtSaved = false) = 0;
   virtual kj::Promise<VmStats> stats() = 0;
@@ -403,6 +438,9 @@ public:
   virtual void deliverMsi(MsiMessage msi) = 0;
   virtual void deliverIoApic(uint64_t redirectionEntry) = 0;
   virtual void setLint(uint32_t vcpu, uint8_t pin, bool level) = 0;
+  virtual void setIrqLine(uint8_t pin, bool level) = 0;
+  virtual void setIrqLines(kj::ArrayPtr<const IrqLine> lines) = 0;
+  virtual IoApicStatus ioapic() = 0;
   virtual VmState save(X2apicIdLayout layout = X2apicIdLayout::THIRTY_TWO_BIT) = 0;
   virtual void restore(const VmState& state, bool resumeTscAtSaved = false) = 0;
   virtual VmStats stats() = 0;

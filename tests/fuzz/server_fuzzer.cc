@@ -258,7 +258,28 @@ private:
   }
 
   void vmOp(proto::Vm::Client& vm) {
-    switch (in.ConsumeIntegralInRange<int>(0, 9)) {
+    switch (in.ConsumeIntegralInRange<int>(0, 12)) {
+      case 10: {
+        auto r = vm.setIrqLineRequest();
+        r.setPin(in.ConsumeBool() ? in.ConsumeIntegralInRange<uint8_t>(0, 23)
+                                  : in.ConsumeIntegral<uint8_t>());
+        r.setLevel(in.ConsumeBool());
+        TRACE("setIrqLine\n");
+        call(io.waitScope, r);
+        break;
+      }
+      case 11: {
+        auto r = vm.setIrqLinesRequest();
+        auto lines = r.initLines(in.ConsumeIntegralInRange<uint32_t>(0, in.ConsumeBool() ? 8 : 1100));
+        for (auto line: lines) {
+          line.setPin(in.ConsumeIntegralInRange<uint8_t>(0, in.ConsumeBool() ? 23 : 255));
+          line.setLevel(in.ConsumeBool());
+        }
+        TRACE("setIrqLines %u\n", lines.size());
+        call(io.waitScope, r);
+        break;
+      }
+      case 12: call(io.waitScope, vm.ioapicRequest()); break;
       case 0: {
         auto r = vm.vcpuRequest();
         r.setIndex(smallOrAny());

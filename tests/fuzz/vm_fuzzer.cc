@@ -166,7 +166,7 @@ private:
 
   void operate() {
     uint32_t v = someVcpu();
-    switch (in.ConsumeIntegralInRange<int>(0, 11)) {
+    switch (in.ConsumeIntegralInRange<int>(0, 12)) {
       case 0: {  // APIC mode: xAPIC, x2APIC, disabled (legal or not)
         uint64_t base = mapped->lapic(v).apicBase() & ~uint64_t(0xC00);
         uint64_t bits = uint64_t(in.ConsumeIntegralInRange<int>(0, 3)) << 10;
@@ -225,6 +225,38 @@ private:
         deliver(m, false, [&](Vm& vm) { return vm.deliverIoApic(entry); });
         break;
       }
+      case 11: {  // the VM's own I/O APIC: the guest's MMIO, or a device's pin
+        if (in.ConsumeBool()) {
+          // Any offset and size in the window, the register slots favoured.
+          static constexpr uint64_t kOffsets[] = {kIoRegSel, kIoWin, kIoEoi, 0x04, 0x14, 0x20};
+          uint64_t offset = in.ConsumeBool()
+              ? kOffsets[in.ConsumeIntegralInRange<size_t>(0, kj::size(kOffsets) - 1)]
+              : in.ConsumeIntegralInRange<uint64_t>(0, kIoApicWindowSize - 1);
+          static constexpr uint8_t kSizes[] = {1, 2, 4, 8, 3};
+          uint8_t size = kSizes[in.ConsumeIntegralInRange<size_t>(0, kj::size(kSizes) - 1)];
+          bool write = in.ConsumeBool();
+          // IOREGSEL values near the redirection table, IOWIN values any.
+          uint64_t value = in.ConsumeBool() ? in.ConsumeIntegralInRange<uint32_t>(0, 0x40)
+                                            : in.ConsumeIntegral<uint32_t>();
+          TRACE("%u: vCPU %u I/O APIC %s +0x%llx size %u value 0x%llx\n", step, v,
+                write ? "write" : "read", (unsigned long long)offset, size,
+                (unsigned long long)value);
+          uint64_t gpa = kIoApicDefaultBase + offset;
+          AccessResult a = write ? mapped->mmioWrite(v, gpa, size, value)
+                                 : mapped->mmioRead(v, gpa, size);
+          AccessResult b = write ? scanning->mmioWrite(v, gpa, size, value)
+                                 : scanning->mmioRead(v, gpa, size);
+          EXPECT_EQ(uint32_t(a.status), uint32_t(b.status), "map and scan: same I/O APIC access");
+          EXPECT_EQ(a.value, b.value, "map and scan: same I/O APIC read");
+        } else {
+          uint32_t pin = in.ConsumeIntegralInRange<uint32_t>(0, kIoApicPins - 1);
+          bool level = in.ConsumeBool();
+          TRACE("%u: I/O APIC pin %u -> %d\n", step, pin, int(level));
+          for (Vm* vm : {mapped.get(), scanning.get()}) vm->setIrqLine(pin, level);
+        }
+        checkIoApic();
+        break;
+      }
       default: {  // a raw message without a sender
         InterruptMessage m = someMessage();
         m.x2apicFormat = in.ConsumeBool();
@@ -269,6 +301,23 @@ private:
     }
     if (acceptors > 1) violated(step, "a lowest-priority message is accepted by at most one vCPU",
                                 acceptors, 1);
+  }
+
+  // The device's own state stays one it would accept back, and survives
+  // a save/restore round trip unchanged.
+  void checkIoApic() {
+    IoApicState state = mapped->ioapic().save();
+    if (mapped->ioapic().validate(state) != nullptr) {
+      violated(step, "the I/O APIC's saved state is one its restore accepts", 1, 0);
+    }
+    for (uint32_t pin = 0; pin < kIoApicPins; pin++) {
+      uint64_t entry = state.redirection[pin];
+      if ((entry & rte::kRemoteIrr) && !(entry & rte::kLevelTriggered)) {
+        violated(step, "remote IRR only on a level-triggered entry", pin, 0);
+      }
+    }
+    EXPECT_EQ(uint32_t(state == scanning->ioapic().save()), 1u,
+              "map and scan: same I/O APIC state");
   }
 
   void compare() {

@@ -133,7 +133,7 @@ TEST_CASE("vlapicd's I/O APIC: the guest reaches its window through the vCPU's c
   served.vm->setIrqLines(kj::ArrayPtr<const IrqLine>({IrqLine{3, true}, IrqLine{3, false}}));
   auto read = channel->call(Request::mmioRead(kIoWinAddress, 4));
   CHECK(read.value == 0x43);
-  CHECK(read.pendingVector == uint8_t(0x43));
+  CHECK(cpu->interruptState().pendingVector == uint8_t(0x43));
 }
 
 TEST_CASE("vlapicd's I/O APIC: Vm.save carries it and Vm.restore brings it back",

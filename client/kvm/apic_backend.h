@@ -1,9 +1,11 @@
 // SPDX-License-Identifier: MIT
 // The front's view of the LAPIC it does not own: every guest APIC access and
 // every interrupt acknowledge goes through this interface, and the LAPIC
-// tells the front what each vCPU must act on through ApicEventSink. The one
-// implementation talks to vlapicd (vlapicd_backend.h); the interface exists so
-// the KVM plumbing does not depend on the transport.
+// tells the front what each vCPU must act on through ApicEventSink. The
+// same server may own the VM's I/O APIC: its MMIO window goes through the
+// same mmioRead/mmioWrite calls and its input pins through setIrqLine. The
+// one implementation talks to vlapicd (vlapicd_backend.h); the interface
+// exists so the KVM plumbing does not depend on the transport.
 #pragma once
 
 #include <kj/common.h>
@@ -54,7 +56,8 @@ public:
   virtual void init(uint32_t vcpu) = 0;
   virtual void startup(uint32_t vcpu, uint8_t vector) = 0;
   // SMI, ExtINT, EOI broadcasts: nothing in this front consumes them (no
-  // SMM, no legacy PIC, no I/O APIC); the sink counts them.
+  // SMM, no legacy PIC; the I/O APIC, when there is one, is the server's
+  // and gets its EOIs there); the sink counts them.
   virtual void unhandledEvent(uint32_t vcpu, kj::StringPtr what) = 0;
   // The server queued events for this vCPU that only the vCPU's own thread
   // can fetch (ApicBackend::fetchEvents): kick it out of KVM_RUN or HLT.
@@ -105,6 +108,15 @@ public:
   // the caller checks the vCPU is in that mode.
   virtual kj::Maybe<uint64_t> mmioReadFromPage(uint32_t vcpu, uint64_t offset, uint8_t size) = 0;
   virtual kj::Maybe<uint64_t> msrReadFromPage(uint32_t vcpu, uint32_t msr) = 0;
+  // The base of the server's I/O APIC's 4 KiB MMIO window, or nullptr when
+  // the server has no I/O APIC for this VM. Guest accesses in the window
+  // (that the vCPU's own xAPIC window does not claim) go to mmioRead and
+  // mmioWrite with their guest-physical address; the server routes by it.
+  virtual kj::Maybe<uint64_t> ioApicBase() const = 0;
+  // A device drives the I/O APIC's input `pin` (< 24) to `level`, the
+  // wire's electrical level. Called from any vCPU thread, serialised by
+  // the caller, only when the level changes. Requires ioApicBase().
+  virtual void setIrqLine(uint8_t pin, bool level) = 0;
   // Delivers to the sink, on this thread, the events the server queued for
   // this vCPU since the last call (a no-op for a backend whose events all
   // arrive by the sink's own thread).

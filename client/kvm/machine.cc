@@ -3,6 +3,7 @@
 
 #include "client/kvm/nmi_gate.h"
 
+#include "schema/model/ioapic.h"
 #include "schema/model/types.h"
 
 #include <kj/debug.h>
@@ -648,20 +649,40 @@ private:
   void handleMmio() {
     auto& run = fd.run();
     uint64_t gpa = run.mmio.phys_addr;
-    uint8_t size = run.mmio.len;
     uint64_t base = apicBase & kApicBaseAddressMask;
+    // The vCPU's own xAPIC window comes first: a LAPIC claims accesses to
+    // its window before they reach the system bus (SDM "Relocating the
+    // Local APIC Registers"), so an I/O APIC window it overlaps is hidden
+    // from this vCPU (vlapicd decides the same way).
     bool apicWindow = serverApic() && mmioDecoding() && gpa >= base && gpa - base < kApicWindowSize;
-    if (!apicWindow) {
+    if (apicWindow) {
+      lapicMmio(gpa, base);
+    } else if (ioApicWindow(gpa)) {
+      ioApicMmio(gpa);
+    } else {
       // No RAM and no device: reads float to all-ones, writes vanish (this
       // includes the xAPIC window while the APIC is disabled or in x2APIC
-      // mode: SDM "Local APIC State After It Has Been Disabled").
+      // mode: SDM "Local APIC State After It Has Been Disabled"). With
+      // KVM's in-kernel irqchip, its I/O APIC serves 0xFEC00000 and those
+      // accesses never reach us.
       if (!run.mmio.is_write) memset(run.mmio.data, 0xFF, sizeof(run.mmio.data));
-      return;
     }
+  }
+
+  bool ioApicWindow(uint64_t gpa) {
+    if (!serverApic()) return false;
+    KJ_IF_MAYBE(ioapic, backend().ioApicBase()) {
+      return gpa >= *ioapic && gpa - *ioapic < kIoApicWindowSize;
+    }
+    return false;
+  }
+
+  void lapicMmio(uint64_t gpa, uint64_t base) {
+    auto& run = fd.run();
+    uint8_t size = run.mmio.len;
     machine.stats.apicAccesses++;
     if (run.mmio.is_write) {
-      uint64_t value = 0;
-      memcpy(&value, run.mmio.data, kj::min<size_t>(size, sizeof(value)));
+      uint64_t value = guestWriteValue();
       auto access = backend().mmioWrite(index, gpa, size, value, canInject());
       if (access.kind == ApicAccess::Kind::VALUE && gpa - base == kApicTprOffset) tprWritten(value);
       afterAccess(access);
@@ -671,11 +692,38 @@ private:
         memcpy(run.mmio.data, value, kj::min<size_t>(size, sizeof(*value)));
         return;
       }
-      auto access = backend().mmioRead(index, gpa, size, canInject());
-      uint64_t value = access.value;
-      memcpy(run.mmio.data, &value, kj::min<size_t>(size, sizeof(value)));
-      afterAccess(access);
+      mmioReadThroughServer(gpa);
     }
+  }
+
+  // The I/O APIC's window: the same access path as the LAPIC's (one call
+  // on this vCPU's channel or connection; vlapicd routes by address), but
+  // no page reads and no TPR: its registers are not the LAPIC's. An access
+  // can uncover an interrupt for this vCPU (unmasking a pending entry, an
+  // EOI register write), so the reply's inject and pending state count.
+  void ioApicMmio(uint64_t gpa) {
+    auto& run = fd.run();
+    machine.stats.ioApicAccesses++;
+    if (run.mmio.is_write) {
+      afterAccess(backend().mmioWrite(index, gpa, run.mmio.len, guestWriteValue(), canInject()));
+    } else {
+      mmioReadThroughServer(gpa);
+    }
+  }
+
+  uint64_t guestWriteValue() {
+    auto& run = fd.run();
+    uint64_t value = 0;
+    memcpy(&value, run.mmio.data, kj::min<size_t>(run.mmio.len, sizeof(value)));
+    return value;
+  }
+
+  void mmioReadThroughServer(uint64_t gpa) {
+    auto& run = fd.run();
+    auto access = backend().mmioRead(index, gpa, run.mmio.len, canInject());
+    uint64_t value = access.value;
+    memcpy(run.mmio.data, &value, kj::min<size_t>(run.mmio.len, sizeof(value)));
+    afterAccess(access);
   }
 
   void handleRdmsr() {
@@ -743,7 +791,8 @@ Machine::Machine(KvmSystem& kvm, const MachineConfig& config, kj::Function<void(
               exit.guestValue = value;
               exit.message = kj::str("guest exited with debug-exit value ", value);
               stop(kj::mv(exit));
-            }) {
+            },
+            [this](uint8_t pin, bool level) { driveIrqLine(pin, level); }) {
   KJ_REQUIRE(config.vcpuCount >= 1 && config.vcpuCount <= 255, "--smp must be 1..255",
              config.vcpuCount);
   installKickHandler();
@@ -964,6 +1013,29 @@ void Machine::stop(MachineExit exit) {
   }
   stopping.store(true);
   for (auto& vcpu : vcpus) vcpu->wakeForStop();
+}
+
+void Machine::driveIrqLine(uint8_t pin, bool level) {
+  stats.irqLineChanges++;
+  if (machineConfig.trace) fprintf(stderr, "[irq] pin %u -> %s\n", pin, level ? "high" : "low");
+  switch (machineConfig.apic) {
+    case ApicLocation::SERVER:
+      KJ_IF_MAYBE(b, backend) {
+        // Without an I/O APIC in the server the wire ends nowhere.
+        if (b->ioApicBase() != nullptr) b->setIrqLine(pin, level);
+      }
+      break;
+    case ApicLocation::IN_KERNEL: {
+      // KVM's default routing sends GSI n < 24 to its I/O APIC's pin n
+      // (and GSIs 0-15 to its PICs too).
+      kvm_irq_level line;
+      memset(&line, 0, sizeof(line));
+      line.irq = pin;
+      line.level = level ? 1 : 0;
+      checkedIoctl(vmFd.get(), KVM_IRQ_LINE, &line, "KVM_IRQ_LINE");
+      break;
+    }
+  }
 }
 
 void Machine::interruptDeliverable(uint32_t vcpu) {

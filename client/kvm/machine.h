@@ -2,7 +2,10 @@
 // A KVM virtual machine whose LAPICs live outside KVM: one thread per vCPU,
 // every xAPIC MMIO and x2APIC/APIC-base/TSC-deadline MSR access forwarded to
 // an ApicBackend (vlapicd), interrupts injected as a user-space-irqchip VMM
-// injects them, SMP start-up by INIT-SIPI as on real hardware.
+// injects them, SMP start-up by INIT-SIPI as on real hardware. The I/O
+// APIC is the backend's too: its MMIO window is forwarded like the LAPIC's,
+// and the platform devices' IRQ wires (the UART's IRQ 4, pc-testdev's
+// lines) go to its pins.
 //
 // For comparison only, the same machine can instead use KVM's in-kernel
 // irqchip (KVM_CREATE_IRQCHIP): bench-kvm measures both in one program.
@@ -116,6 +119,8 @@ public:
   struct Counters {
     std::atomic<uint64_t> exits{0}, apicAccesses{0}, injected{0}, nmis{0}, kicks{0}, halts{0},
         unhandledEvents{0}, pageReads{0};
+    // MMIO in the server's I/O APIC window; I/O APIC input level changes.
+    std::atomic<uint64_t> ioApicAccesses{0}, irqLineChanges{0};
   };
   const Counters& counters() const { return stats; }
 
@@ -136,6 +141,10 @@ private:
   Counters stats;
 
   void setUpVm();
+  // A platform device's wire to I/O APIC input `pin` changed level (the
+  // port bus's lock is held): to the backend's I/O APIC, or to KVM's with
+  // the in-kernel irqchip.
+  void driveIrqLine(uint8_t pin, bool level);
   kj::Array<kvm_cpuid_entry2> cpuidFor(uint32_t vcpu) const;
   Vcpu& vcpuAt(uint32_t index);
 };

@@ -5,7 +5,8 @@
 //   vlapic-kvm --smp 2 --memory 256M --kernel FILE [--initrd FILE]
 //              [--append ARGS] [--cpu x2apic|xapic]
 //              [--vlapicd SOCKET | --spawn-vlapicd] [--rpc] [--no-page-reads]
-//              [--snapshot-ms MS] [--timeout SECONDS]
+//              [--snapshot-ms MS] [--ioapic-version 0x11|0x20] [--no-ioapic]
+//              [--timeout SECONDS]
 //
 // The guest's serial port is our stdout; the process exits with the guest's
 // debug-exit status ((v << 1) | 1) or an even status of its own (machine.h).
@@ -45,6 +46,10 @@ constexpr const char* kUsage =
     "                       every MS milliseconds (default 100) and, if vlapicd\n"
     "                       dies, start a new one and restore it so the guest\n"
     "                       continues; 0: no snapshots, vlapicd's loss ends the run\n"
+    "  --ioapic-version V   the I/O APIC vlapicd gives the VM at 0xFEC00000:\n"
+    "                       0x11 (KVM's, the default) or 0x20 (with the EOI\n"
+    "                       register at +0x40, as QEMU's)\n"
+    "  --no-ioapic          no I/O APIC: its window floats, IRQ wires go nowhere\n"
     "  --timeout SECONDS    stop the guest after this long (status 12)\n"
     "  --trace              log every exit and injected vector on stderr\n"
     "\n"
@@ -63,6 +68,8 @@ struct Options {
   bool pageReads = true;
   uint64_t snapshotMs = 100;
   kj::Maybe<uint64_t> timeoutMs;
+  bool ioapic = true;
+  uint8_t ioapicVersion = kIoApicVersion11;
 };
 
 [[noreturn]] void usageError(kj::StringPtr message) {
@@ -137,6 +144,14 @@ Options parseOptions(int argc, char** argv) {
       options.pageReads = false;
     } else if (arg == "--snapshot-ms") {
       options.snapshotMs = parseNumber(value(), arg);
+    } else if (arg == "--ioapic-version") {
+      uint64_t version = parseNumber(value(), arg);
+      if (version != kIoApicVersion11 && version != kIoApicVersion20) {
+        usageError("--ioapic-version must be 0x11 or 0x20");
+      }
+      options.ioapicVersion = uint8_t(version);
+    } else if (arg == "--no-ioapic") {
+      options.ioapic = false;
     } else if (arg == "--trace") {
       options.machine.trace = true;
     } else if (arg == "--timeout") {
@@ -231,6 +246,8 @@ int runVlapicKvm(int argc, char** argv) {
     settings.name = kj::str("vlapic-kvm ", options.kernel);
     settings.transport = options.transport;
     settings.pageReads = options.pageReads;
+    settings.ioapic = options.ioapic;
+    settings.ioapicVersion = options.ioapicVersion;
     // A freshly spawned vlapicd may create its socket a moment before it
     // accepts: retry briefly.
     for (int attempt = 0;; attempt++) {

@@ -110,6 +110,8 @@ VlapicdBackend::VlapicdBackend(kj::StringPtr socketPath, const VlapicdVmSettings
   settings.name = kj::str(settingsIn.name);
   settings.transport = settingsIn.transport;
   settings.pageReads = settingsIn.pageReads && settingsIn.transport == ApicTransport::CHANNEL;
+  settings.ioapic = settingsIn.ioapic;
+  settings.ioapicVersion = settingsIn.ioapicVersion;
   links = kj::heapArray<kj::Maybe<kj::Own<VcpuLink>>>(settings.vcpuCount);
   auto hints = kj::heapArrayBuilder<kj::MutexGuarded<TimerHint>>(settings.vcpuCount);
   for (uint32_t i = 0; i < settings.vcpuCount; i++) hints.add();
@@ -129,6 +131,9 @@ kj::Array<client::VcpuTicket> VlapicdBackend::connect(kj::StringPtr socketPath) 
   options.x2apicSupported = settings.x2apic;
   options.tscDeadlineSupported = true;
   options.name = kj::str(settings.name);
+  options.ioapic.present = settings.ioapic;
+  options.ioapic.base = kIoApicDefaultBase;
+  options.ioapic.version = settings.ioapicVersion;
   auto newVm = newControl->createVm(kj::mv(options), [this](kj::ArrayPtr<const client::Event> events) {
     onEvents(events);
   });
@@ -217,6 +222,8 @@ bool VlapicdBackend::keepAlive() {
 void VlapicdBackend::recover() {
   auto& r = KJ_ASSERT_NONNULL(recovery);
   auto& state = KJ_REQUIRE_NONNULL(r.lastSnapshot, "no snapshot to recover from");
+  // Device wires wait (setIrqLine blocks here) until the new VM has them.
+  auto wires = irqLevels.lockExclusive();
   // The dead server's VM went with it; releasing it can only fail.
   kj::runCatchingExceptions([&]() { vm = nullptr; });
   kj::runCatchingExceptions([&]() { control = nullptr; });
@@ -246,6 +253,7 @@ void VlapicdBackend::recover() {
   // Keep the saved TSC offset (resumeTscAtSaved = false): the guest TSC is
   // still host time scaled plus that offset, so deadlines keep their meaning.
   vm->restore(state, false);
+  reapplyIrqLines(state);
   publish(kj::mv(tickets));
   r.count++;
   KJ_LOG(WARNING, "vlapicd was lost; restored every vCPU from the last snapshot on a new vlapicd",
@@ -265,6 +273,51 @@ bool VlapicdBackend::awaitRecovery(uint64_t lostGeneration) {
   locked.wait([&](const Server& s) { return s.generation != lostGeneration || s.failed; },
               10 * kj::SECONDS);
   return !locked->failed && locked->generation != lostGeneration;
+}
+
+kj::Maybe<uint64_t> VlapicdBackend::ioApicBase() const {
+  if (!settings.ioapic) return nullptr;
+  return kIoApicDefaultBase;
+}
+
+bool VlapicdBackend::inIoApicWindow(uint64_t gpa) const {
+  return settings.ioapic && gpa >= kIoApicDefaultBase && gpa - kIoApicDefaultBase < kIoApicWindowSize;
+}
+
+void VlapicdBackend::setIrqLine(uint8_t pin, bool level) {
+  KJ_REQUIRE(settings.ioapic, "this VM has no I/O APIC in vlapicd");
+  KJ_REQUIRE(pin < kIoApicPins, "no such I/O APIC pin", pin);
+  activity.fetch_add(1, std::memory_order_relaxed);
+  auto locked = irqLevels.lockExclusive();
+  uint32_t bit = 1u << pin;
+  locked->levels = level ? locked->levels | bit : locked->levels & ~bit;
+  // Over the control connection (Vm.setIrqLine): the device is the VM's,
+  // not a vCPU's. With the channel, the interrupt it sends reaches the
+  // target vCPU as attention on its channel like an IPI.
+  KJ_IF_MAYBE(exception, kj::runCatchingExceptions([&]() { vm->setIrqLine(pin, level); })) {
+    if (exception->getType() == kj::Exception::Type::DISCONNECTED && recovery != nullptr) {
+      // The recovery sets the level on the new server (reapplyIrqLines);
+      // the control thread notices the loss itself (keepAlive).
+      server.lockExclusive()->lost = true;
+      return;
+    }
+    sink.backendLost(exception->getDescription());
+    kj::throwFatalException(kj::mv(*exception));
+  }
+}
+
+void VlapicdBackend::reapplyIrqLines(const client::VmState& restored) {
+  // Called with irqLevels locked by recover(). The snapshot holds the
+  // wires as they were at the snapshot; the devices' levels now are the
+  // truth. (An edge raised and delivered after the snapshot is delivered
+  // again: the interrupt the guest took then is not in the snapshot either.)
+  uint32_t now = irqLevels.getAlreadyLockedExclusive().levels;
+  uint32_t then = 0;
+  KJ_IF_MAYBE(ioapic, restored.ioapic) then = ioapic->pinLevels;
+  for (uint8_t pin = 0; pin < kIoApicPins; pin++) {
+    uint32_t bit = 1u << pin;
+    if ((now ^ then) & bit) vm->setIrqLine(pin, (now & bit) != 0);
+  }
 }
 
 void VlapicdBackend::injected(uint32_t vcpu, kj::Maybe<uint8_t> vector) {
@@ -551,7 +604,11 @@ ApicAccess VlapicdBackend::mmioWrite(uint32_t vcpu, uint64_t gpa, uint8_t size, 
     access = call(vcpu, [&](VcpuLink& l) { return rpcAccess(vcpu, l.handle->mmioWrite(gpa, size, value)); });
   }
   // The window is 4 KiB aligned: the offset is the address's low bits.
-  if ((gpa & 0xFF0) == regOffset(Reg::EOI)) eoiWritten(vcpu, access);
+  // The front sends the I/O APIC's window here too, where offset 0xB0 is
+  // no register. (A guest that relocates its xAPIC window onto the I/O
+  // APIC's, which then wins, has its MMIO EOIs missed by this record: its
+  // recovery would leave those vectors in service.)
+  if ((gpa & 0xFF0) == regOffset(Reg::EOI) && !inIoApicWindow(gpa)) eoiWritten(vcpu, access);
   return access;
 }
 

@@ -34,6 +34,10 @@ struct VlapicdVmSettings {
   // CHANNEL only: serve plain register reads from the mapped page when the
   // server offers it (falls back to the channel when it does not).
   bool pageReads = true;
+  // The VM's I/O APIC in vlapicd (VmOptions::IoApic): at 0xFEC00000,
+  // version 0x11 (KVM's) or 0x20 (with the EOI register at +0x40).
+  bool ioapic = true;
+  uint8_t ioapicVersion = kIoApicVersion11;
 };
 
 class VlapicdBackend final : public ApicBackend {
@@ -70,6 +74,8 @@ public:
   ApicAccess msrWrite(uint32_t vcpu, uint32_t msr, uint64_t value, bool canInject) override;
   kj::Maybe<uint64_t> mmioReadFromPage(uint32_t vcpu, uint64_t offset, uint8_t size) override;
   kj::Maybe<uint64_t> msrReadFromPage(uint32_t vcpu, uint32_t msr) override;
+  kj::Maybe<uint64_t> ioApicBase() const override;
+  void setIrqLine(uint8_t pin, bool level) override;
   void fetchEvents(uint32_t vcpu) override;
   ApicAcknowledge acknowledge(uint32_t vcpu) override;
   ApicInterruptState setCr8(uint32_t vcpu, uint8_t cr8) override;
@@ -121,6 +127,16 @@ private:
   // with the server (else a vector EOIed since would stay in service and
   // block its priority class for good).
   kj::Array<kj::MutexGuarded<VectorSet>> inService;
+  // The levels the front's devices drive on the I/O APIC's pins (bit n:
+  // pin n high), as last set. The lock also serialises setIrqLine calls
+  // with a recovery replacing `vm`: a recovery sets every pin whose level
+  // changed since the snapshot again, so no wire is lost with the server.
+  struct IrqLevels {
+    uint32_t levels = 0;
+  };
+  kj::MutexGuarded<IrqLevels> irqLevels;
+  void reapplyIrqLines(const client::VmState& restored);
+  bool inIoApicWindow(uint64_t gpa) const;
   void injected(uint32_t vcpu, kj::Maybe<uint8_t> vector);
   void eoiWritten(uint32_t vcpu, const ApicAccess& access);
 

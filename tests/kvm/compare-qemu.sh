@@ -23,7 +23,7 @@ if ! [ -c /dev/kvm ]; then
   echo "compare-qemu: /dev/kvm is not available"
   exit 77
 fi
-for guest in apic-regs apic-base apic-ipi apic-timer apic-priority; do
+for guest in apic-regs apic-base apic-ipi apic-timer apic-priority ioapic; do
   if ! [ -f "$guests/$guest.elf" ]; then
     echo "compare-qemu: $guests/$guest.elf is missing: build first (cmake --build $build)"
     exit 2
@@ -34,13 +34,14 @@ qemu-system-x86_64 --version | head -1
 failed=0
 # SMP runs use 2 vCPUs: this host's KVM recommends no more (it has 2 CPUs),
 # and QEMU with 4 busy-waiting vCPUs on it sometimes stalls past the timeout.
-run() {  # run LABEL KERNEL SMP CPU
+run() {  # run LABEL KERNEL SMP CPU [QEMU ARGS...]
   local label=$1 kernel=$2 smp=$3 cpu=$4 output status
+  shift 4
   # -nodefaults: no devices at the addresses apic-base relocates the window
   # to. invtsc lets QEMU offer the 0x40000010 timing leaf (TSC/APIC kHz).
   output=$(timeout 120 qemu-system-x86_64 -accel kvm -cpu "$cpu" -m 128 -smp "$smp" \
     -nodefaults -no-reboot -display none -serial stdio \
-    -device isa-debug-exit,iobase=0xf4,iosize=4 -kernel "$kernel" 2>&1)
+    -device isa-debug-exit,iobase=0xf4,iosize=4 "$@" -kernel "$kernel" 2>&1)
   status=$?
   local passes fails
   passes=$(printf '%s\n' "$output" | grep -c '^PASS')
@@ -62,5 +63,8 @@ run "apic-ipi (2 vCPUs)" "$guests/apic-ipi.elf" 2 host,+invtsc,-arch-capabilitie
 run "apic-ipi (2 vCPUs, no x2APIC)" "$guests/apic-ipi.elf" 2 host,+invtsc,-arch-capabilities,-x2apic
 run "apic-timer" "$guests/apic-timer.elf" 1 host,+invtsc,-arch-capabilities
 run "apic-priority" "$guests/apic-priority.elf" 1 host,+invtsc,-arch-capabilities
+# KVM's in-kernel I/O APIC, QEMU's 16550 and pc-testdev's IRQ-line ports.
+run "ioapic (x2APIC)" "$guests/ioapic.elf" 1 host,+invtsc,-arch-capabilities -device pc-testdev
+run "ioapic (no x2APIC)" "$guests/ioapic.elf" 1 host,+invtsc,-arch-capabilities,-x2apic -device pc-testdev
 echo "compare-qemu: $failed kernel run(s) did not pass under QEMU's in-kernel LAPIC"
 exit $failed

@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: MIT
 // Unit tests of vlapic-kvm's platform pieces that need no /dev/kvm: the
 // multiboot v1 loader (Multiboot Specification 0.6.96), the 16550 UART
-// (PC16550D data sheet), QEMU's fw_cfg I/O interface and the port bus.
+// (PC16550D data sheet) with its interrupt line, QEMU's fw_cfg I/O
+// interface, pc-testdev's interrupt-line ports and the port bus.
 #include "client/kvm/boot.h"
 #include "client/kvm/devices.h"
 
@@ -180,7 +181,8 @@ TEST_CASE("16550: THR prints, LSR says idle (0x60), the divisor latch hides divi
   serial.write(0x3F9, 0x0F);   // IER, not DLM
   CHECK(serial.read(0x3F9) == 0x0F);
   CHECK(kj::str(kj::arrayPtr(out.begin(), out.size())) == "hi!");
-  CHECK(serial.read(0x3FA) == 0x01);  // IIR: no interrupt pending
+  CHECK(serial.read(0x3FA) == 0x02);  // IIR: THR empty (just enabled)
+  CHECK(serial.read(0x3FA) == 0x01);  // ...reset by that read: none pending
   serial.write(0x3FF, 0x5A);
   CHECK(serial.read(0x3FF) == 0x5A);  // scratch
 }
@@ -226,4 +228,204 @@ TEST_CASE("IoBus: debug exit takes the 32-bit value, nothing-decoded ports float
   kj::byte count = 0;
   bus.in(FwCfg::kDataPort, kj::arrayPtr(&count, 1));
   CHECK(count == 2);
+}
+
+// ---- The 16550's interrupt line (PC16550D Table IV) and the IRQ wires ----
+
+namespace {
+
+constexpr uint16_t kThr = 0x3F8, kIer = 0x3F9, kIir = 0x3FA, kLcr = 0x3FB, kMcr = 0x3FC,
+                   kLsr = 0x3FD, kMsr = 0x3FE;
+constexpr uint8_t kOut2 = 0x08, kLoop = 0x10;
+
+// A UART whose IRQ line's changes are recorded in order.
+struct LineProbe {
+  kj::Vector<char> out;
+  kj::Vector<bool> changes;
+  Serial16550 serial{[this](char c) { out.add(c); }, [this](bool level) { changes.add(level); }};
+
+  kj::String history() const {
+    kj::Vector<char> text;
+    for (bool level : changes) text.add(level ? 'H' : 'L');
+    return kj::str(text.releaseAsArray());
+  }
+};
+
+}  // namespace
+
+TEST_CASE("16550 IRQ: THRE raises the line when enabled with OUT2, IIR read resets it") {
+  LineProbe p;
+  p.serial.write(kIer, 0x02);  // ETBEI, but OUT2 is off: the PC's buffer is closed
+  CHECK(p.changes.size() == 0);
+  CHECK_FALSE(p.serial.irqLevel());
+  p.serial.write(kMcr, kOut2);
+  CHECK(p.history() == "H");
+  CHECK(p.serial.read(kIir) == 0x02);  // THRE is the source: this read resets it
+  CHECK(p.history() == "HL");
+  CHECK(p.serial.read(kIir) == 0x01);
+  CHECK(p.history() == "HL");  // no change, no call
+}
+
+TEST_CASE("16550 IRQ: a THR write drops the line and THRE rises again once the byte is sent") {
+  LineProbe p;
+  p.serial.write(kMcr, kOut2);
+  p.serial.write(kIer, 0x02);
+  CHECK(p.history() == "H");
+  p.serial.write(kThr, 'x');
+  // One new edge per byte for an edge-triggered IRQ: low, then high again.
+  CHECK(p.history() == "HLH");
+  p.serial.read(kIir);
+  CHECK(p.history() == "HLHL");
+  p.serial.write(kThr, 'y');
+  CHECK(p.history() == "HLHLH");
+  CHECK(kj::str(kj::arrayPtr(p.out.begin(), p.out.size())) == "xy");
+}
+
+TEST_CASE("16550 IRQ: THRE is raised by enabling ETBEI, not by rewriting it") {
+  LineProbe p;
+  p.serial.write(kMcr, kOut2);
+  p.serial.write(kIer, 0x02);
+  CHECK(p.serial.read(kIir) == 0x02);
+  p.serial.write(kIer, 0x02);  // still enabled: nothing new
+  CHECK(p.serial.read(kIir) == 0x01);
+  p.serial.write(kIer, 0x00);
+  p.serial.write(kIer, 0x02);  // enabled again with THR empty: raised again
+  CHECK(p.serial.read(kIir) == 0x02);
+  CHECK(p.history() == "HLHL");
+}
+
+TEST_CASE("16550 IRQ: disabling the source or clearing OUT2 lowers the line") {
+  LineProbe p;
+  p.serial.write(kMcr, kOut2);
+  p.serial.write(kIer, 0x02);
+  p.serial.write(kMcr, 0x00);
+  CHECK(p.history() == "HL");
+  p.serial.write(kMcr, kOut2);  // THRE still pending: up again
+  CHECK(p.history() == "HLH");
+  p.serial.write(kIer, 0x00);
+  CHECK(p.history() == "HLHL");
+  CHECK(p.serial.read(kIir) == 0x01);  // disabled sources are not reported
+}
+
+TEST_CASE("16550 IRQ: received data is reported above THRE and reset by reading RBR") {
+  LineProbe p;
+  p.serial.write(kMcr, kOut2);
+  p.serial.write(kIer, 0x03);  // ERBFI + ETBEI
+  CHECK(p.serial.read(kIir) == 0x02);
+  p.serial.write(kIer, 0x01);  // received data only
+  CHECK(p.history() == "HL");
+  p.serial.receive('a');
+  CHECK(p.history() == "HLH");
+  CHECK((p.serial.read(kLsr) & 0x01) == 0x01);  // DR
+  p.serial.write(kIer, 0x03);  // THRE raised too; IIR names the higher one
+  CHECK(p.serial.read(kIir) == 0x04);
+  CHECK(p.serial.read(kIir) == 0x04);  // reading IIR does not reset RX data
+  CHECK(p.serial.read(kThr) == 'a');
+  CHECK(p.serial.read(kIir) == 0x02);  // then THRE, which this read resets
+  CHECK(p.serial.read(kIir) == 0x01);
+  CHECK(p.history() == "HLHL");  // the line stayed high from 'a' until the IIR read
+}
+
+TEST_CASE("16550 IRQ: an overrun is a line-status interrupt, the highest, reset by reading LSR") {
+  LineProbe p;
+  p.serial.write(kMcr, kOut2);
+  p.serial.write(kIer, 0x05);  // ELSI + ERBFI
+  p.serial.receive('a');
+  p.serial.receive('b');  // RBR not read: overrun, 'b' replaces 'a'
+  CHECK(p.serial.read(kIir) == 0x06);
+  uint8_t lsr = p.serial.read(kLsr);
+  CHECK((lsr & 0x03) == 0x03);  // DR + OE
+  CHECK(p.serial.read(kIir) == 0x04);  // OE cleared by that read, data left
+  CHECK(p.serial.read(kThr) == 'b');
+  CHECK(p.serial.read(kIir) == 0x01);
+  CHECK(p.history() == "HL");
+}
+
+TEST_CASE("16550 IRQ: loopback sends THR to the receiver, mirrors MCR in MSR and closes OUT2") {
+  LineProbe p;
+  p.serial.write(kMcr, kLoop | kOut2 | 0x03);
+  CHECK(p.serial.read(kMsr) == 0xB0);  // DCD (OUT2), DSR (DTR), CTS (RTS)
+  p.serial.write(kIer, 0x01);
+  p.serial.write(kThr, 'z');
+  CHECK(p.out.size() == 0);
+  CHECK(p.serial.read(kIir) == 0x04);  // pending inside the UART...
+  CHECK(p.changes.size() == 0);        // ...but no IRQ leaves it in loopback
+  p.serial.write(kMcr, kOut2);
+  CHECK(p.history() == "H");
+  CHECK(p.serial.read(kThr) == 'z');
+  CHECK(p.history() == "HL");
+}
+
+TEST_CASE("16550 IRQ: the divisor latch hides IER and THR from interrupts") {
+  LineProbe p;
+  p.serial.write(kMcr, kOut2);
+  p.serial.write(kLcr, 0x80);
+  p.serial.write(kIer, 0x02);  // DLM, not IER
+  p.serial.write(kThr, 0x0C);  // DLL, not a byte
+  CHECK(p.changes.size() == 0);
+  CHECK(p.out.size() == 0);
+  p.serial.write(kLcr, 0x03);
+  CHECK(p.serial.read(kIer) == 0x00);
+}
+
+TEST_CASE("pc-testdev: a byte to 0x2000 + n drives pin n, n < 24, other accesses are not its") {
+  auto line = KJ_ASSERT_NONNULL(PcTestdevIrq::decodeWrite(0x2000, 1, 1));
+  CHECK(line.pin == 0);
+  CHECK(line.level);
+  line = KJ_ASSERT_NONNULL(PcTestdevIrq::decodeWrite(0x200A, 1, 0));
+  CHECK(line.pin == 10);
+  CHECK_FALSE(line.level);
+  line = KJ_ASSERT_NONNULL(PcTestdevIrq::decodeWrite(0x2017, 1, 0x80));  // any non-zero byte
+  CHECK(line.pin == 23);
+  CHECK(line.level);
+  CHECK(PcTestdevIrq::decodeWrite(0x2000, 1, 0x100) != nullptr);  // the byte is what counts
+  CHECK_FALSE(KJ_ASSERT_NONNULL(PcTestdevIrq::decodeWrite(0x2000, 1, 0x100)).level);
+  CHECK(PcTestdevIrq::decodeWrite(0x2018, 1, 1) == nullptr);  // past pin 23
+  CHECK(PcTestdevIrq::decodeWrite(0x1FFF, 1, 1) == nullptr);
+  CHECK(PcTestdevIrq::decodeWrite(0x2004, 2, 1) == nullptr);  // byte accesses only
+  CHECK(PcTestdevIrq::decodeWrite(0x2004, 4, 1) == nullptr);
+  CHECK(PcTestdevIrq::decodeWrite(0xE0, 1, 1) == nullptr);  // not implemented
+}
+
+TEST_CASE("IrqWires: only changes are driven, two sources on one pin are wired-OR") {
+  kj::Vector<kj::String> driven;
+  IrqWires wires([&driven](uint8_t pin, bool level) { driven.add(kj::str(pin, level ? "H" : "L")); });
+  wires.set(IrqWires::Source::TESTDEV, 10, true);
+  wires.set(IrqWires::Source::TESTDEV, 10, true);  // no change
+  wires.set(IrqWires::Source::SERIAL, 4, true);
+  wires.set(IrqWires::Source::TESTDEV, 4, true);   // already high through the UART
+  wires.set(IrqWires::Source::SERIAL, 4, false);   // pc-testdev still holds it
+  CHECK(wires.level(4));
+  wires.set(IrqWires::Source::TESTDEV, 4, false);
+  wires.set(IrqWires::Source::TESTDEV, 10, false);
+  REQUIRE(driven.size() == 4);
+  CHECK(driven[0] == "10H");
+  CHECK(driven[1] == "4H");
+  CHECK(driven[2] == "4L");
+  CHECK(driven[3] == "10L");
+  CHECK_THROWS(wires.set(IrqWires::Source::TESTDEV, 24, true));
+}
+
+TEST_CASE("IoBus: pc-testdev ports and the UART's IRQ 4 reach the irqLine callback") {
+  kj::Vector<kj::String> driven;
+  IoBus bus(64 << 20, 1, [](char) {}, [](uint32_t) {},
+            [&driven](uint8_t pin, bool level) { driven.add(kj::str(pin, level ? "H" : "L")); });
+  auto outByte = [&bus](uint16_t port, kj::byte value) { bus.out(port, kj::arrayPtr(&value, 1)); };
+  outByte(0x200B, 1);
+  outByte(0x200B, 0);
+  uint16_t wide = 1;
+  bus.out(0x200C, kj::arrayPtr(reinterpret_cast<const kj::byte*>(&wide), 2));  // ignored
+  outByte(kMcr, kOut2);
+  outByte(kIer, 0x02);
+  kj::byte iir = 0;
+  bus.in(kIir, kj::arrayPtr(&iir, 1));
+  CHECK(iir == 0x02);
+  kj::byte floating = 0;
+  bus.in(0x2000, kj::arrayPtr(&floating, 1));  // write-only: reads float high
+  CHECK(floating == 0xFF);
+  REQUIRE(driven.size() == 4);
+  CHECK(driven[0] == "11H");
+  CHECK(driven[1] == "11L");
+  CHECK(driven[2] == "4H");
+  CHECK(driven[3] == "4L");
 }

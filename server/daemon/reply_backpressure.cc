@@ -42,7 +42,7 @@ kj::Promise<size_t> ReplyBackpressureStream::tryRead(void* buffer, size_t minByt
 
 kj::Promise<kj::AsyncCapabilityStream::ReadResult> ReplyBackpressureStream::tryReadWithFds(
     void* buffer, size_t minBytes, size_t maxBytes, kj::AutoCloseFd* fdBuffer, size_t maxFds) {
-  return whenReadable().then([=]() {
+  return whenReadable().then([this, buffer, minBytes, maxBytes, fdBuffer, maxFds]() {
     return inner->tryReadWithFds(buffer, minBytes, maxBytes, fdBuffer, maxFds);
   });
 }
@@ -50,7 +50,7 @@ kj::Promise<kj::AsyncCapabilityStream::ReadResult> ReplyBackpressureStream::tryR
 kj::Promise<kj::AsyncCapabilityStream::ReadResult> ReplyBackpressureStream::tryReadWithStreams(
     void* buffer, size_t minBytes, size_t maxBytes,
     kj::Own<kj::AsyncCapabilityStream>* streamBuffer, size_t maxStreams) {
-  return whenReadable().then([=]() {
+  return whenReadable().then([this, buffer, minBytes, maxBytes, streamBuffer, maxStreams]() {
     return inner->tryReadWithStreams(buffer, minBytes, maxBytes, streamBuffer, maxStreams);
   });
 }

@@ -690,6 +690,10 @@ public:
   }
 
   kj::Promise<kj::Own<AsyncVm>> createVm(VmOptions options, EventCallback onEvents) override {
+    // Checked here as well as in vlapicd: the per-vCPU timer book below is
+    // sized before the server answers.
+    KJ_REQUIRE(options.vcpuCount >= 1 && options.vcpuCount <= kMaxVcpusPerVm,
+               "VmOptions.vcpuCount out of range", options.vcpuCount, kMaxVcpusPerVm);
     auto request = service.createVmRequest();
     auto config = request.initConfig();
     config.setVcpuCount(options.vcpuCount);

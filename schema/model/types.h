@@ -10,6 +10,11 @@
 
 namespace vlapic {
 
+// The most vCPUs one VM may have, a limit of the protocol: vlapicd refuses
+// more, and the client library refuses them before it sizes anything per
+// vCPU.
+constexpr uint32_t kMaxVcpusPerVm = 4096;
+
 // IA32_APIC_BASE states (SDM "Local APIC State After It Has Been Disabled",
 // "x2APIC State Transitions").
 enum class ApicMode : uint8_t { DISABLED, XAPIC, X2APIC };

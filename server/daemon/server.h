@@ -17,6 +17,7 @@
 #include <cstdint>
 
 #include "front_account.h"
+#include "schema/model/types.h"
 
 namespace vlapic::daemon {
 
@@ -42,7 +43,7 @@ struct ServerOptions {
   uint32_t defaultEventsPerBatch = 256;
   // Resource limits per server, so one front cannot exhaust the host.
   uint32_t maxVms = 4096;
-  uint32_t maxVcpusPerVm = 4096;
+  uint32_t maxVcpusPerVm = kMaxVcpusPerVm;   // schema/model/types.h
   // And per front (front_account.h): what one connection's VMs may hold.
   FrontLimits frontLimits;
   // Shared-memory channels on the whole server: each is a thread, so this

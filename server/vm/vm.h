@@ -41,8 +41,8 @@ enum class LowestPriorityPolicy : uint8_t {
   VECTOR_HASH,
 };
 
-// Most vCPUs a VM may have.
-constexpr uint32_t kMaxVcpus = 4096;
+// Most vCPUs a VM may have (the protocol's limit, schema/model/types.h).
+constexpr uint32_t kMaxVcpus = kMaxVcpusPerVm;
 
 struct VmConfig {
   uint32_t vcpuCount = 1;

@@ -350,9 +350,39 @@ public:
   TimerDeadlines book;
 };
 
+// A VM's event callback, shared by its EventSinkImpl and the VM's handle.
+// The sink is a capability vlapicd holds, so it lives until vlapicd's
+// release of it arrives (a round trip after the front dropped its Vm, or the
+// connection's end), and batches already on the wire still reach it after
+// the Vm is gone. The callback is the front's, capturing state the front
+// frees once its Vm is destroyed (the C API's queue, a test's log), so it
+// must end with the Vm, not with the sink: the handle's CallbackLease
+// destroys it and batches after that are dropped.
+class SharedCallback final: public kj::Refcounted {
+public:
+  explicit SharedCallback(EventCallback callback): callback(kj::mv(callback)) {}
+  kj::Maybe<EventCallback> callback;   // nullptr once the Vm is gone
+};
+
+// Held by the VM's handle (first by createVm's continuation, so a VM whose
+// creation is cancelled ends its callback too). Destroyed on the loop that
+// runs the sink, so no lock: the callback is either called or gone.
+class CallbackLease {
+public:
+  explicit CallbackLease(kj::Own<SharedCallback> shared): shared(kj::mv(shared)) {}
+  CallbackLease(CallbackLease&&) = default;
+  CallbackLease& operator=(CallbackLease&&) = delete;
+  ~CallbackLease() noexcept(false) {
+    if (shared.get() != nullptr) shared->callback = nullptr;
+  }
+
+private:
+  kj::Own<SharedCallback> shared;
+};
+
 class EventSinkImpl final: public proto::EventSink::Server {
 public:
-  EventSinkImpl(EventCallback callback, kj::Own<SharedDeadlines> deadlines)
+  EventSinkImpl(kj::Own<SharedCallback> callback, kj::Own<SharedDeadlines> deadlines)
       : callback(kj::mv(callback)), deadlines(kj::mv(deadlines)) {}
 
   kj::Promise<void> deliver(DeliverContext context) override {
@@ -370,12 +400,19 @@ public:
         deadlines->book.note(event.vcpu, nullptr, now);
       }
     }
-    callback(batch);
+    KJ_IF_MAYBE(c, callback->callback) {
+      // Out of the slot for the call: a callback that drops its own VM's
+      // handle (a Connection user's may) ends after returning, not inside.
+      // Back (if still armed) even when it throws.
+      EventCallback running = kj::mv(*c);
+      KJ_DEFER(KJ_IF_MAYBE(still, callback->callback) *still = kj::mv(running));
+      running(batch);
+    }
     return kj::READY_NOW;
   }
 
 private:
-  EventCallback callback;
+  kj::Own<SharedCallback> callback;
   kj::Own<SharedDeadlines> deadlines;
 };
 
@@ -538,9 +575,12 @@ private:
 
 class AsyncVmImpl final: public AsyncVm {
 public:
+  // `callback`: the lease on the event callback of a VM this connection
+  // created (nullptr for one the operator opened, which has none here).
   AsyncVmImpl(proto::Vm::Client cap, uint32_t vcpus, kj::StringPtr socketPath,
-              kj::Own<SharedDeadlines> deadlines)
-      : cap(kj::mv(cap)), vcpus(vcpus), socketPath(socketPath), deadlines(kj::mv(deadlines)) {}
+              kj::Own<SharedDeadlines> deadlines, kj::Maybe<CallbackLease> callback = nullptr)
+      : cap(kj::mv(cap)), vcpus(vcpus), socketPath(socketPath), deadlines(kj::mv(deadlines)),
+        callback(kj::mv(callback)) {}
 
   uint32_t vcpuCount() const override { return vcpus; }
 
@@ -637,6 +677,7 @@ private:
   uint32_t vcpus;
   kj::StringPtr socketPath;
   kj::Own<SharedDeadlines> deadlines;
+  kj::Maybe<CallbackLease> callback;
 };
 
 class AsyncAdminImpl final: public AsyncAdmin {
@@ -718,11 +759,13 @@ public:
     config.setMaxBatchesInFlight(options.maxBatchesInFlight);
     config.setMaxEventsPerBatch(options.maxEventsPerBatch);
     auto deadlines = kj::refcounted<SharedDeadlines>(options.vcpuCount);
-    request.setSink(kj::heap<EventSinkImpl>(kj::mv(onEvents), kj::addRef(*deadlines)));
+    auto callback = kj::refcounted<SharedCallback>(kj::mv(onEvents));
+    request.setSink(kj::heap<EventSinkImpl>(kj::addRef(*callback), kj::addRef(*deadlines)));
     uint32_t vcpus = options.vcpuCount;
     return request.send().then(
-        [this, vcpus, deadlines = kj::mv(deadlines)](auto response) mutable -> kj::Own<AsyncVm> {
-      return kj::heap<AsyncVmImpl>(response.getVm(), vcpus, path, kj::mv(deadlines));
+        [this, vcpus, deadlines = kj::mv(deadlines), lease = CallbackLease(kj::mv(callback))](
+            auto response) mutable -> kj::Own<AsyncVm> {
+      return kj::heap<AsyncVmImpl>(response.getVm(), vcpus, path, kj::mv(deadlines), kj::mv(lease));
     });
   }
 

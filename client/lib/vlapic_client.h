@@ -138,7 +138,10 @@ struct Event {
 
 // Called with each batch, in order per vCPU. Runs on the thread whose event
 // loop owns the VM's connection (the Client thread, or the Connection's
-// loop). Returning acknowledges the batch for flow control.
+// loop). Returning acknowledges the batch for flow control. The callback is
+// destroyed with its VM's handle (Vm, AsyncVm) and never called after it,
+// so it may capture state that only outlives the handle; batches still in
+// flight then are dropped.
 using EventCallback = kj::Function<void(kj::ArrayPtr<const Event> events)>;
 
 // How an x2APIC vCPU's ID is written into a saved kvm_lapic_state: the

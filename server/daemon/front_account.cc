@@ -11,7 +11,7 @@ namespace {
 }
 }  // namespace
 
-void FrontAccount::chargeVm(uint32_t count, uint64_t nowNs) {
+uint64_t FrontAccount::chargeVm(uint32_t count, uint64_t nowNs) {
   if (vms + 1 > limits.vms) {
     overQuota(kj::str("quota: this front already holds ", vms, " VMs, the most vlapicd allows "
                       "one front (--max-vms-per-front ", limits.vms, ")"));
@@ -22,19 +22,29 @@ void FrontAccount::chargeVm(uint32_t count, uint64_t nowNs) {
   }
   // Within its quotas, the rate. Refill: vmCreatesPerSecond creations a
   // second is that many credits a ns, up to the VM quota's worth.
-  uint64_t full = uint64_t(limits.vms) * kCreditPerCreation;
+  int64_t full = int64_t(limits.vms) * kCreditPerCreation;
   uint64_t elapsedNs = nowNs > creditAtNs ? nowNs - creditAtNs : 0;
   unsigned __int128 refill = (unsigned __int128)elapsedNs * limits.vmCreatesPerSecond;
-  createCredit = refill >= full - createCredit ? full : createCredit + uint64_t(refill);
+  createCredit = refill >= (unsigned __int128)(full - createCredit) ? full
+                                                                     : createCredit + int64_t(refill);
   creditAtNs = nowNs;
-  if (createCredit < kCreditPerCreation) {
-    overQuota(kj::str("rate: this front creates VMs faster than vlapicd allows one front "
-                      "(--vm-creates-per-front ", limits.vmCreatesPerSecond, " a second after its "
-                      "first ", limits.vms, "); retry later"));
+  int64_t after = createCredit - kCreditPerCreation;
+  uint64_t waitNs = 0;
+  if (after < 0) {
+    // The credit comes back at vmCreatesPerSecond per ns: this creation's
+    // turn is when `after` is back at 0.
+    uint64_t rate = kj::max(limits.vmCreatesPerSecond, 1u);
+    waitNs = (uint64_t(-after) + rate - 1) / rate;
+    if (waitNs > kMaxCreationWaitNs) {
+      overQuota(kj::str("rate: this front creates VMs faster than vlapicd allows one front "
+                        "(--vm-creates-per-front ", limits.vmCreatesPerSecond, " a second after "
+                        "its first ", limits.vms, ") for more than a second ahead; retry later"));
+    }
   }
   vms++;
   vcpus += count;
-  createCredit -= kCreditPerCreation;
+  createCredit = after;
+  return waitNs;
 }
 
 void FrontAccount::refundVm(uint32_t count) {

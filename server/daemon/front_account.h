@@ -40,12 +40,15 @@ class FrontAccount final: public kj::Refcounted {
 public:
   FrontAccount(uint64_t connectionId, FrontLimits limits, ServerWideUsage& serverWide)
       : connectionId(connectionId), limits(limits), serverWide(serverWide),
-        createCredit(uint64_t(limits.vms) * kCreditPerCreation) {}
+        createCredit(int64_t(limits.vms) * kCreditPerCreation) {}
 
-  // Charge or refund a VM of `vcpus` vCPUs, created at monotonic `nowNs`.
-  // Throws OVERLOADED when over a quota or the creation rate; a refund
-  // does not give the creation back.
-  void chargeVm(uint32_t vcpus, uint64_t nowNs);
+  // Charge or refund a VM of `vcpus` vCPUs, asked for at monotonic `nowNs`.
+  // Returns how long the creation must wait for the front's creation rate
+  // (0: none); the VM is charged from now. Throws OVERLOADED when over a
+  // quota, or when the wait would exceed kMaxCreationWaitNs (the front asks
+  // faster than its rate for a whole second ahead). A refund does not give
+  // the creation back.
+  uint64_t chargeVm(uint32_t vcpus, uint64_t nowNs);
   void refundVm(uint32_t vcpus);
   void chargeChannel();
   void refundChannel();
@@ -55,8 +58,10 @@ public:
   uint32_t vcpuCount() const { return vcpus; }
   uint32_t channelCount() const { return channels; }
 
+  static constexpr uint64_t kMaxCreationWaitNs = 1'000'000'000;
+
 private:
-  static constexpr uint64_t kCreditPerCreation = 1'000'000'000;
+  static constexpr int64_t kCreditPerCreation = 1'000'000'000;
 
   uint64_t connectionId;
   FrontLimits limits;
@@ -65,8 +70,9 @@ private:
   uint32_t vcpus = 0;
   uint32_t channels = 0;
   // The creation rate's token bucket: creations available (in 1/1e9 of a
-  // creation, so refilling needs no division), full at the VM quota.
-  uint64_t createCredit;
+  // creation, so refilling needs no division), full at the VM quota;
+  // negative while creations wait for their turn.
+  int64_t createCredit;
   uint64_t creditAtNs = 0;
 };
 

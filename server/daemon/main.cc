@@ -185,7 +185,7 @@ public:
         .addOptionWithArg({"max-vcpus-per-front"}, limit("--max-vcpus-per-front", options.frontLimits.vcpus), "<n>",
             "Quota: vCPUs (one 4 KiB page each) over all of one front's VMs. Default: 1024.")
         .addOptionWithArg({"vm-creates-per-front"}, limit("--vm-creates-per-front", options.frontLimits.vmCreatesPerSecond), "<n>",
-            "Rate: VM creations a second one front connection may make, once its VM quota's worth is used. Default: 100.")
+            "Rate: VM creations a second one front connection may make, once its VM quota's worth is used; a faster creation waits its turn (up to a second ahead, then it is refused). Default: 100.")
         .addOptionWithArg({"max-channels-per-front"}, limit("--max-channels-per-front", options.frontLimits.channels), "<n>",
             "Quota: shared-memory channels (one server thread each) of one front's VMs. "
             "Default: 256.")

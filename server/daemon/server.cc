@@ -92,6 +92,7 @@ Server::Impl::Impl(kj::UnixEventPort& eventPort, ServerOptions options)
                                          : hal::newHostMemoryHal(clock)),
       apicAccessPage(hal->allocatePage()),
       scheduler(eventPort),
+      timer(eventPort.getTimer()),
       startNs(clock.nowNs()),
       wakeFd(newEventFd()),
       wakeObserver(eventPort, wakeFd, kj::UnixEventPort::FdObserver::OBSERVE_READ),

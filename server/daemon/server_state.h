@@ -75,6 +75,7 @@ struct Server::Impl final: private kj::TaskSet::ErrorHandler {
   // The APIC-access page: one per server object (seed 000), through the HAL.
   kj::Own<hal::Page> apicAccessPage;
   DeadlineScheduler scheduler;
+  kj::Timer& timer;   // the event port's: coarse waits (the VM creation rate)
   uint64_t startNs;
 
   uint64_t nextVmId = 1;

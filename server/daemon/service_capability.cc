@@ -43,6 +43,21 @@ private:
   ServerState& server;
 };
 
+// A VM charged to a front's account and not yet created: refunded if the
+// creation fails or is cancelled (the front hung up while it waited for its
+// turn under the creation rate), handed to the VmHost otherwise.
+struct PendingVmCharge {
+  PendingVmCharge(kj::Own<FrontAccount> account, uint32_t vcpus)
+      : account(kj::mv(account)), vcpus(vcpus) {}
+  ~PendingVmCharge() noexcept(false) {
+    if (!hostOwnsIt) account->refundVm(vcpus);
+  }
+  KJ_DISALLOW_COPY(PendingVmCharge);
+  kj::Own<FrontAccount> account;
+  uint32_t vcpus;
+  bool hostOwnsIt = false;
+};
+
 // The bootstrap of one connection. What it may do is decided here and only
 // here: every connection may create VMs (charged to its own account) and
 // redeem tickets; only a connection accepted on the operator socket gets
@@ -100,20 +115,30 @@ public:
     // A batch always holds at least one vCPU's whole queue.
     perBatch = kj::max(perBatch, kMaxQueuedEventsPerVcpu);
 
-    account->chargeVm(config.vcpuCount, server.clock.nowNs());
-    bool hostOwnsCharge = false;   // once the VmHost exists, it refunds
-    KJ_ON_SCOPE_FAILURE(if (!hostOwnsCharge) account->refundVm(config.vcpuCount));
-    uint64_t id = server.nextVmId++;
-    auto host = kj::heap<VmHost>(server, id, kj::addRef(*account), kj::heapString(in.getName()),
-                                 config, params.getSink(), batches, perBatch);
-    hostOwnsCharge = true;
-    uint64_t connectionId = account->owner();
-    auto lease = kj::refcounted<VmLease>(server, id);
-    host->lease = *lease;
-    server.vms.emplace(id, kj::mv(host));
-    KJ_LOG(INFO, "VM created", id, connectionId, config.vcpuCount);
-    context.getResults(kReplySize).setVm(newVmCapability(server, id, kj::mv(lease)));
-    return kj::READY_NOW;
+    // Quotas refuse at once; the creation rate makes the call wait its turn
+    // (a front looping on refusals would keep vlapicd's loop busy answering
+    // them; a waiting call costs a timer).
+    uint64_t waitNs = account->chargeVm(config.vcpuCount, server.clock.nowNs());
+    auto charge = kj::heap<PendingVmCharge>(kj::addRef(*account), config.vcpuCount);
+    auto create = [&server = server, context, config = kj::mv(config),
+                   name = kj::heapString(in.getName()), sink = params.getSink(), batches,
+                   perBatch, charge = kj::mv(charge)]() mutable {
+      uint64_t id = server.nextVmId++;
+      auto host = kj::heap<VmHost>(server, id, kj::addRef(*charge->account), kj::mv(name), config,
+                                   kj::mv(sink), batches, perBatch);
+      charge->hostOwnsIt = true;   // the VmHost refunds when it goes
+      uint64_t connectionId = charge->account->owner();
+      auto lease = kj::refcounted<VmLease>(server, id);
+      host->lease = *lease;
+      server.vms.emplace(id, kj::mv(host));
+      KJ_LOG(INFO, "VM created", id, connectionId, config.vcpuCount);
+      context.getResults(kReplySize).setVm(newVmCapability(server, id, kj::mv(lease)));
+    };
+    if (waitNs == 0) {
+      create();
+      return kj::READY_NOW;
+    }
+    return server.timer.afterDelay(waitNs * kj::NANOSECONDS).then(kj::mv(create));
   }
 
   kj::Promise<void> attachVcpu(AttachVcpuContext context) override {

@@ -21,6 +21,7 @@
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <sys/wait.h>
+#include <chrono>
 #include <thread>
 #include <unistd.h>
 
@@ -207,33 +208,50 @@ TEST_CASE("quotas: one front over its limits is refused alone", "[integration][a
   CHECK(daemon.running());
 }
 
-TEST_CASE("VM creation rate: a front creating and releasing VMs in a loop is refused, others are not",
-          "[integration][authority]") {
-  kj::StringPtr args[] = {"--no-sandbox", "--max-vms-per-front", "3", "--vm-creates-per-front", "1"};
+TEST_CASE("VM creation rate: a front creating VMs in a loop waits its turn and is refused a "
+          "second ahead, others are not held up", "[integration][authority]") {
+  kj::StringPtr args[] = {"--no-sandbox", "--max-vms-per-front", "3", "--vm-creates-per-front", "2"};
   DaemonProcess daemon(VLAPICD_PATH, args);
   auto churner = ThreadSession::open(daemon.socketPath());
   auto& ws = churner->waitScope();
+  using std::chrono::steady_clock;
+  auto elapsedMs = [](steady_clock::time_point since) {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(steady_clock::now() - since)
+        .count();
+  };
   // The whole VM quota at once is fine, released again at once.
+  auto start = steady_clock::now();
   for (int i = 0; i < 3; i++) {
     auto vm = churner->connection().createVm(vmOptions(1, "c"), ignoreEvents()).wait(ws);
     CHECK(vm->vcpuCount() == 1);
   }
-  // Beyond it, one creation a second.
-  KJ_IF_MAYBE(e, failure([&]() {
-    churner->connection().createVm(vmOptions(1, "c4"), ignoreEvents()).wait(ws);
-  })) {
+  CHECK(elapsedMs(start) < 400);
+  // Beyond it, two a second: the next one waits half a second for its turn
+  // instead of being refused (a refusal would invite a retry loop).
+  start = steady_clock::now();
+  auto fourth = churner->connection().createVm(vmOptions(1, "c4"), ignoreEvents()).wait(ws);
+  CHECK(fourth->vcpuCount() == 1);
+  CHECK(elapsedMs(start) >= 400);
+  fourth = nullptr;
+  // Asking for more than a second ahead at once: the ones within the
+  // second wait, the rest are refused at once, naming the flag.
+  auto& conn = churner->connection();
+  auto a = conn.createVm(vmOptions(1, "c5"), ignoreEvents());
+  auto b = conn.createVm(vmOptions(1, "c6"), ignoreEvents());
+  auto c = conn.createVm(vmOptions(1, "c7"), ignoreEvents());
+  // Meanwhile another front's rate is its own: not held up.
+  start = steady_clock::now();
+  auto other = Client::connect(daemon.socketPath());
+  CHECK(other->createVm(vmOptions(1, "o"), ignoreEvents())->vcpuCount() == 1);
+  CHECK(elapsedMs(start) < 400);
+  KJ_IF_MAYBE(e, failure([&]() { c.wait(ws); })) {
     CHECK(e->getType() == kj::Exception::Type::OVERLOADED);
     CHECK(contains(e->getDescription(), "--vm-creates-per-front"));
   } else {
-    FAIL("VM creation rate not enforced");
+    FAIL("a creation more than a second ahead of the rate was not refused");
   }
-  // Another front's rate is its own.
-  auto other = Client::connect(daemon.socketPath());
-  CHECK(other->createVm(vmOptions(1, "o"), ignoreEvents())->vcpuCount() == 1);
-  // A second later the churner may create again.
-  std::this_thread::sleep_for(std::chrono::milliseconds(1100));
-  auto again = churner->connection().createVm(vmOptions(1, "c5"), ignoreEvents()).wait(ws);
-  CHECK(again->vcpuCount() == 1);
+  CHECK(a.wait(ws)->vcpuCount() == 1);
+  CHECK(b.wait(ws)->vcpuCount() == 1);
 }
 
 TEST_CASE("connections over the limit are closed at once, the others keep working",

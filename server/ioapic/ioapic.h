@@ -108,8 +108,10 @@ private:
   IoApicPinStats stats[kIoApicPins];
 
   void service(uint32_t pin, bool redelivery);
-  void writeIndirect(uint32_t value);
-  uint32_t readIndirect() const;
+  // The register IOREGSEL selects: its 32-bit value or why it is refused.
+  AccessResult writeIndirect(uint32_t value);
+  AccessResult readIndirect() const;
+  void writeEntry(uint32_t pin, bool high, uint32_t value);
 };
 
 }  // namespace vlapic

@@ -317,7 +317,9 @@ int vlapic_vm_set_irq_line(vlapic_vm* vm, uint32_t pin, bool level) {
   if (vm == nullptr) return fail(VLAPIC_ERR_INVALID, "vm is NULL");
   // Checked here too: the wire format's pin is 8 bits, so pin 256 would
   // otherwise arrive as pin 0.
-  if (pin >= VLAPIC_IOAPIC_PINS) return fail(VLAPIC_ERR_INVALID, "I/O APIC pin is not 0-23");
+  if (pin >= VLAPIC_IOAPIC_PINS) {
+    return fail(VLAPIC_ERR_INVALID, kj::str("I/O APIC pin ", pin, " does not exist (pins are 0-23)").cStr());
+  }
   return guarded([&]() -> int {
     vm->vm->setIrqLine(static_cast<uint8_t>(pin), level);
     return VLAPIC_OK;
@@ -327,7 +329,10 @@ int vlapic_vm_set_irq_line(vlapic_vm* vm, uint32_t pin, bool level) {
 int vlapic_vm_set_irq_lines(vlapic_vm* vm, const struct vlapic_irq_line* lines, size_t count) {
   if (vm == nullptr || (lines == nullptr && count != 0)) return fail(VLAPIC_ERR_INVALID, "vm or lines is NULL");
   for (size_t i = 0; i < count; i++) {
-    if (lines[i].pin >= VLAPIC_IOAPIC_PINS) return fail(VLAPIC_ERR_INVALID, "an I/O APIC pin is not 0-23");
+    if (lines[i].pin >= VLAPIC_IOAPIC_PINS) {
+      return fail(VLAPIC_ERR_INVALID, kj::str("lines[", i, "]: I/O APIC pin ", lines[i].pin,
+                                              " does not exist (pins are 0-23)").cStr());
+    }
   }
   return guarded([&]() -> int {
     auto converted = kj::heapArray<client::IrqLine>(count);

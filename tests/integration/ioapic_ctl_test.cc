@@ -5,6 +5,7 @@
 // way a guest does, through a vCPU's MMIO accesses at 0xFEC00000; the
 // devices' side raises pins with Vm::setIrqLine.
 #include "client/lib/vlapic_client.h"
+#include "tests/integration/ctl_tool.h"
 #include "tests/integration/daemon_process.h"
 #include "tests/integration/expect.h"
 #include "tests/integration/json_doc.h"
@@ -68,12 +69,8 @@ struct IoApicServed {
     return uint32_t(read.value);
   }
 
-  SeparatedToolResult ctl(std::initializer_list<kj::StringPtr> args) {
-    kj::Vector<kj::StringPtr> all;
-    all.add("--socket");
-    all.add(daemon.socketPath());
-    for (auto a: args) all.add(a);
-    return runToolSeparated(VLAPICCTL_PATH, all);
+  testing::SeparatedToolResult ctl(std::initializer_list<kj::StringPtr> args) {
+    return testing::runCtl(daemon.socketPath(), args);
   }
 
   DaemonProcess daemon{VLAPICD_PATH};

@@ -5,6 +5,7 @@
 // real vlapicd on a private socket. The JSON is parsed with capnp's
 // JsonCodec (json_doc.h).
 #include "client/lib/vlapic_client.h"
+#include "tests/integration/ctl_tool.h"
 #include "tests/integration/daemon_process.h"
 #include "tests/integration/json_doc.h"
 #include "tests/integration/xapic_addresses.h"
@@ -53,11 +54,7 @@ struct Operated {
 
   // vlapicctl --socket <ours> args...
   testing::SeparatedToolResult ctl(std::initializer_list<kj::StringPtr> args) {
-    kj::Vector<kj::StringPtr> all;
-    all.add("--socket");
-    all.add(daemon.socketPath());
-    for (auto a: args) all.add(a);
-    return runToolSeparated(VLAPICCTL_PATH, all);
+    return testing::runCtl(daemon.socketPath(), args);
   }
 
   DaemonProcess daemon{VLAPICD_PATH};

@@ -81,13 +81,22 @@ bool IoApic::windowContains(uint64_t gpa) const {
 
 // ---- MMIO ----
 
+// Why an access is refused before any register is looked at, or NONE: it
+// must lie in the window, be 1, 2, 4 or 8 bytes and stay inside one slot.
+AccessReason IoApic::checkAccess(uint64_t gpa, uint8_t size) const {
+  if (!windowContains(gpa)) return AccessReason::OUTSIDE_WINDOW;
+  uint64_t inSlot = (gpa - config_.base) % kSlotSize;
+  if (!isAccessSize(size) || inSlot + size > kSlotSize) {
+    return AccessReason::BAD_SIZE_OR_ALIGNMENT;
+  }
+  return AccessReason::NONE;
+}
+
 AccessResult IoApic::mmioRead(uint64_t gpa, uint8_t size) {
-  if (!windowContains(gpa)) return AccessResult::ignored(AccessReason::OUTSIDE_WINDOW);
+  AccessReason refused = checkAccess(gpa, size);
+  if (refused != AccessReason::NONE) return AccessResult::ignored(refused);
   uint64_t offset = gpa - config_.base;
   uint64_t inSlot = offset % kSlotSize;
-  if (!isAccessSize(size) || inSlot + size > kSlotSize) {
-    return AccessResult::ignored(AccessReason::BAD_SIZE_OR_ALIGNMENT);
-  }
   AccessResult result;
   switch (slotAt(offset - inSlot, config_.version)) {
     case Slot::NONE: return AccessResult::ignored(AccessReason::RESERVED_REGISTER);
@@ -105,12 +114,10 @@ AccessResult IoApic::mmioRead(uint64_t gpa, uint8_t size) {
 }
 
 AccessResult IoApic::mmioWrite(uint64_t gpa, uint8_t size, uint64_t value) {
-  if (!windowContains(gpa)) return AccessResult::ignored(AccessReason::OUTSIDE_WINDOW);
+  AccessReason refused = checkAccess(gpa, size);
+  if (refused != AccessReason::NONE) return AccessResult::ignored(refused);
   uint64_t offset = gpa - config_.base;
   uint64_t inSlot = offset % kSlotSize;
-  if (!isAccessSize(size) || inSlot + size > kSlotSize) {
-    return AccessResult::ignored(AccessReason::BAD_SIZE_OR_ALIGNMENT);
-  }
   Slot slot = slotAt(offset - inSlot, config_.version);
   if (slot == Slot::NONE) return AccessResult::ignored(AccessReason::RESERVED_REGISTER);
   // KVM takes 4- and 8-byte writes at the register and drops the rest: a

@@ -108,6 +108,7 @@ private:
   IoApicPinStats stats[kIoApicPins];
 
   void service(uint32_t pin, bool redelivery);
+  AccessReason checkAccess(uint64_t gpa, uint8_t size) const;
   // The register IOREGSEL selects: its 32-bit value or why it is refused.
   AccessResult writeIndirect(uint32_t value);
   AccessResult readIndirect() const;

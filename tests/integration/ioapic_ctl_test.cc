@@ -33,13 +33,8 @@ constexpr uint64_t destination(uint8_t apicId) { return uint64_t(apicId) << rte:
 
 // A daemon, a VM of one vCPU with its LAPIC software-enabled (the I/O
 // APIC's messages need an enabled LAPIC to be accepted), and vlapicctl.
-struct IoApicServed {
-  explicit IoApicServed(bool ioapic = true)
-      : front(Client::connect(daemon.socketPath())),
-        vm(front->createVm(options(ioapic), [](kj::ArrayPtr<const Event>) {})),
-        session(ThreadSession::open(daemon.socketPath())),
-        vcpu(session->attachVcpu(vm->ticket(0))),
-        id(kj::str(vm->info().id)) {
+struct IoApicServed: CtlServed {
+  explicit IoApicServed(bool ioapic = true): CtlServed(options(ioapic), 0) {
     REQUIRE(vcpu->mmioWrite(kSvr, 4, 0x1FF).status == AccessStatus::OK);
   }
 
@@ -68,17 +63,6 @@ struct IoApicServed {
     REQUIRE(read.status == AccessStatus::OK);
     return uint32_t(read.value);
   }
-
-  testing::SeparatedToolResult ctl(std::initializer_list<kj::StringPtr> args) {
-    return testing::runCtl(daemon.socketPath(), args);
-  }
-
-  DaemonProcess daemon{VLAPICD_PATH};
-  kj::Own<Client> front;
-  kj::Own<client::Vm> vm;
-  kj::Own<ThreadSession> session;
-  kj::Own<VcpuHandle> vcpu;
-  kj::String id;
 };
 
 // The `pin`'s object in an I/O APIC document's pins[].

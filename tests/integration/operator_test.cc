@@ -33,16 +33,11 @@ bool contains(kj::StringPtr haystack, kj::StringPtr needle) {
 }
 
 // A daemon with one VM of two vCPUs that did some work.
-struct Operated {
-  Operated()
-      : front(Client::connect(daemon.socketPath())),
-        vm(front->createVm(options(), [](kj::ArrayPtr<const Event>) {})),
-        session(ThreadSession::open(daemon.socketPath())),
-        vcpu(session->attachVcpu(vm->ticket(1))) {
+struct Operated: testing::CtlServed {
+  Operated(): CtlServed(options(), 1) {
     REQUIRE(vcpu->mmioWrite(kSvr, 4, 0x1FF).status == AccessStatus::OK);
     REQUIRE(vcpu->mmioWrite(kTpr, 4, 0x20).status == AccessStatus::OK);
     REQUIRE(vcpu->msrRead(0x808).status == AccessStatus::GP);   // not in x2APIC mode
-    id = kj::str(vm->info().id);
   }
 
   static VmOptions options() {
@@ -51,18 +46,6 @@ struct Operated {
     o.name = kj::str("operated");
     return o;
   }
-
-  // vlapicctl --socket <ours> args...
-  testing::SeparatedToolResult ctl(std::initializer_list<kj::StringPtr> args) {
-    return testing::runCtl(daemon.socketPath(), args);
-  }
-
-  DaemonProcess daemon{VLAPICD_PATH};
-  kj::Own<Client> front;
-  kj::Own<client::Vm> vm;
-  kj::Own<ThreadSession> session;
-  kj::Own<VcpuHandle> vcpu;
-  kj::String id;
 };
 
 TEST_CASE("vlapicctl --json: status, list, dump and stats carry their documented fields", "[integration]") {

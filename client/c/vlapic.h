@@ -43,7 +43,7 @@
 extern "C" {
 #endif
 
-#define VLAPIC_API_VERSION 1
+#define VLAPIC_API_VERSION 2   /* 2: the I/O APIC in vlapicd */
 
 /* ---- Errors ------------------------------------------------------------ */
 
@@ -94,8 +94,17 @@ struct vlapic_vm_config {
   bool x2apic_broadcast_quirk; /* KVM's quirk: MSI/I/O APIC destination 0xFF
                                   also broadcasts to x2APIC-mode LAPICs;
                                   false: it names x2APIC ID 255 */
+  /* Since VLAPIC_API_VERSION 2. A caller built against version 1 passes
+   * its smaller struct_size and gets these defaults. */
+  uint64_t ioapic_base;       /* 4 KiB aligned; 0: 0xFEC00000 */
+  bool ioapic_present;        /* the VM's I/O APIC in vlapicd (24 pins,
+                                 vlapic_vm_set_irq_line); false: the front
+                                 emulates its own (vlapic_vm_deliver_ioapic_entry) */
+  uint8_t ioapic_id;          /* I/O APIC ID after reset, 0-15 */
+  uint8_t ioapic_version;     /* 0x11, or 0x20 (EOI register at base + 0x40); 0: 0x11 */
 };
-/* Fills the defaults: 1 vCPU, 6 LVT entries, x2APIC and TSC-deadline on. */
+/* Fills the defaults: 1 vCPU, 6 LVT entries, x2APIC and TSC-deadline on,
+ * an I/O APIC at 0xFEC00000 with ID 0 and version 0x11. */
 void vlapic_vm_config_init(struct vlapic_vm_config* config);
 
 int vlapic_vm_create(vlapic_client* client, const struct vlapic_vm_config* config,
@@ -110,6 +119,54 @@ int vlapic_vm_deliver_msi(vlapic_vm* vm, uint64_t address, uint32_t data);
 int vlapic_vm_deliver_ioapic_entry(vlapic_vm* vm, uint64_t redirection_entry);
 #define VLAPIC_ALL_VCPUS 0xFFFFFFFFu
 int vlapic_vm_set_lint(vlapic_vm* vm, uint32_t vcpu, uint8_t pin, bool level);
+
+/* ---- The VM's I/O APIC (82093AA, in vlapicd) ---------------------------- */
+/* Its MMIO window (IOREGSEL base + 0x00, IOWIN + 0x10, EOI + 0x40 for
+ * version 0x20) is reached with vlapic_mmio_read/write like the LAPIC's;
+ * remote IRR and EOI broadcast stay inside vlapicd. A VM created with
+ * ioapic_present false refuses these calls (VLAPIC_ERR_FAILED). */
+
+#define VLAPIC_IOAPIC_PINS 24
+
+/* A device drives pin `pin` (0-23) to the electrical `level` (true: high);
+ * the entry's polarity (bit 13) says which level asserts it. An edge entry
+ * fires on the asserting edge, a level entry while asserted and remote IRR
+ * is clear. After reset every wire is low. */
+int vlapic_vm_set_irq_line(vlapic_vm* vm, uint32_t pin, bool level);
+
+struct vlapic_irq_line {
+  uint8_t pin;      /* 0-23 */
+  bool level;       /* electrical: true high */
+};
+/* Several wires in one call, applied in order (a pulse is {p, 1}, {p, 0}).
+ * Every pin is checked first: a bad one fails the call with none applied. */
+int vlapic_vm_set_irq_lines(vlapic_vm* vm, const struct vlapic_irq_line* lines, size_t count);
+
+struct vlapic_ioapic_pin {
+  uint64_t entry;          /* redirection table entry, as the guest reads it */
+  bool level;              /* the wire is high */
+  bool asserted;           /* the level, with the entry's polarity applied */
+  bool pending_edge;       /* an edge waits for the entry to be unmasked */
+  uint64_t assertions;     /* de-asserted -> asserted transitions */
+  uint64_t messages;       /* interrupt messages sent */
+  uint64_t eois;           /* EOIs that cleared remote IRR */
+  uint64_t redeliveries;   /* messages re-sent at EOI or unmask, pin asserted */
+  uint64_t coalesced;      /* assertions that found the previous one pending */
+};
+
+struct vlapic_ioapic_status {
+  uint32_t struct_size;    /* the caller sets sizeof(struct vlapic_ioapic_status) */
+  bool present;            /* false: the VM has no I/O APIC in vlapicd (rest 0) */
+  uint8_t id;
+  uint8_t version;
+  uint8_t ioregsel;        /* the last IOREGSEL write */
+  uint64_t base;
+  uint32_t pin_count;      /* pins filled in: VLAPIC_IOAPIC_PINS when present */
+  struct vlapic_ioapic_pin pins[VLAPIC_IOAPIC_PINS];
+};
+/* The I/O APIC's registers, wires, remote IRR and counters (what vlapicctl
+ * ioapic shows). Any thread. */
+int vlapic_vm_ioapic_status(vlapic_vm* vm, struct vlapic_ioapic_status* out);
 
 /* ---- Events ------------------------------------------------------------ */
 
@@ -222,7 +279,8 @@ int vlapic_vcpu_save_layout(vlapic_vcpu* vcpu, bool x2apic_32bit_ids,
                             struct vlapic_lapic_state* out);
 int vlapic_vcpu_restore(vlapic_vcpu* vcpu, const struct vlapic_lapic_state* state);
 
-/* The whole VM (every vCPU, TSC offset, queued events) as one portable blob
+/* The whole VM (every vCPU, TSC offset, queued events, the I/O APIC's
+ * entries, wires and pending edges) as one portable blob
  * (vlapicctl save's file format). Free it with vlapic_free. Any thread; the
  * VM's vCPUs should be stopped. */
 int vlapic_vm_save(vlapic_vm* vm, void** blob, size_t* size);

@@ -12,6 +12,7 @@
 #include <kj/vector.h>
 
 #include <cerrno>
+#include <cstddef>
 #include <cstdlib>
 #include <cstring>
 #include <deque>
@@ -66,6 +67,15 @@ static_assert(uint8_t(channel::EventKind::EOI) == VLAPIC_EVENT_EOI);
 static_assert(uint8_t(AccessStatus::IGNORED) == VLAPIC_ACCESS_IGNORED);
 static_assert(uint8_t(AccessStatus::GP) == VLAPIC_ACCESS_GP);
 static_assert(kKvmLapicStateSize == VLAPIC_KVM_LAPIC_STATE_SIZE);
+static_assert(kIoApicPins == VLAPIC_IOAPIC_PINS);
+
+// sizeof(struct vlapic_vm_config) in API version 1, which ended with
+// x2apic_broadcast_quirk (64 on LP64): the I/O APIC fields were appended
+// after it, starting with a uint64_t so that they begin exactly there.
+constexpr size_t kConfigAlign = alignof(vlapic_vm_config);
+constexpr uint32_t kVmConfigSizeV1 =
+    (offsetof(vlapic_vm_config, x2apic_broadcast_quirk) + 1 + kConfigAlign - 1) / kConfigAlign * kConfigAlign;
+static_assert(offsetof(vlapic_vm_config, ioapic_base) == kVmConfigSizeV1);
 
 // The events of channel-less vCPUs, filled on the client thread and taken
 // by any thread; `fd` (an eventfd) is readable while the queue is not empty.
@@ -213,13 +223,19 @@ void vlapic_vm_config_init(struct vlapic_vm_config* config) {
   config->lvt_entries = 6;
   config->x2apic_supported = true;
   config->tsc_deadline_supported = true;
+  config->ioapic_present = true;
+  config->ioapic_base = kIoApicDefaultBase;
+  config->ioapic_version = kIoApicVersion11;
 }
 
 int vlapic_vm_create(vlapic_client* client, const struct vlapic_vm_config* config, vlapic_vm** out) {
   if (out == nullptr) return fail(VLAPIC_ERR_INVALID, "out is NULL");
   *out = nullptr;
   if (client == nullptr || config == nullptr) return fail(VLAPIC_ERR_INVALID, "client or config is NULL");
-  if (config->struct_size != sizeof(*config)) {
+  // A front built against API version 1 passes the struct without the
+  // I/O APIC fields: it gets their defaults, as before it had none to set.
+  bool withIoApicFields = config->struct_size == sizeof(*config);
+  if (!withIoApicFields && config->struct_size != kVmConfigSizeV1) {
     return fail(VLAPIC_ERR_INVALID, "config.struct_size is not sizeof(struct vlapic_vm_config): "
                                     "call vlapic_vm_config_init first");
   }
@@ -241,6 +257,12 @@ int vlapic_vm_create(vlapic_client* client, const struct vlapic_vm_config* confi
     options.bspLint0ExtInt = config->bsp_lint0_extint;
     options.x2apicBroadcastQuirk = config->x2apic_broadcast_quirk;
     if (config->name != nullptr) options.name = kj::heapString(config->name);
+    if (withIoApicFields) {
+      options.ioapic.present = config->ioapic_present;
+      options.ioapic.base = config->ioapic_base;
+      options.ioapic.id = config->ioapic_id;
+      options.ioapic.version = config->ioapic_version;
+    }
 
     auto created = new vlapic_vm;
     KJ_ON_SCOPE_FAILURE(delete created);
@@ -287,6 +309,68 @@ int vlapic_vm_set_lint(vlapic_vm* vm, uint32_t vcpu, uint8_t pin, bool level) {
   if (pin > 1) return fail(VLAPIC_ERR_INVALID, "pin is not 0 (LINT0) or 1 (LINT1)");
   return guarded([&]() -> int {
     vm->vm->setLint(vcpu, pin, level);
+    return VLAPIC_OK;
+  });
+}
+
+int vlapic_vm_set_irq_line(vlapic_vm* vm, uint32_t pin, bool level) {
+  if (vm == nullptr) return fail(VLAPIC_ERR_INVALID, "vm is NULL");
+  // Checked here too: the wire format's pin is 8 bits, so pin 256 would
+  // otherwise arrive as pin 0.
+  if (pin >= VLAPIC_IOAPIC_PINS) {
+    return fail(VLAPIC_ERR_INVALID, kj::str("I/O APIC pin ", pin, " does not exist (pins are 0-23)").cStr());
+  }
+  return guarded([&]() -> int {
+    vm->vm->setIrqLine(static_cast<uint8_t>(pin), level);
+    return VLAPIC_OK;
+  });
+}
+
+int vlapic_vm_set_irq_lines(vlapic_vm* vm, const struct vlapic_irq_line* lines, size_t count) {
+  if (vm == nullptr || (lines == nullptr && count != 0)) return fail(VLAPIC_ERR_INVALID, "vm or lines is NULL");
+  for (size_t i = 0; i < count; i++) {
+    if (lines[i].pin >= VLAPIC_IOAPIC_PINS) {
+      return fail(VLAPIC_ERR_INVALID, kj::str("lines[", i, "]: I/O APIC pin ", lines[i].pin,
+                                              " does not exist (pins are 0-23)").cStr());
+    }
+  }
+  return guarded([&]() -> int {
+    auto converted = kj::heapArray<client::IrqLine>(count);
+    for (size_t i = 0; i < count; i++) converted[i] = {lines[i].pin, lines[i].level};
+    vm->vm->setIrqLines(converted);
+    return VLAPIC_OK;
+  });
+}
+
+int vlapic_vm_ioapic_status(vlapic_vm* vm, struct vlapic_ioapic_status* out) {
+  if (vm == nullptr || out == nullptr) return fail(VLAPIC_ERR_INVALID, "vm or out is NULL");
+  if (out->struct_size != sizeof(*out)) {
+    return fail(VLAPIC_ERR_INVALID, "out->struct_size is not sizeof(struct vlapic_ioapic_status)");
+  }
+  return guarded([&]() -> int {
+    client::IoApicStatus status = vm->vm->ioapic();
+    memset(out, 0, sizeof(*out));
+    out->struct_size = sizeof(*out);
+    out->present = status.present;
+    if (!status.present) return VLAPIC_OK;
+    out->base = status.base;
+    out->id = status.id;
+    out->version = status.version;
+    out->ioregsel = status.ioregsel;
+    for (auto& pin: status.pins) {
+      KJ_REQUIRE(pin.pin < VLAPIC_IOAPIC_PINS, "vlapicd reported an I/O APIC pin out of range", pin.pin);
+      auto& p = out->pins[pin.pin];
+      p.entry = pin.entry;
+      p.level = pin.level;
+      p.asserted = pin.asserted;
+      p.pending_edge = pin.pendingEdge;
+      p.assertions = pin.stats.assertions;
+      p.messages = pin.stats.messages;
+      p.eois = pin.stats.eois;
+      p.redeliveries = pin.stats.redeliveries;
+      p.coalesced = pin.stats.coalesced;
+      if (pin.pin >= out->pin_count) out->pin_count = pin.pin + 1u;
+    }
     return VLAPIC_OK;
   });
 }

@@ -2,6 +2,7 @@
 #include "client/ctl/output.h"
 #include "client/ctl/json.h"
 #include "schema/model/dump.h"
+#include "schema/model/ioapic.h"
 
 #include <kj/debug.h>
 #include <kj/vector.h>
@@ -39,7 +40,105 @@ kj::StringPtr registerName(Reg reg) {
   return "reserved";
 }
 
+// Fixed width, upper case, as the register table prints its raw cells.
+kj::String hexDigits(uint64_t value, int digits) {
+  char buffer[24];
+  snprintf(buffer, sizeof(buffer), "0x%0*" PRIX64, digits, value);
+  return kj::heapString(buffer);
+}
+
+kj::StringPtr wireName(bool high) { return high ? "high" : "low"; }
+kj::StringPtr yesNo(bool flag) { return flag ? "yes" : "no"; }
+
+// "I/O APIC at 0xFEC00000: ID 0, version 0x11, IOREGSEL 0x10", or why
+// there is none.
+kj::String ioapicHeading(const client::IoApicStatus& s) {
+  if (!s.present) return kj::str("I/O APIC: none in vlapicd (the VM's front has its own)");
+  return kj::str("I/O APIC at ", hexDigits(s.base, 8), ": ID ", s.id, ", version ", hexDigits(s.version, 2),
+                 ", IOREGSEL ", hexDigits(s.ioregsel, 2));
+}
+
+// The redirection table with each pin's wire, decoded by name.
+kj::String ioapicTable(const client::IoApicStatus& s) {
+  kj::Vector<kj::String> lines;
+  lines.add(ioapicHeading(s));
+  if (!s.present) return kj::strArray(lines, "\n");
+  lines.add(kj::str("  ", pad("pin", 5), pad("wire", 6), pad("entry", 20), "decoded"));
+  for (auto& pin: s.pins) {
+    lines.add(kj::str("  ", pad(kj::str(pin.pin), 5), pad(wireName(pin.level), 6),
+                      pad(hexDigits(pin.entry, 16), 20), formatRedirectionEntry(pin.entry)));
+  }
+  return kj::strArray(lines, "\n");
+}
+
+// The members of an I/O APIC object, shared by dump --json ("ioapic") and
+// ioapic --json so that the two never describe a pin differently.
+void ioapicMembers(JsonWriter& json, const client::IoApicStatus& s) {
+  json.field("present", s.present);
+  if (!s.present) return;
+  json.field("base", s.base)
+      .field("id", uint32_t(s.id))
+      .field("version", uint32_t(s.version))
+      .field("ioregsel", uint32_t(s.ioregsel))
+      .key("pins").beginArray();
+  for (auto& pin: s.pins) {
+    auto f = decodeRedirection(pin.entry);
+    json.beginObject()
+        .field("pin", uint32_t(pin.pin))
+        .field("level", pin.level)
+        .field("asserted", pin.asserted)
+        .field("pending_edge", pin.pendingEdge)
+        // A string, as the register table's raw cells: a parser that holds
+        // numbers as doubles would round the destination bits away.
+        .field("entry", hexDigits(pin.entry, 16).asPtr())
+        .field("decoded", formatRedirectionEntry(pin.entry).asPtr())
+        .field("vector", uint32_t(f.vector))
+        .field("delivery_mode", f.deliveryMode)
+        .field("destination_mode", f.destinationMode)
+        .field("delivery_status", f.deliveryStatus)
+        .field("polarity", f.polarity)
+        .field("remote_irr", f.remoteIrr)
+        .field("trigger", f.trigger)
+        .field("masked", f.masked)
+        .field("destination", uint32_t(f.destination))
+        .field("assertions", pin.stats.assertions)
+        .field("messages", pin.stats.messages)
+        .field("eois", pin.stats.eois)
+        .field("redeliveries", pin.stats.redeliveries)
+        .field("coalesced", pin.stats.coalesced)
+        .endObject();
+  }
+  json.endArray();
+}
+
 }  // namespace
+
+RedirectionFields decodeRedirection(uint64_t entry) {
+  // Datasheet 3.2.4: 011 and 110 are reserved; 001 is "Lowest Priority".
+  static const char* const kModes[8] = {"Fixed", "LowestPriority", "SMI", "reserved",
+                                        "NMI", "INIT", "reserved", "ExtINT"};
+  RedirectionFields f;
+  f.vector = entry & rte::kVectorMask;
+  f.deliveryMode = kModes[(entry >> rte::kDeliveryModeShift) & 7];
+  f.destinationMode = entry & rte::kLogicalDestination ? "logical" : "physical";
+  f.deliveryStatus = entry & rte::kDeliveryStatus ? "pending" : "idle";
+  f.polarity = entry & rte::kActiveLow ? "low" : "high";
+  f.remoteIrr = entry & rte::kRemoteIrr;
+  f.trigger = entry & rte::kLevelTriggered ? "level" : "edge";
+  f.masked = entry & rte::kMasked;
+  f.destination = uint16_t((entry >> rte::kDestinationShift) & 0xFF) |
+                  uint16_t(((entry >> rte::kExtendedDestinationShift) & 0x7F) << 8);
+  return f;
+}
+
+kj::String formatRedirectionEntry(uint64_t entry) {
+  auto f = decodeRedirection(entry);
+  return kj::str("vector ", hexDigits(f.vector, 2), ", delivery ", f.deliveryMode, ", dest mode ",
+                 f.destinationMode, ", status ", f.deliveryStatus, ", polarity ", f.polarity,
+                 ", remote IRR ", f.remoteIrr ? 1 : 0, ", trigger ", f.trigger,
+                 f.masked ? ", masked" : ", unmasked", ", destination ",
+                 hexDigits(f.destination, f.destination > 0xFF ? 4 : 2));
+}
 
 kj::String statusText(const client::ServerStatus& s, kj::StringPtr socketPath) {
   return kj::str(
@@ -153,7 +252,9 @@ kj::String dumpText(const VcpuDump& d) {
       d.info.bsp ? ", BSP" : "", "\n",
       "IA32_APIC_BASE: ", decodeApicBase(ApicBaseValue(d.state.apicBase)), "\n",
       "pending interrupt: ", pending, "; timer: ", timer, "\n\n",
-      dumpRegisters(d.state.view()));
+      dumpRegisters(d.state.view()),
+      d.ioapic.map([](const client::IoApicStatus& s) { return kj::str("\n", ioapicTable(s)); })
+          .orDefault([]() { return kj::String(); }));
 }
 
 kj::String dumpJson(const VcpuDump& d) {
@@ -185,7 +286,41 @@ kj::String dumpJson(const VcpuDump& d) {
         .field("decoded", row.decoded.asPtr())
         .endObject();
   }
-  json.endArray().endObject();
+  json.endArray().key("ioapic");
+  KJ_IF_MAYBE(s, d.ioapic) {
+    json.beginObject();
+    ioapicMembers(json, *s);
+    json.endObject();
+  } else {
+    json.null();
+  }
+  json.endObject();
+  return json.finish();
+}
+
+kj::String ioapicText(uint64_t vmId, const client::IoApicStatus& s) {
+  kj::Vector<kj::String> lines;
+  lines.add(kj::str("VM ", vmId, " ", ioapicHeading(s)));
+  if (!s.present) return kj::strArray(lines, "\n");
+  lines.add(kj::str("  ", pad("pin", 5), pad("wire", 6), pad("asserted", 10), pad("pending", 9),
+                    pad("remote IRR", 12), pad("entry", 20), pad("assertions", 12), pad("messages", 10),
+                    pad("EOIs", 8), pad("redeliveries", 14), "coalesced"));
+  for (auto& pin: s.pins) {
+    lines.add(kj::str("  ", pad(kj::str(pin.pin), 5), pad(wireName(pin.level), 6),
+                      pad(yesNo(pin.asserted), 10), pad(yesNo(pin.pendingEdge), 9),
+                      pad(pin.entry & rte::kRemoteIrr ? "1" : "0", 12), pad(hexDigits(pin.entry, 16), 20),
+                      pad(kj::str(pin.stats.assertions), 12), pad(kj::str(pin.stats.messages), 10),
+                      pad(kj::str(pin.stats.eois), 8), pad(kj::str(pin.stats.redeliveries), 14),
+                      pin.stats.coalesced));
+  }
+  return kj::strArray(lines, "\n");
+}
+
+kj::String ioapicJson(uint64_t vmId, const client::IoApicStatus& s) {
+  JsonWriter json;
+  json.beginObject().field("vm", vmId);
+  ioapicMembers(json, s);
+  json.endObject();
   return json.finish();
 }
 

@@ -23,14 +23,40 @@ struct VmListing {
 kj::String listText(kj::ArrayPtr<const VmListing> vms);
 kj::String listJson(kj::ArrayPtr<const VmListing> vms);
 
+// One I/O APIC redirection table entry's fields (82093AA datasheet
+// 3.2.4), each by name, for the text and the JSON alike.
+struct RedirectionFields {
+  uint8_t vector = 0;
+  kj::StringPtr deliveryMode;      // "Fixed", "LowestPriority", "SMI", "NMI", "INIT", "ExtINT", "reserved"
+  kj::StringPtr destinationMode;   // "physical", "logical"
+  kj::StringPtr deliveryStatus;    // "idle", "pending"
+  kj::StringPtr polarity;          // "high", "low" (the level that asserts)
+  bool remoteIrr = false;
+  kj::StringPtr trigger;           // "edge", "level"
+  bool masked = false;
+  // Bits 63:56, with the extended destination ID (55:49) as bits 14:8, as
+  // Linux and KVM use it for APIC IDs above 255.
+  uint16_t destination = 0;
+};
+RedirectionFields decodeRedirection(uint64_t entry);
+// "vector 0x41, delivery Fixed, dest mode physical, status idle, polarity
+// high, remote IRR 0, trigger edge, unmasked, destination 0x00"
+kj::String formatRedirectionEntry(uint64_t entry);
+
 struct VcpuDump {
   uint64_t vmId;
   client::VcpuInfo info;
   client::VcpuState state;
   client::InterruptState interrupt;
+  // The VM's I/O APIC; nullptr when this vlapicd does not report one.
+  kj::Maybe<client::IoApicStatus> ioapic;
 };
 kj::String dumpText(const VcpuDump& dump);
 kj::String dumpJson(const VcpuDump& dump);
+
+// vlapicctl ioapic: pin levels, entries and per-pin counters.
+kj::String ioapicText(uint64_t vmId, const client::IoApicStatus& status);
+kj::String ioapicJson(uint64_t vmId, const client::IoApicStatus& status);
 
 // With `before`, every figure is the change since that sample.
 kj::String statsText(uint64_t vmId, const client::VmStats& now, kj::Maybe<const client::VmStats&> before);

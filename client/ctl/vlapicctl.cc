@@ -71,7 +71,7 @@ public:
         "vlapicd serves the Admin capability (every VM on the server). Whoever can connect to "
         "that socket has this right; the front socket beside it does not give it. -h or "
         "--help after any command explains it.\n"
-        "--json (status, list, dump, stats) prints one JSON object per line. Its fields: "
+        "--json (status, list, dump, ioapic, stats) prints one JSON object per line. Its fields: "
         "status: version pid socket uptime_ns hal pages_in_use connections vms vcpus "
         "armed_timers events_posted timer_expiries channel_loop_requests channel_loop_polls "
         "channel_loop_skipped channel_timer_polls channel_hints_given channel_hinted_polls "
@@ -81,7 +81,14 @@ public:
         "channel_open timer_deadline_ns, null when idle). "
         "dump: vm vcpu run_state bsp mode apic_base apic_base_decoded pending_vector (null: "
         "none) tpr ppr timer_deadline_ns registers[] (name offset msr raw decoded, as the "
-        "text table's cells). "
+        "text table's cells) ioapic (the VM's I/O APIC as ioapic's document without vm; null "
+        "from a vlapicd that reports none). "
+        "ioapic: vm present (false: the VM has no I/O APIC in vlapicd, nothing else follows) "
+        "base id version ioregsel pins[] (pin level (true: wire high) asserted pending_edge "
+        "entry (hex string) decoded vector delivery_mode (Fixed LowestPriority SMI NMI INIT "
+        "ExtINT reserved) destination_mode (physical logical) delivery_status (idle pending) "
+        "polarity (high low) remote_irr trigger (edge level) masked destination (bits 14:8 "
+        "from the extended destination ID) assertions messages eois redeliveries coalesced). "
         "stats: vm sampled_ns (vlapicctl's monotonic clock) events_posted batches_posted "
         "events_coalesced timer_expiries msis_delivered vcpus[] (index reads writes "
         "gp_faults ignored_accesses accepted acknowledged eois ipis_sent timer_expiries "
@@ -100,6 +107,8 @@ public:
         .addSubCommand("list", KJ_BIND_METHOD(*this, listMain), "VMs and their vCPUs.")
         .addSubCommand("dump", KJ_BIND_METHOD(*this, dumpMain),
             "A vCPU's registers, decoded by name.")
+        .addSubCommand("ioapic", KJ_BIND_METHOD(*this, ioapicMain),
+            "A VM's I/O APIC: pin levels, remote IRR, redirection entries, per-pin counters.")
         .addSubCommand("save", KJ_BIND_METHOD(*this, saveMain), "Save a VM or a vCPU to a file.")
         .addSubCommand("restore", KJ_BIND_METHOD(*this, restoreMain),
             "Restore a VM or a vCPU from a file.")
@@ -243,7 +252,10 @@ private:
   kj::MainFunc dumpMain() {
     return kj::MainBuilder(context, "vlapicctl dump",
         "Prints one vCPU's registers as the SDM names them: one row per register with its "
-        "xAPIC offset, x2APIC MSR, raw value and decoded fields.")
+        "xAPIC offset, x2APIC MSR, raw value and decoded fields; then the VM's I/O APIC: "
+        "ID, version, IOREGSEL and each pin's wire level and redirection entry, decoded by "
+        "name (vector, delivery mode, destination mode, delivery status, polarity, remote "
+        "IRR, trigger, mask, destination).")
         .addOption({"json"}, KJ_BIND_METHOD(*this, setJson), kJsonHelp)
         .expectArg("<vm-id>", KJ_BIND_METHOD(*this, setVm))
         .expectArg("<vcpu>", KJ_BIND_METHOD(*this, setVcpu))
@@ -253,15 +265,49 @@ private:
           auto vm = admin.openVm(vmId, vcpuIndex + 1);
           auto vcpu = vm->vcpu(vcpuIndex);
           ctl::VcpuDump dump{vmId, vcpu->info().wait(ws), vcpu->save().wait(ws),
-                             vcpu->interruptState().wait(ws)};
+                             vcpu->interruptState().wait(ws), ioapicOf(*vm, ws)};
           context.exitInfo(json ? ctl::dumpJson(dump) : ctl::dumpText(dump));
         }); })
         .build();
   }
 
+  // The VM's I/O APIC, or nullptr from a vlapicd without Vm.ioapic: a
+  // dump of such a server's vCPU is still worth having.
+  static kj::Maybe<client::IoApicStatus> ioapicOf(client::AsyncVm& vm, kj::WaitScope& ws) {
+    kj::Maybe<client::IoApicStatus> status;
+    KJ_IF_MAYBE(e, kj::runCatchingExceptions([&]() { status = vm.ioapic().wait(ws); })) {
+      if (e->getType() != kj::Exception::Type::UNIMPLEMENTED) kj::throwFatalException(kj::mv(*e));
+    }
+    return status;
+  }
+
+  kj::MainFunc ioapicMain() {
+    return kj::MainBuilder(context, "vlapicctl ioapic",
+        "Prints a VM's I/O APIC in vlapicd: its base, ID, version and IOREGSEL, and per pin "
+        "the wire's level, whether the entry's polarity makes that asserted, an edge "
+        "pending for an unmask, remote IRR, the redirection entry, and the counters of "
+        "assertions, messages sent, EOIs, redeliveries and coalesced assertions. A VM "
+        "without one (its front emulates its own) says so and exits 0. 'vlapicctl dump' "
+        "decodes the entries by name.")
+        .addOption({"json"}, KJ_BIND_METHOD(*this, setJson), kJsonHelp)
+        .expectArg("<vm-id>", KJ_BIND_METHOD(*this, setVm))
+        .callAfterParsing([this]() { return withServer([this](ThreadSession& session, client::AsyncAdmin& admin) {
+          auto& ws = session.waitScope();
+          findVm(session, admin, nullptr);
+          auto status = admin.openVm(vmId, 0)->ioapic().wait(ws);
+          context.exitInfo(json ? ctl::ioapicJson(vmId, status) : ctl::ioapicText(vmId, status));
+        }); })
+        .build();
+  }
+
+  // What a save or restore covered, for its one-line report.
+  static kj::String coverage(const client::VmState& state) {
+    return kj::str(state.vcpus.size(), " vCPU(s)", state.ioapic == nullptr ? "" : " and the I/O APIC");
+  }
+
   kj::MainFunc saveMain() {
     return kj::MainBuilder(context, "vlapicctl save",
-        "Saves a whole VM (every vCPU, the guest TSC, queued events), or with --vcpu one "
+        "Saves a whole VM (every vCPU, the guest TSC, queued events, its I/O APIC), or with --vcpu one "
         "vCPU, to <file> (a packed Cap'n Proto VmState message).")
         .addOptionWithArg({"vcpu"}, KJ_BIND_METHOD(*this, setVcpu), "<index>", "Save only this vCPU.")
         .addOption({"legacy-x2apic-ids"}, [this]() { idLayout = client::X2apicIdLayout::LEGACY; return true; },
@@ -280,7 +326,7 @@ private:
             state = vm->save(idLayout).wait(ws);
           }
           writeFile(file, client::encodeVmState(state));
-          context.exitInfo(kj::str("saved ", state.vcpus.size(), " vCPU(s) of VM ", vmId, " to ", file));
+          context.exitInfo(kj::str("saved ", coverage(state), " of VM ", vmId, " to ", file));
         }); })
         .build();
   }
@@ -305,7 +351,9 @@ private:
           } else {
             vm->restore(state).wait(ws);
           }
-          context.exitInfo(kj::str("restored ", state.vcpus.size(), " vCPU(s) of VM ", vmId, " from ", file));
+          // --vcpu restores that vCPU alone, whatever else the file holds.
+          context.exitInfo(kj::str("restored ", haveVcpu ? kj::str("1 vCPU(s)") : coverage(state), " of VM ",
+                                   vmId, " from ", file));
         }); })
         .build();
   }

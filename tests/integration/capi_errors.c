@@ -15,6 +15,7 @@
 #include <vlapic/vlapic.h>
 
 #include <signal.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -121,6 +122,56 @@ int main(int argc, char** argv) {
   check_error(vlapic_vm_set_lint(vm, 0, 2, true), VLAPIC_ERR_INVALID, "LINT pin 2");
   check_error(vlapic_vm_set_lint(vm, 7, 0, true), VLAPIC_ERR_FAILED, "LINT of vCPU 7 of 2");
   check_error(vlapic_vm_take_events(vm, NULL, 4), VLAPIC_ERR_INVALID, "take events into NULL");
+
+  /* The I/O APIC's pins: 0-23 only, checked before anything is sent. */
+  check_error(vlapic_vm_set_irq_line(vm, 24, true), VLAPIC_ERR_INVALID, "I/O APIC pin 24");
+  check_error(vlapic_vm_set_irq_line(vm, 256, true), VLAPIC_ERR_INVALID, "I/O APIC pin 256 (not pin 0)");
+  check_error(vlapic_vm_set_irq_line(NULL, 0, true), VLAPIC_ERR_INVALID, "set_irq_line on a NULL VM");
+  struct vlapic_irq_line lines[2] = {{3, true}, {40, true}};
+  check_error(vlapic_vm_set_irq_lines(vm, lines, 2), VLAPIC_ERR_INVALID, "set_irq_lines with pin 40");
+  check_error(vlapic_vm_set_irq_lines(vm, NULL, 1), VLAPIC_ERR_INVALID, "set_irq_lines from NULL");
+  check(vlapic_vm_set_irq_lines(vm, NULL, 0) == VLAPIC_OK, "set_irq_lines of nothing");
+  struct vlapic_ioapic_status ioapic;
+  memset(&ioapic, 0, sizeof(ioapic));
+  check_error(vlapic_vm_ioapic_status(vm, &ioapic), VLAPIC_ERR_INVALID, "ioapic_status without struct_size");
+  ioapic.struct_size = sizeof(ioapic);
+  rc = vlapic_vm_ioapic_status(vm, &ioapic);
+  check(rc == VLAPIC_OK && ioapic.present && ioapic.pins[3].level == false && ioapic.pins[3].assertions == 0,
+        "the refused set_irq_lines applied none of its lines (pin 3 still low)");
+
+  /* A VM whose front emulates its own I/O APIC: vlapicd refuses the pins. */
+  vlapic_vm* bare = NULL;
+  vlapic_vm_config_init(&config);
+  check(config.ioapic_present && config.ioapic_base == 0xFEC00000u && config.ioapic_version == 0x11,
+        "vlapic_vm_config_init: an I/O APIC at 0xFEC00000, version 0x11");
+  config.ioapic_present = false;
+  rc = vlapic_vm_create(client, &config, &bare);
+  check(rc == VLAPIC_OK && bare != NULL, "create a VM without an I/O APIC");
+  if (bare != NULL) {
+    check_error(vlapic_vm_set_irq_line(bare, 0, true), VLAPIC_ERR_FAILED,
+                "set_irq_line on a VM without an I/O APIC");
+    check(strstr(vlapic_last_error(), "no I/O APIC") != NULL, "the message says there is no I/O APIC");
+    rc = vlapic_vm_ioapic_status(bare, &ioapic);
+    check(rc == VLAPIC_OK && !ioapic.present && ioapic.pin_count == 0, "its status: not present");
+    check(vlapic_vm_deliver_ioapic_entry(bare, 0x30) == VLAPIC_OK, "its front still delivers entries itself");
+    vlapic_vm_destroy(bare);
+  }
+  vlapic_vm_config_init(&config);
+  config.ioapic_version = 0x12;
+  check_error(vlapic_vm_create(client, &config, &bare), VLAPIC_ERR_FAILED, "vlapicd refuses I/O APIC version 0x12");
+
+  /* A front built against API version 1 passes the shorter struct: it
+   * gets the default I/O APIC. */
+  vlapic_vm_config_init(&config);
+  config.struct_size = (uint32_t)offsetof(struct vlapic_vm_config, ioapic_base);
+  config.ioapic_present = false;   /* beyond its struct: not read */
+  rc = vlapic_vm_create(client, &config, &bare);
+  check(rc == VLAPIC_OK, "create with the version-1 struct_size");
+  if (bare != NULL) {
+    check(vlapic_vm_ioapic_status(bare, &ioapic) == VLAPIC_OK && ioapic.present,
+          "a version-1 config gets the default I/O APIC");
+    vlapic_vm_destroy(bare);
+  }
 
   /* Hostile states: refused, and the vCPU keeps its own. */
   struct vlapic_lapic_state state;

@@ -3,13 +3,13 @@
 // on stdout, top without a terminal, -h/--help and the distinct exit
 // statuses of vlapicctl and vlapicd, vlapicd's log line format. Against the
 // real vlapicd on a private socket. The JSON is parsed with capnp's
-// JsonCodec, an independent parser, not with anything of vlapicctl's.
+// JsonCodec (json_doc.h).
 #include "client/lib/vlapic_client.h"
+#include "tests/integration/ctl_tool.h"
 #include "tests/integration/daemon_process.h"
+#include "tests/integration/json_doc.h"
 #include "tests/integration/xapic_addresses.h"
 
-#include <capnp/compat/json.h>
-#include <capnp/message.h>
 #include <catch2/catch.hpp>
 #include <kj/debug.h>
 #include <kj/thread.h>
@@ -32,56 +32,12 @@ bool contains(kj::StringPtr haystack, kj::StringPtr needle) {
   return strstr(haystack.cStr(), needle.cStr()) != nullptr;
 }
 
-// One parsed JSON document.
-class Json {
-public:
-  explicit Json(kj::StringPtr text) {
-    capnp::JsonCodec codec;
-    INFO(text.cStr());
-    codec.decodeRaw(text, message.initRoot<capnp::JsonValue>());
-  }
-  capnp::JsonValue::Reader root() { return message.getRoot<capnp::JsonValue>().asReader(); }
-
-private:
-  capnp::MallocMessageBuilder message;
-};
-
-// The member `name` of object `value`; fails the test if absent.
-capnp::JsonValue::Reader member(capnp::JsonValue::Reader value, kj::StringPtr name) {
-  INFO(name.cStr());
-  REQUIRE(value.isObject());
-  for (auto field: value.getObject()) {
-    if (field.getName() == name) return field.getValue();
-  }
-  FAIL("no such field");
-  KJ_UNREACHABLE;
-}
-
-double number(capnp::JsonValue::Reader value, kj::StringPtr name) {
-  auto v = member(value, name);
-  INFO(name.cStr());
-  REQUIRE(v.isNumber());
-  return v.getNumber();
-}
-
-kj::String text(capnp::JsonValue::Reader value, kj::StringPtr name) {
-  auto v = member(value, name);
-  INFO(name.cStr());
-  REQUIRE(v.isString());
-  return kj::str(v.getString());
-}
-
 // A daemon with one VM of two vCPUs that did some work.
-struct Operated {
-  Operated()
-      : front(Client::connect(daemon.socketPath())),
-        vm(front->createVm(options(), [](kj::ArrayPtr<const Event>) {})),
-        session(ThreadSession::open(daemon.socketPath())),
-        vcpu(session->attachVcpu(vm->ticket(1))) {
+struct Operated: testing::CtlServed {
+  Operated(): CtlServed(options(), 1) {
     REQUIRE(vcpu->mmioWrite(kSvr, 4, 0x1FF).status == AccessStatus::OK);
     REQUIRE(vcpu->mmioWrite(kTpr, 4, 0x20).status == AccessStatus::OK);
     REQUIRE(vcpu->msrRead(0x808).status == AccessStatus::GP);   // not in x2APIC mode
-    id = kj::str(vm->info().id);
   }
 
   static VmOptions options() {
@@ -90,22 +46,6 @@ struct Operated {
     o.name = kj::str("operated");
     return o;
   }
-
-  // vlapicctl --socket <ours> args...
-  testing::SeparatedToolResult ctl(std::initializer_list<kj::StringPtr> args) {
-    kj::Vector<kj::StringPtr> all;
-    all.add("--socket");
-    all.add(daemon.socketPath());
-    for (auto a: args) all.add(a);
-    return runToolSeparated(VLAPICCTL_PATH, all);
-  }
-
-  DaemonProcess daemon{VLAPICD_PATH};
-  kj::Own<Client> front;
-  kj::Own<client::Vm> vm;
-  kj::Own<ThreadSession> session;
-  kj::Own<VcpuHandle> vcpu;
-  kj::String id;
 };
 
 TEST_CASE("vlapicctl --json: status, list, dump and stats carry their documented fields", "[integration]") {

@@ -37,13 +37,13 @@ bool isLevel(uint64_t entry) { return entry & rte::kLevelTriggered; }
 
 kj::Maybe<kj::String> validateIoApicConfig(const IoApicConfig& config) {
   if (config.base % kIoApicWindowSize != 0) {
-    return kj::str("I/O APIC base ", kj::hex(config.base), " is not 4 KiB aligned");
+    return kj::str("I/O APIC base 0x", kj::hex(config.base), " is not 4 KiB aligned");
   }
   if (config.base >= kMaxBase) {
-    return kj::str("I/O APIC base ", kj::hex(config.base), " is not below 2^52");
+    return kj::str("I/O APIC base 0x", kj::hex(config.base), " is not below 2^52");
   }
   if (config.version != kIoApicVersion11 && config.version != kIoApicVersion20) {
-    return kj::str("I/O APIC version ", kj::hex(config.version), " is neither 0x11 nor 0x20");
+    return kj::str("I/O APIC version 0x", kj::hex(config.version), " is neither 0x11 nor 0x20");
   }
   if (config.id > kMaxId) {
     return kj::str("I/O APIC ID ", config.id, " does not fit in 4 bits");

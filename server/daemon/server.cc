@@ -175,10 +175,22 @@ kj::Maybe<uid_t> peerUid(kj::AsyncCapabilityStream& stream) {
   }
   return credentials.uid;
 }
+
+// Bounds the replies the kernel holds for a front that does not read them
+// (ServerOptions.socketSendBufferBytes). Not a Unix socket (tests' in-memory
+// pipes): nothing to bound.
+void boundSendBuffer(kj::AsyncCapabilityStream& stream, uint32_t bytes) {
+  if (bytes == 0) return;
+  int value = int(bytes);
+  kj::runCatchingExceptions([&]() {
+    stream.setsockopt(SOL_SOCKET, SO_SNDBUF, &value, sizeof(value));
+  });
+}
 }  // namespace
 
 void Server::Impl::accept(kj::Own<kj::AsyncCapabilityStream> stream, Authority authority) {
   kj::Maybe<uid_t> uid = peerUid(*stream);
+  boundSendBuffer(*stream, options.socketSendBufferBytes);
   if (authority == Authority::FRONT) {
     // Refused at once (the front sees its connection closed and the log
     // says why), never accepted and left to starve: a host's connection

@@ -59,7 +59,14 @@ struct ServerOptions {
   // Per connection: bytes of replies not yet sent (a front that does not
   // read them) past which vlapicd stops reading its requests
   // (reply_backpressure.h). One reply may exceed it (a large VM save).
-  uint64_t maxReplyBacklogBytes = 1024 * 1024;
+  // With the socket's own send buffer below, this bounds the calls a front
+  // that never reads can make vlapicd answer: some 256 + 64 KiB of echo
+  // replies, about 5000 calls, per connection.
+  uint64_t maxReplyBacklogBytes = 256 * 1024;
+  // SO_SNDBUF of each accepted connection (0: the kernel's default, some
+  // 200 KiB): replies a front has not read wait in the socket up to this
+  // much before they count against maxReplyBacklogBytes.
+  uint32_t socketSendBufferBytes = 64 * 1024;
   // Keep a channel vCPU's channel thread polling across each of its timer
   // expiries (from the deadline minus the advance margin + 20 us until the
   // front's fetch, at most 150 us past the deadline). Off: on this 2-core
